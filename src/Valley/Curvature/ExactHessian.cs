@@ -1,0 +1,67 @@
+using MathNet.Numerics.LinearAlgebra;
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>
+/// The exact dense matrix of an operator (for the Hessian: n products with unit vectors, in blocks),
+/// symmetrized, with its asymmetry before symmetrization reported. Ground truth for models up to a few
+/// thousand parameters (DESIGN.md §3).
+/// </summary>
+public sealed record DenseMatrix(double[,] Values, double Asymmetry)
+{
+    public int Size => Values.GetLength(0);
+
+    /// <summary>All eigenvalues in ascending order (symmetric eigendecomposition, float64).</summary>
+    public double[] Eigenvalues() =>
+        Matrix<double>.Build.DenseOfArray(Values).Evd(Symmetricity.Symmetric).EigenValues.Select(c => c.Real).OrderBy(x => x).ToArray();
+
+    public double Trace()
+    {
+        double t = 0;
+        for (int i = 0; i < Size; i++) t += Values[i, i];
+        return t;
+    }
+}
+
+public static class ExactHessian
+{
+    /// <summary>Largest operator size <see cref="Compute"/> accepts without <c>force</c>.</summary>
+    public const long DefaultMaxSize = 5000;
+
+    public static DenseMatrix Compute(ICurvatureOperator op, int blockSize = 64, bool force = false, IProgress<long>? progress = null)
+    {
+        long n = op.Size;
+        if (n > DefaultMaxSize && !force)
+            throw new ValleyException($"the exact Hessian has {n}×{n} entries; it is meant for models of up to {DefaultMaxSize} parameters (restrict with --layer)");
+        var m = new double[n, n];
+        for (long start = 0; start < n; start += blockSize)
+        {
+            using var scope = NewDisposeScope();
+            long k = Math.Min(blockSize, n - start);
+            var E = zeros([n, k], dtype: op.DType, device: op.Device);
+            for (long j = 0; j < k; j++) E[start + j, j] = 1;
+            var cols = op.ApplyBlock(E).to(ScalarType.Float64).cpu().contiguous();
+            var data = cols.data<double>().ToArray();
+            for (long i = 0; i < n; i++)
+                for (long j = 0; j < k; j++)
+                    m[i, start + j] = data[i * k + j];
+            progress?.Report(start + k);
+        }
+        double asym = 0, scale = 0;
+        for (long i = 0; i < n; i++)
+            for (long j = 0; j < n; j++)
+            {
+                asym = Math.Max(asym, Math.Abs(m[i, j] - m[j, i]));
+                scale = Math.Max(scale, Math.Abs(m[i, j]));
+            }
+        for (long i = 0; i < n; i++)
+            for (long j = i + 1; j < n; j++)
+            {
+                var avg = 0.5 * (m[i, j] + m[j, i]);
+                m[i, j] = avg;
+                m[j, i] = avg;
+            }
+        return new DenseMatrix(m, scale > 0 ? asym / scale : 0);
+    }
+}

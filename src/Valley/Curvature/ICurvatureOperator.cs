@@ -1,0 +1,68 @@
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>
+/// A symmetric linear operator on vectors of length <see cref="Size"/>: the central abstraction of Valley
+/// (like SciPy's LinearOperator or curvlinops). Estimators (Lanczos, Hutchinson, SLQ) take any operator
+/// and know nothing of models. The Hessian of an objective is one; so is a dense matrix, which is how
+/// estimators are tested against exact answers.
+/// </summary>
+public interface ICurvatureOperator
+{
+    /// <summary>Dimension n of the operator (number of parameters).</summary>
+    long Size { get; }
+
+    /// <summary>The dtype and device of vectors the operator takes and returns.</summary>
+    ScalarType DType { get; }
+    Device Device { get; }
+
+    /// <summary>A·v for a vector of shape [n]; returns a new tensor of shape [n].</summary>
+    Tensor Apply(Tensor v);
+
+    /// <summary>
+    /// A·V for a block of k vectors as columns, shape [n, k]; returns [n, k]. Operators that can share
+    /// work among the columns (the Hessian shares each batch's forward and first backward pass) override it.
+    /// </summary>
+    Tensor ApplyBlock(Tensor V);
+
+    /// <summary>Number of operator-vector products applied so far (a block of k counts k).</summary>
+    long Products { get; }
+}
+
+/// <summary>Base class: counts products, checks shapes, and applies blocks column by column unless overridden.</summary>
+public abstract class CurvatureOperator : ICurvatureOperator
+{
+    long _products;
+
+    public abstract long Size { get; }
+    public abstract ScalarType DType { get; }
+    public abstract Device Device { get; }
+    public long Products => Interlocked.Read(ref _products);
+
+    public Tensor Apply(Tensor v)
+    {
+        if (v.shape.Length != 1 || v.shape[0] != Size)
+            throw new ValleyException($"operator of size {Size} applied to a vector of shape [{string.Join(", ", v.shape)}]");
+        Interlocked.Increment(ref _products);
+        return ApplyCore(v);
+    }
+
+    public Tensor ApplyBlock(Tensor V)
+    {
+        if (V.shape.Length != 2 || V.shape[0] != Size)
+            throw new ValleyException($"operator of size {Size} applied to a block of shape [{string.Join(", ", V.shape)}]");
+        Interlocked.Add(ref _products, V.shape[1]);
+        return ApplyBlockCore(V);
+    }
+
+    protected abstract Tensor ApplyCore(Tensor v);
+
+    protected virtual Tensor ApplyBlockCore(Tensor V)
+    {
+        using var scope = NewDisposeScope();
+        var cols = new Tensor[V.shape[1]];
+        for (int j = 0; j < cols.Length; j++) cols[j] = ApplyCore(V[.., j].contiguous());
+        return stack(cols, 1).MoveToOuterDisposeScope();
+    }
+}

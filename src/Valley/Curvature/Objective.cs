@@ -1,0 +1,208 @@
+using TorchSharp;
+using Valley.Data;
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>Options of an <see cref="Objective"/>; defaults as in DESIGN.md §3.</summary>
+public sealed record ObjectiveOptions
+{
+    /// <summary>Examples per batch. The objective does not depend on it (batches are weighted by size); it only trades memory for speed.</summary>
+    public long BatchSize { get; init; } = 1024;
+
+    /// <summary>Evaluate in training mode (BatchNorm batch statistics, dropout on). Default false: eval mode, as PyHessian and DESIGN.md §3.</summary>
+    public bool TrainMode { get; init; }
+
+    /// <summary>Compute in this dtype (Float32 or Float64); the model and data are converted. Null keeps the model's dtype.</summary>
+    public ScalarType? DType { get; init; }
+
+    /// <summary>Restrict to parameters whose names pass this filter (e.g. one layer); null: all trainable parameters.</summary>
+    public Func<string, bool>? ParameterFilter { get; init; }
+}
+
+/// <summary>Loss and accuracy of a model over a whole data set.</summary>
+public sealed record Evaluation(double Loss, double? Accuracy, long Examples);
+
+/// <summary>
+/// L(w) = (1/N) Σ_i ℓ(f(x_i; w), y_i) over a whole data set (DESIGN.md §3): the model, its loss and the data.
+/// Every quantity (loss, gradient, Hessian-vector products) is the full-data value: each batch's mean loss
+/// is weighted by |B|/N, so results do not depend on the batch size. The model is in eval mode unless
+/// <see cref="ObjectiveOptions.TrainMode"/> is set, and is put back into the mode it had after each call.
+/// </summary>
+public sealed class Objective : IDisposable
+{
+    public nn.Module<Tensor, Tensor> Model { get; }
+    public LossFunction Loss { get; }
+    public Dataset Data { get; }
+    public ParameterSet Parameters { get; }
+    public ObjectiveOptions Options { get; }
+    readonly bool _ownsData;
+
+    public Objective(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, ObjectiveOptions? options = null)
+    {
+        Options = options ?? new ObjectiveOptions();
+        if (Options.BatchSize <= 0) throw new ValleyException($"--batch-size: must be positive, got {Options.BatchSize}");
+        if (data.Count == 0) throw new ValleyException($"{data.Name}: the data set is empty");
+        Model = model;
+        Loss = loss;
+        if (Options.DType is { } dt)
+        {
+            if (dt != ScalarType.Float32 && dt != ScalarType.Float64) throw new ValleyException($"--dtype: only float32 and float64 are supported, got {dt}");
+            model.to(dt);
+        }
+        var p0 = model.parameters().FirstOrDefault() ?? throw new ValleyException("the model has no parameters");
+        var dtype = p0.dtype;
+        var device = p0.device;
+        if (data.X.dtype != dtype || data.X.device.type != device.type)
+        {
+            Data = data.To(device, dtype);
+            _ownsData = true;
+        }
+        else Data = data;
+        Parameters = ParameterSet.From(model, Options.ParameterFilter);
+    }
+
+    /// <summary>Number of parameters the curvature is taken over.</summary>
+    public long Size => Parameters.Size;
+
+    /// <summary>Full-data loss, no gradient.</summary>
+    public double Value(CancellationToken ct = default) => Evaluate(ct).Loss;
+
+    /// <summary>Full-data loss and accuracy (classification), no gradient.</summary>
+    public Evaluation Evaluate(CancellationToken ct = default) => Evaluate(Data, ct);
+
+    /// <summary>Loss and accuracy of the model on another data set (e.g. the test set), same options.</summary>
+    public Evaluation Evaluate(Dataset data, CancellationToken ct = default)
+    {
+        using var mode = new ModeScope(Model, Options.TrainMode);
+        using var _ = no_grad();
+        double loss = 0;
+        long correct = 0;
+        bool classification = data.Task == TaskKind.Classification;
+        foreach (var (x, y, size) in data.Batches(Options.BatchSize))
+        {
+            ct.ThrowIfCancellationRequested();
+            using var scope = NewDisposeScope();
+            var (xb, yb) = Prepare(x, y, data);
+            var output = Model.call(xb);
+            loss += Loss(output, yb).ToDouble() * size;
+            if (classification) correct += output.argmax(1).eq(yb).sum().ToInt64();
+        }
+        return new Evaluation(loss / data.Count, classification ? (double)correct / data.Count : null, data.Count);
+    }
+
+    /// <summary>Full-data loss and gradient ∇L(w) as a flat vector.</summary>
+    public (double Loss, Tensor Gradient) LossAndGradient(CancellationToken ct = default)
+    {
+        using var mode = new ModeScope(Model, Options.TrainMode);
+        var grad = Parameters.Zeros();
+        double loss = 0;
+        long n = Data.Count;
+        foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
+        {
+            ct.ThrowIfCancellationRequested();
+            using var scope = NewDisposeScope();
+            var l = BatchLoss(x, y);
+            var g = Grad(l, createGraph: false, retainGraph: false);
+            grad.add_(Parameters.Flatten(g), alpha: (double)size / n);
+            loss += l.ToDouble() * size;
+        }
+        return (loss / n, grad);
+    }
+
+    /// <summary>Full-data Hessian-vector product H v by double backward (DESIGN.md §3).</summary>
+    public Tensor HessianVectorProduct(Tensor v, CancellationToken ct = default)
+    {
+        using var scope = NewDisposeScope();
+        return HessianBlockProduct(v.unsqueeze(1), ct).squeeze(1).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Full-data Hessian times a block of vectors V [n, k]. Each batch's forward pass and first
+    /// (graph-building) backward pass are shared by the k double-backward passes.
+    /// </summary>
+    public Tensor HessianBlockProduct(Tensor V, CancellationToken ct = default)
+    {
+        if (V.shape.Length != 2 || V.shape[0] != Size)
+            throw new ValleyException($"Hessian of size {Size} applied to a block of shape [{string.Join(", ", V.shape)}]");
+        using var mode = new ModeScope(Model, Options.TrainMode);
+        int k = (int)V.shape[1];
+        long n = Data.Count;
+        var result = zeros([Size, k], dtype: Parameters.DType, device: Parameters.Device);
+        using var vScope = NewDisposeScope();
+        var vs = new Tensor[k][];
+        var Vc = V.to(Parameters.DType, Parameters.Device);
+        for (int j = 0; j < k; j++) vs[j] = Parameters.Unflatten(Vc[.., j].contiguous());
+        foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
+        {
+            ct.ThrowIfCancellationRequested();
+            using var scope = NewDisposeScope();
+            var l = BatchLoss(x, y);
+            var g = Grad(l, createGraph: true, retainGraph: true);
+            for (int j = 0; j < k; j++)
+            {
+                using var inner = NewDisposeScope();
+                // g·v as a sum of per-tensor dots: no flattening of the graph-carrying gradient.
+                Tensor dot = (g[0] * vs[j][0]).sum();
+                for (int i = 1; i < g.Length; i++) dot = dot + (g[i] * vs[j][i]).sum();
+                var hv = Grad(dot, createGraph: false, retainGraph: j < k - 1, allowUnusedZeroFill: true);
+                result[.., j].add_(Parameters.Flatten(hv), alpha: (double)size / n);
+            }
+        }
+        return result;
+    }
+
+    Tensor BatchLoss(Tensor x, Tensor y)
+    {
+        var (xb, yb) = Prepare(x, y, Data);
+        return Loss(Model.call(xb), yb);
+    }
+
+    (Tensor X, Tensor Y) Prepare(Tensor x, Tensor y, Dataset data)
+    {
+        var p = Parameters.Tensors[0];
+        if (x.dtype != p.dtype || x.device.type != p.device.type) x = x.to(p.dtype, p.device);
+        if (data.Task == TaskKind.Regression && (y.dtype != p.dtype || y.device.type != p.device.type)) y = y.to(p.dtype, p.device);
+        else if (y.device.type != p.device.type) y = y.to(p.device);
+        return (x, y);
+    }
+
+    /// <summary>
+    /// Gradient of a scalar with respect to the selected parameters. TorchSharp does not turn errors inside
+    /// autograd.grad into exceptions (the process aborts), so every precondition is checked first, and
+    /// unused inputs are allowed and replaced by zeros (TorchSharp returns invalid tensors for them).
+    /// </summary>
+    Tensor[] Grad(Tensor scalar, bool createGraph, bool retainGraph, bool allowUnusedZeroFill = true)
+    {
+        if (!scalar.requires_grad)
+            throw new ValleyException("the loss does not depend on any selected parameter (does the model use them, and is autograd enabled?)");
+        if (scalar.numel() != 1) throw new ValleyException($"the loss must be a scalar, got shape [{string.Join(", ", scalar.shape)}]");
+        var inputs = Parameters.Tensors.Cast<Tensor>().ToList();
+        // retain_graph must be passed explicitly together with create_graph (DESIGN.md §2).
+        var grads = autograd.grad([scalar], inputs, retain_graph: retainGraph || createGraph, create_graph: createGraph, allow_unused: allowUnusedZeroFill);
+        var result = new Tensor[grads.Count];
+        for (int i = 0; i < result.Length; i++)
+            result[i] = IsDefined(grads[i]) ? grads[i] : zeros_like(Parameters.Tensors[i]);
+        return result;
+    }
+
+    static bool IsDefined(Tensor t)
+    {
+        try { return t.Handle != IntPtr.Zero && t.numel() >= 0; }
+        catch (Exception) { return false; }
+    }
+
+    public void Dispose()
+    {
+        if (_ownsData) Data.Dispose();
+    }
+
+    /// <summary>Puts a module into train or eval mode and restores its previous mode on dispose.</summary>
+    sealed class ModeScope : IDisposable
+    {
+        readonly nn.Module _m;
+        readonly bool _was;
+        public ModeScope(nn.Module m, bool train) { _m = m; _was = m.training; m.train(train); }
+        public void Dispose() => _m.train(_was);
+    }
+}

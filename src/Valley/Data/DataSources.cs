@@ -1,0 +1,136 @@
+using static TorchSharp.torch;
+
+namespace Valley.Data;
+
+/// <summary>A training set and, where the source has one, a test set.</summary>
+public sealed record DataSplit(Dataset Train, Dataset? Test) : IDisposable
+{
+    public void Dispose() { Train.Dispose(); Test?.Dispose(); }
+}
+
+/// <summary>
+/// Opens data sets from files: MNIST-format IDX folders (Fashion-MNIST by default) and CSV files.
+/// Every value is validated in .NET (shapes, label range, finiteness) before a tensor is made, so bad
+/// data never reaches LibTorch.
+/// </summary>
+public static class DataSources
+{
+    /// <summary>Where Debian's <c>dataset-fashion-mnist</c> package installs the data.</summary>
+    public const string FashionMnistFolder = "/usr/share/datasets/fashion-mnist";
+
+    /// <summary>
+    /// Open a data source by path: null or "fashion-mnist" for the default Fashion-MNIST folder;
+    /// a folder with IDX files (<c>train-images*</c>, <c>train-labels*</c>, optional <c>t10k-*</c> or <c>test-*</c>);
+    /// a CSV file (training data only); or a folder with <c>train.csv</c> and optionally <c>test.csv</c>.
+    /// </summary>
+    public static DataSplit Open(string? path)
+    {
+        if (string.IsNullOrEmpty(path) || path == "fashion-mnist")
+        {
+            path = Environment.GetEnvironmentVariable("VALLEY_FASHION_MNIST") ?? FashionMnistFolder;
+            if (!Directory.Exists(path))
+                throw new DataException(path, "Fashion-MNIST not found; install Debian's 'dataset-fashion-mnist' package (scripts/setup.sh does) or pass --data PATH");
+        }
+        if (File.Exists(path))
+        {
+            if (path.EndsWith(".csv", StringComparison.OrdinalIgnoreCase)) return new DataSplit(OpenCsv(path), null);
+            throw new DataException(path, "unknown data file type; expected a .csv file or a folder of IDX files");
+        }
+        if (!Directory.Exists(path)) throw new DataException(path, "no such file or folder");
+        var trainCsv = System.IO.Path.Combine(path, "train.csv");
+        if (File.Exists(trainCsv))
+        {
+            var testCsv = System.IO.Path.Combine(path, "test.csv");
+            var train = OpenCsv(trainCsv);
+            var test = File.Exists(testCsv) ? OpenCsv(testCsv, train.NumClasses, train.Features) : null;
+            return new DataSplit(train, test);
+        }
+        return OpenIdxFolder(path);
+    }
+
+    /// <summary>Open an MNIST-format IDX folder.</summary>
+    public static DataSplit OpenIdxFolder(string folder)
+    {
+        string? Find(params string[] prefixes) =>
+            Directory.EnumerateFiles(folder)
+                .Where(f => prefixes.Any(p => System.IO.Path.GetFileName(f).StartsWith(p, StringComparison.OrdinalIgnoreCase)))
+                .OrderBy(f => f.EndsWith(".gz") ? 1 : 0).FirstOrDefault();
+        var trImg = Find("train-images") ?? throw new DataException(folder, "no train-images* IDX file in this folder");
+        var trLbl = Find("train-labels") ?? throw new DataException(folder, "no train-labels* IDX file in this folder");
+        var train = FromIdx(System.IO.Path.GetFileName(folder.TrimEnd('/')) + "/train", trImg, trLbl);
+        var teImg = Find("t10k-images", "test-images");
+        var teLbl = Find("t10k-labels", "test-labels");
+        if (teImg is null || teLbl is null) return new DataSplit(train, null);
+        try
+        {
+            var test = FromIdx(System.IO.Path.GetFileName(folder.TrimEnd('/')) + "/test", teImg, teLbl);
+            if (!test.ExampleShape.SequenceEqual(train.ExampleShape))
+                throw new DataException(teImg, $"test images are [{string.Join("×", test.ExampleShape)}], training images [{string.Join("×", train.ExampleShape)}]");
+            return new DataSplit(train, test);
+        }
+        catch { train.Dispose(); throw; }
+    }
+
+    /// <summary>Read an image file and a label file in IDX format; pixels are scaled by 1/255 into [0, 1].</summary>
+    public static Dataset FromIdx(string name, string imagesPath, string labelsPath, int numClasses = 0)
+    {
+        var images = IdxReader.Read(imagesPath);
+        var labels = IdxReader.Read(labelsPath);
+        if (images.Shape.Length < 2) throw new DataException(imagesPath, $"expected images of shape [N, H, W] or [N, C, H, W], got [{string.Join("×", images.Shape)}]");
+        if (labels.Shape.Length != 1) throw new DataException(labelsPath, $"expected labels of shape [N], got [{string.Join("×", labels.Shape)}]");
+        if (labels.Count != images.Count)
+            throw new DataException(labelsPath, $"{labels.Count} labels but {imagesPath} has {images.Count} images");
+        var y = new long[labels.Count];
+        for (int i = 0; i < y.Length; i++)
+        {
+            double v = labels.Bytes is { } b ? b[i] : labels.Floats![i];
+            if (v < 0 || v != Math.Floor(v)) throw new DataException(labelsPath, $"label {i} is {v}, not a class index");
+            y[i] = (long)v;
+        }
+        int k = numClasses > 0 ? numClasses : (int)Math.Max(10, y.Max() + 1);
+        for (int i = 0; i < y.Length; i++)
+            if (y[i] >= k) throw new DataException(labelsPath, $"label {i} is {y[i]}, out of range for {k} classes");
+        var shape = images.Shape.Select(d => (long)d).ToList();
+        if (shape.Count == 3) shape.Insert(1, 1); // [N, H, W] -> [N, 1, H, W]
+        Tensor x;
+        if (images.Bytes is { } bytes)
+        {
+            using var u8 = tensor(bytes, [bytes.LongLength], ScalarType.Byte);
+            x = u8.to(ScalarType.Float32).div_(255f).reshape(shape.ToArray());
+        }
+        else x = tensor(images.Floats!, shape.ToArray());
+        return new Dataset(name, x, tensor(y), TaskKind.Classification, k);
+    }
+
+    /// <summary>Read a CSV file (see <see cref="CsvReader"/>).</summary>
+    public static Dataset OpenCsv(string path, int numClasses = 0, long expectFeatures = 0)
+    {
+        var t = CsvReader.Read(path);
+        if (expectFeatures > 0 && t.Columns != expectFeatures)
+            throw new DataException(path, $"{t.Columns} feature columns, the training data has {expectFeatures}");
+        var x = tensor(t.Features, [t.Rows, t.Columns]);
+        var name = System.IO.Path.GetFileName(path);
+        if (t.Labels is { } l)
+        {
+            int k = numClasses > 0 ? numClasses : (int)(l.Max() + 1);
+            var bad = Array.FindIndex(l, v => v >= k);
+            if (bad >= 0) { x.Dispose(); throw new DataException(path, $"row {bad + 1}: label {l[bad]} out of range for {k} classes"); }
+            return new Dataset(name, x, tensor(l), TaskKind.Classification, Math.Max(k, 2));
+        }
+        return new Dataset(name, x, tensor(t.Targets!), TaskKind.Regression, 1);
+    }
+
+    /// <summary>Hold out a seeded random fraction of a data set as a test set.</summary>
+    public static DataSplit HoldOut(Dataset all, double testFraction, long seed)
+    {
+        if (!(testFraction > 0 && testFraction < 1)) throw new ValleyException($"--test-fraction: must be in (0, 1), got {testFraction}");
+        using var scope = NewDisposeScope();
+        var perm = randperm(all.Count, generator: new Generator((ulong)seed));
+        long nTest = Math.Max(1, (long)Math.Round(all.Count * testFraction));
+        var te = perm.narrow(0, 0, nTest).sort().Values;
+        var tr = perm.narrow(0, nTest, all.Count - nTest).sort().Values;
+        var train = new Dataset(all.Name + "/train", all.X.index_select(0, tr).MoveToOuterDisposeScope(), all.Y.index_select(0, tr).MoveToOuterDisposeScope(), all.Task, all.NumClasses);
+        var test = new Dataset(all.Name + "/test", all.X.index_select(0, te).MoveToOuterDisposeScope(), all.Y.index_select(0, te).MoveToOuterDisposeScope(), all.Task, all.NumClasses);
+        return new DataSplit(train, test);
+    }
+}

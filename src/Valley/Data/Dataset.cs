@@ -1,0 +1,108 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Valley.Data;
+
+/// <summary>What the targets of a data set mean.</summary>
+public enum TaskKind
+{
+    /// <summary>Integer class labels in [0, NumClasses); cross-entropy loss.</summary>
+    Classification,
+    /// <summary>Real-valued targets; mean squared error.</summary>
+    Regression,
+}
+
+/// <summary>
+/// An in-memory data set: inputs <see cref="X"/> of shape [N, ...] (float32) and targets
+/// <see cref="Y"/> ([N] int64 labels for classification, [N] or [N, k] float32 for regression).
+/// Batches are views (<c>narrow</c>) into these tensors, so batching copies nothing.
+/// The data set owns its tensors; dispose it when done.
+/// </summary>
+public sealed class Dataset : IDisposable
+{
+    public string Name { get; }
+    public Tensor X { get; }
+    public Tensor Y { get; }
+    public TaskKind Task { get; }
+    /// <summary>Number of classes (classification), or the target width (regression).</summary>
+    public int NumClasses { get; }
+
+    public long Count => X.shape[0];
+    /// <summary>Shape of one example, e.g. [1, 28, 28] for images or [d] for feature vectors.</summary>
+    public long[] ExampleShape => X.shape.Skip(1).ToArray();
+    /// <summary>Number of input features of one example (product of <see cref="ExampleShape"/>).</summary>
+    public long Features => ExampleShape.Aggregate(1L, (a, b) => a * b);
+
+    public Dataset(string name, Tensor x, Tensor y, TaskKind task, int numClasses)
+    {
+        if (x.shape.Length < 2) throw new ValleyException($"{name}: inputs must have shape [N, ...], got [{string.Join(", ", x.shape)}]");
+        if (y.shape[0] != x.shape[0]) throw new ValleyException($"{name}: {x.shape[0]} inputs but {y.shape[0]} targets");
+        Name = name;
+        X = x;
+        Y = y;
+        Task = task;
+        NumClasses = numClasses;
+    }
+
+    /// <summary>
+    /// A fixed, seeded subset of <paramref name="n"/> examples (sampled without replacement, order kept
+    /// by index so that the subset does not depend on anything but the seed). n ≥ Count returns a copy of all.
+    /// </summary>
+    public Dataset Subset(long n, long seed)
+    {
+        if (n <= 0) throw new ValleyException($"--subset: must be a positive number of examples, got {n}");
+        if (n >= Count) return new Dataset(Name, X.clone(), Y.clone(), Task, NumClasses);
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)seed);
+        var idx = randperm(Count, generator: gen).narrow(0, 0, n).sort().Values;
+        var x = X.index_select(0, idx).MoveToOuterDisposeScope();
+        var y = Y.index_select(0, idx).MoveToOuterDisposeScope();
+        return new Dataset($"{Name}[subset {n}, seed {seed}]", x, y, Task, NumClasses);
+    }
+
+    /// <summary>Examples [start, start + count) as a view.</summary>
+    public Dataset Slice(long start, long count) =>
+        new(Name, X.narrow(0, start, count), Y.narrow(0, start, count), Task, NumClasses);
+
+    /// <summary>
+    /// Batches of at most <paramref name="batchSize"/> examples as views, in order.
+    /// The last batch may be smaller; objectives weight every batch by its size.
+    /// </summary>
+    public IEnumerable<(Tensor X, Tensor Y, long Size)> Batches(long batchSize)
+    {
+        if (batchSize <= 0) throw new ValleyException($"--batch-size: must be positive, got {batchSize}");
+        for (long start = 0; start < Count; start += batchSize)
+        {
+            long size = Math.Min(batchSize, Count - start);
+            yield return (X.narrow(0, start, size), Y.narrow(0, start, size), size);
+        }
+    }
+
+    /// <summary>
+    /// Standardize inputs with the given per-feature statistics (computed on the training set and
+    /// reused for the test set). Returns a new data set.
+    /// </summary>
+    public Dataset Normalize(double mean, double std)
+    {
+        if (!(std > 0)) throw new ValleyException($"normalization: standard deviation must be positive, got {std}");
+        return new Dataset(Name, (X - mean) / std, Y.clone(), Task, NumClasses);
+    }
+
+    /// <summary>Move to a device and/or dtype (inputs and regression targets); labels stay int64.</summary>
+    public Dataset To(Device device, ScalarType dtype)
+    {
+        var x = X.to(dtype, device);
+        var y = Task == TaskKind.Regression ? Y.to(dtype, device) : Y.to(device);
+        return new Dataset(Name, x, y, Task, NumClasses);
+    }
+
+    public void Dispose()
+    {
+        X.Dispose();
+        Y.Dispose();
+    }
+
+    public override string ToString() =>
+        $"{Name}: {Count} examples of shape [{string.Join("×", ExampleShape)}], " +
+        (Task == TaskKind.Classification ? $"{NumClasses} classes" : $"regression ({NumClasses} targets)");
+}

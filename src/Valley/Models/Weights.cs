@@ -1,0 +1,223 @@
+using System.Collections;
+using System.Text;
+using TorchSharp;
+using TorchSharp.PyBridge;
+using static TorchSharp.torch;
+
+namespace Valley.Models;
+
+/// <summary>Weight file formats Valley reads and writes.</summary>
+public enum WeightsFormat
+{
+    /// <summary>TorchSharp's own format (<c>Module.save</c>), <c>.dat</c>.</summary>
+    TorchSharp,
+    /// <summary>PyTorch <c>torch.save(model.state_dict())</c>, <c>.pt</c>/<c>.pth</c>/<c>.bin</c> (via TorchSharp.PyBridge).</summary>
+    PyTorch,
+    /// <summary>Hugging Face <c>.safetensors</c> (via TorchSharp.PyBridge).</summary>
+    Safetensors,
+}
+
+/// <summary>
+/// Loads and saves model weights. Loading reads the whole file into a name → tensor dictionary first and
+/// checks it against the model (names, shapes, finite values) before anything is copied, because the
+/// underlying loaders accept files whose shapes do not match (DESIGN.md §2). PyTorch pickles are read by
+/// PyBridge's restricted unpickler, which builds tensors only; anything else is refused with a clear error.
+/// Saving is atomic (temporary file, then rename).
+/// </summary>
+public static class Weights
+{
+    public static WeightsFormat FormatOf(string path)
+    {
+        var ext = System.IO.Path.GetExtension(path).ToLowerInvariant();
+        return ext switch
+        {
+            ".dat" => WeightsFormat.TorchSharp,
+            ".pt" or ".pth" or ".bin" => WeightsFormat.PyTorch,
+            ".safetensors" => WeightsFormat.Safetensors,
+            _ => throw new WeightsException(path, $"unknown weights format '{ext}' (use .dat, .pt/.pth/.bin or .safetensors)"),
+        };
+    }
+
+    /// <summary>Save the model's state (parameters and buffers) in the format its extension names.</summary>
+    public static void Save(nn.Module model, string path)
+    {
+        var format = FormatOf(path);
+        var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
+        Directory.CreateDirectory(dir);
+        var tmp = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(path)}.{Environment.ProcessId}.tmp");
+        try
+        {
+            using (var fs = File.Create(tmp))
+            {
+                switch (format)
+                {
+                    case WeightsFormat.TorchSharp: model.save(fs); break;
+                    case WeightsFormat.PyTorch: model.save_py(fs, leaveOpen: true); break;
+                    default: model.save_safetensors(fs, leaveOpen: true); break;
+                }
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            File.Delete(tmp);
+            throw new WeightsException(path, $"cannot write: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// Load weights into <paramref name="model"/> after checking every name and shape; on any mismatch nothing
+    /// is changed and the error lists all mismatches.
+    /// </summary>
+    public static void Load(nn.Module model, string path)
+    {
+        var loaded = ReadStateDict(path);
+        try
+        {
+            var target = model.state_dict();
+            var problems = new List<string>();
+            foreach (var (name, t) in target)
+            {
+                if (!loaded.TryGetValue(name, out var src))
+                {
+                    if (!name.EndsWith("num_batches_tracked", StringComparison.Ordinal)) problems.Add($"missing '{name}' [{Shape(t)}]");
+                    continue;
+                }
+                if (!src.shape.SequenceEqual(t.shape)) problems.Add($"'{name}' has shape [{Shape(src)}], the model needs [{Shape(t)}]");
+            }
+            foreach (var name in loaded.Keys.Where(k => !target.ContainsKey(k)))
+                problems.Add($"unexpected '{name}' [{Shape(loaded[name])}]");
+            if (problems.Count > 0)
+                throw new WeightsException(path, $"does not match the model ({problems.Count} mismatch{(problems.Count > 1 ? "es" : "")}): {string.Join("; ", problems.Take(12))}{(problems.Count > 12 ? "; ..." : "")}");
+            foreach (var (name, src) in loaded)
+            {
+                if (src.is_floating_point() && !isfinite(src).all().ToBoolean())
+                    throw new WeightsException(path, $"'{name}' contains NaN or infinite values");
+            }
+            using var _ = no_grad();
+            foreach (var (name, t) in target)
+                if (loaded.TryGetValue(name, out var src)) t.copy_(src.to(t.dtype, t.device));
+        }
+        finally
+        {
+            foreach (var t in loaded.Values) t.Dispose();
+        }
+    }
+
+    /// <summary>Read a weights file into a name → tensor dictionary (the caller disposes the tensors).</summary>
+    public static Dictionary<string, Tensor> ReadStateDict(string path)
+    {
+        var format = FormatOf(path);
+        if (!File.Exists(path)) throw new WeightsException(path, "file not found");
+        if (new FileInfo(path).Length == 0) throw new WeightsException(path, "empty file");
+        try
+        {
+            return format switch
+            {
+                WeightsFormat.TorchSharp => ReadDat(path),
+                WeightsFormat.PyTorch => ReadPickle(path),
+                _ => Safetensors.LoadStateDict(path),
+            };
+        }
+        catch (ValleyException) { throw; }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            var what = format switch
+            {
+                WeightsFormat.PyTorch => "not a PyTorch state_dict file (Valley loads only tensor dictionaries saved with torch.save(model.state_dict()); pickled code and other objects are refused)",
+                WeightsFormat.Safetensors => "not a valid .safetensors file",
+                _ => "not a valid TorchSharp .dat weights file",
+            };
+            throw new WeightsException(path, $"{what}: {FirstLine(e.Message)}", e);
+        }
+    }
+
+    static Dictionary<string, Tensor> ReadPickle(string path)
+    {
+        Hashtable table = PyTorchUnpickler.UnpickleStateDict(path);
+        var result = new Dictionary<string, Tensor>();
+        foreach (DictionaryEntry e in table)
+        {
+            if (e.Key is not string name || e.Value is not Tensor t)
+            {
+                foreach (var v in result.Values) v.Dispose();
+                throw new WeightsException(path, $"entry '{e.Key}' is a {e.Value?.GetType().Name ?? "null"}, not a tensor: only state dictionaries of tensors are loaded");
+            }
+            result[name] = t;
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// TorchSharp's .dat layout: LEB128 count, then per entry a length-prefixed UTF-8 name, LEB128 dtype,
+    /// LEB128 rank, LEB128 dims, raw little-endian data. Parsed here with bounds checks so that a corrupt
+    /// file gives an error instead of a huge allocation or a native fault.
+    /// </summary>
+    static Dictionary<string, Tensor> ReadDat(string path)
+    {
+        var bytes = File.ReadAllBytes(path);
+        using var reader = new BinaryReader(new MemoryStream(bytes), Encoding.UTF8);
+        var result = new Dictionary<string, Tensor>();
+        try
+        {
+            long count = Leb(reader, path);
+            if (count < 0 || count > 1_000_000) throw new WeightsException(path, $"corrupt header (entry count {count})");
+            for (long i = 0; i < count; i++)
+            {
+                string name = reader.ReadString();
+                var dtype = (ScalarType)Leb(reader, path);
+                int elem = dtype switch
+                {
+                    ScalarType.Float32 or ScalarType.Int32 => 4,
+                    ScalarType.Float64 or ScalarType.Int64 => 8,
+                    ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Int16 => 2,
+                    ScalarType.Byte or ScalarType.Int8 or ScalarType.Bool => 1,
+                    _ => throw new WeightsException(path, $"entry '{name}': unsupported dtype code {(int)dtype}"),
+                };
+                long rank = Leb(reader, path);
+                if (rank > 8) throw new WeightsException(path, $"entry '{name}': corrupt rank {rank}");
+                var shape = new long[rank];
+                long numel = 1;
+                for (int d = 0; d < rank; d++)
+                {
+                    shape[d] = Leb(reader, path);
+                    numel *= shape[d];
+                    if (shape[d] < 0 || numel * elem > bytes.Length) throw new WeightsException(path, $"entry '{name}': shape larger than the file (truncated or corrupt)");
+                }
+                var data = reader.ReadBytes((int)(numel * elem));
+                if (data.Length != numel * elem) throw new WeightsException(path, $"entry '{name}': truncated data");
+                var t = empty(shape, dtype);
+                data.AsSpan().CopyTo(t.bytes);
+                result[name] = t;
+            }
+            if (reader.BaseStream.Position != bytes.Length)
+                throw new WeightsException(path, $"{bytes.Length - reader.BaseStream.Position} bytes of trailing data (corrupt file)");
+            return result;
+        }
+        catch (Exception e) when (e is EndOfStreamException or FormatException or DecoderFallbackException)
+        {
+            foreach (var v in result.Values) v.Dispose();
+            throw new WeightsException(path, "truncated or corrupt TorchSharp .dat file", e);
+        }
+        catch
+        {
+            foreach (var v in result.Values) v.Dispose();
+            throw;
+        }
+    }
+
+    static long Leb(BinaryReader r, string path)
+    {
+        long result = 0;
+        for (int i = 0; ; i++)
+        {
+            if (i > 9) throw new WeightsException(path, "corrupt variable-length integer");
+            long b = r.ReadByte();
+            result |= (b & 0x7f) << (7 * i);
+            if ((b & 0x80) == 0) return result;
+        }
+    }
+
+    static string Shape(Tensor t) => string.Join("×", t.shape);
+    static string FirstLine(string s) => s.Split('\n')[0].Trim();
+}

@@ -1,0 +1,28 @@
+namespace Valley;
+
+/// <summary>
+/// A user-facing error: bad input, a file that cannot be read, an option out of range.
+/// The message is one line that names the file or option and what is wrong; the CLI prints it
+/// and exits non-zero without a stack trace.
+/// </summary>
+public class ValleyException : Exception
+{
+    public ValleyException(string message) : base(message) { }
+    public ValleyException(string message, Exception inner) : base(message, inner) { }
+}
+
+/// <summary>A data file or folder that cannot be used (missing, corrupt, wrong shape, bad values).</summary>
+public sealed class DataException : ValleyException
+{
+    public string Path { get; }
+    public DataException(string path, string problem) : base($"{path}: {problem}") => Path = path;
+    public DataException(string path, string problem, Exception inner) : base($"{path}: {problem}", inner) => Path = path;
+}
+
+/// <summary>A weights file that cannot be loaded into the model.</summary>
+public sealed class WeightsException : ValleyException
+{
+    public string Path { get; }
+    public WeightsException(string path, string problem) : base($"{path}: {problem}") => Path = path;
+    public WeightsException(string path, string problem, Exception inner) : base($"{path}: {problem}", inner) => Path = path;
+}

@@ -1,0 +1,72 @@
+using TorchSharp;
+using Valley.Curvature;
+using static TorchSharp.torch;
+
+namespace Valley.Tests;
+
+/// <summary>Helpers shared by tests: LibTorch set up once, temp folders, small modules with known Hessians.</summary>
+public static class TestUtil
+{
+    static TestUtil()
+    {
+        TorchRuntime.EnsureLoaded();
+        set_num_threads(1);
+    }
+
+    public static void Init() { }
+
+    public static string TempDir(string name)
+    {
+        var d = Path.Combine(Path.GetTempPath(), "valley-tests", name + "-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(d);
+        return d;
+    }
+
+    public static double[,] ToArray2D(Tensor t)
+    {
+        var c = t.to(ScalarType.Float64).cpu().contiguous();
+        int n = (int)c.shape[0], m = (int)c.shape[1];
+        var data = c.data<double>().ToArray();
+        var a = new double[n, m];
+        for (int i = 0; i < n; i++) for (int j = 0; j < m; j++) a[i, j] = data[i * m + j];
+        return a;
+    }
+
+    public static double MaxAbsDiff(double[,] a, double[,] b)
+    {
+        double m = 0;
+        for (int i = 0; i < a.GetLength(0); i++) for (int j = 0; j < a.GetLength(1); j++) m = Math.Max(m, Math.Abs(a[i, j] - b[i, j]));
+        return m;
+    }
+
+    public static double MaxAbs(double[,] a)
+    {
+        double m = 0;
+        foreach (var v in a) m = Math.Max(m, Math.Abs(v));
+        return m;
+    }
+}
+
+/// <summary>f(x; w) = ½ wᵀAw + bᵀw for every example (the input is ignored): the loss is a known quadratic.</summary>
+public sealed class QuadraticModule : nn.Module<Tensor, Tensor>
+{
+    readonly TorchSharp.Modules.Parameter w;
+    readonly Tensor A, b;
+
+    public QuadraticModule(Tensor a, Tensor bvec, Tensor w0) : base("Quadratic")
+    {
+        A = a.clone();
+        b = bvec.clone();
+        w = new TorchSharp.Modules.Parameter(w0.clone());
+        register_parameter("w", w);
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var q = 0.5 * w.dot(A.matmul(w)) + b.dot(w);
+        return q.expand(x.shape[0]);
+    }
+
+    /// <summary>Loss = mean of the model output.</summary>
+    public static readonly LossFunction MeanOutput = (o, _) => o.mean();
+}
