@@ -66,6 +66,9 @@ public static class CsvReader
 
     static float ParseFloat(string path, int li, string col, string cell)
     {
+        var word = cell.TrimStart('+', '-').ToLowerInvariant();
+        if (word is "nan" or "inf" or "infinity" or "∞")
+            throw new DataException(path, $"line {li + 1}, column '{col}': value {cell} is not finite");
         if (!float.TryParse(cell, NumberStyles.Float, CultureInfo.InvariantCulture, out var v))
             throw new DataException(path, $"line {li + 1}, column '{col}': '{cell}' is not a number");
         if (!float.IsFinite(v)) throw new DataException(path, $"line {li + 1}, column '{col}': value {cell} is not finite");

@@ -23,7 +23,7 @@ public static class DataSources
     /// a folder with IDX files (<c>train-images*</c>, <c>train-labels*</c>, optional <c>t10k-*</c> or <c>test-*</c>);
     /// a CSV file (training data only); or a folder with <c>train.csv</c> and optionally <c>test.csv</c>.
     /// </summary>
-    public static DataSplit Open(string? path)
+    public static DataSplit Open(string? path, int classes = 0)
     {
         if (string.IsNullOrEmpty(path) || path == "fashion-mnist")
         {
@@ -33,7 +33,7 @@ public static class DataSources
         }
         if (File.Exists(path))
         {
-            if (path.EndsWith(".csv", StringComparison.OrdinalIgnoreCase)) return new DataSplit(OpenCsv(path), null);
+            if (path.EndsWith(".csv", StringComparison.OrdinalIgnoreCase)) return new DataSplit(OpenCsv(path, classes), null);
             throw new DataException(path, "unknown data file type; expected a .csv file or a folder of IDX files");
         }
         if (!Directory.Exists(path)) throw new DataException(path, "no such file or folder");
@@ -41,15 +41,15 @@ public static class DataSources
         if (File.Exists(trainCsv))
         {
             var testCsv = System.IO.Path.Combine(path, "test.csv");
-            var train = OpenCsv(trainCsv);
+            var train = OpenCsv(trainCsv, classes);
             var test = File.Exists(testCsv) ? OpenCsv(testCsv, train.NumClasses, train.Features) : null;
             return new DataSplit(train, test);
         }
-        return OpenIdxFolder(path);
+        return OpenIdxFolder(path, classes);
     }
 
     /// <summary>Open an MNIST-format IDX folder.</summary>
-    public static DataSplit OpenIdxFolder(string folder)
+    public static DataSplit OpenIdxFolder(string folder, int classes = 0)
     {
         string? Find(params string[] prefixes) =>
             Directory.EnumerateFiles(folder)
@@ -57,13 +57,13 @@ public static class DataSources
                 .OrderBy(f => f.EndsWith(".gz") ? 1 : 0).FirstOrDefault();
         var trImg = Find("train-images") ?? throw new DataException(folder, "no train-images* IDX file in this folder");
         var trLbl = Find("train-labels") ?? throw new DataException(folder, "no train-labels* IDX file in this folder");
-        var train = FromIdx(System.IO.Path.GetFileName(folder.TrimEnd('/')) + "/train", trImg, trLbl);
+        var train = FromIdx(System.IO.Path.GetFileName(folder.TrimEnd('/')) + "/train", trImg, trLbl, classes);
         var teImg = Find("t10k-images", "test-images");
         var teLbl = Find("t10k-labels", "test-labels");
         if (teImg is null || teLbl is null) return new DataSplit(train, null);
         try
         {
-            var test = FromIdx(System.IO.Path.GetFileName(folder.TrimEnd('/')) + "/test", teImg, teLbl);
+            var test = FromIdx(System.IO.Path.GetFileName(folder.TrimEnd('/')) + "/test", teImg, teLbl, train.NumClasses);
             if (!test.ExampleShape.SequenceEqual(train.ExampleShape))
                 throw new DataException(teImg, $"test images are [{string.Join("×", test.ExampleShape)}], training images [{string.Join("×", train.ExampleShape)}]");
             return new DataSplit(train, test);
@@ -87,9 +87,9 @@ public static class DataSources
             if (v < 0 || v != Math.Floor(v)) throw new DataException(labelsPath, $"label {i} is {v}, not a class index");
             y[i] = (long)v;
         }
-        int k = numClasses > 0 ? numClasses : (int)Math.Max(10, y.Max() + 1);
+        int k = numClasses > 0 ? numClasses : 10;
         for (int i = 0; i < y.Length; i++)
-            if (y[i] >= k) throw new DataException(labelsPath, $"label {i} is {y[i]}, out of range for {k} classes");
+            if (y[i] >= k) throw new DataException(labelsPath, $"label {i} is {y[i]}, out of range for {k} classes (MNIST-format data has 10; pass --classes for more)");
         var shape = images.Shape.Select(d => (long)d).ToList();
         if (shape.Count == 3) shape.Insert(1, 1); // [N, H, W] -> [N, 1, H, W]
         Tensor x;

@@ -1,0 +1,191 @@
+using TorchSharp;
+using Valley.Data;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Valley.Tests.Data;
+
+public class DataTests
+{
+    public DataTests() => TestUtil.Init();
+
+    /// <summary>A valid MNIST-format folder with n images of size×size and labels i mod 10.</summary>
+    static string IdxFolder(int n = 20, int size = 4, bool gzip = true, bool withTest = true)
+    {
+        var dir = TestUtil.TempDir("idx");
+        var img = Enumerable.Range(0, n * size * size).Select(i => (byte)(i % 256)).ToArray();
+        var lbl = Enumerable.Range(0, n).Select(i => (byte)(i % 10)).ToArray();
+        string gz = gzip ? ".gz" : "";
+        IdxReader.WriteBytes(Path.Combine(dir, "train-images-idx3-ubyte" + gz), [n, size, size], img, gzip);
+        IdxReader.WriteBytes(Path.Combine(dir, "train-labels-idx1-ubyte" + gz), [n], lbl, gzip);
+        if (withTest)
+        {
+            IdxReader.WriteBytes(Path.Combine(dir, "t10k-images-idx3-ubyte" + gz), [n / 2, size, size], img[..(n / 2 * size * size)], gzip);
+            IdxReader.WriteBytes(Path.Combine(dir, "t10k-labels-idx1-ubyte" + gz), [n / 2], lbl[..(n / 2)], gzip);
+        }
+        return dir;
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void IdxFolderReadsGzipAndRawWithPixelsScaledBy255(bool gzip)
+    {
+        using var split = DataSources.Open(IdxFolder(gzip: gzip));
+        Assert.Equal(20, split.Train.Count);
+        Assert.Equal([1L, 4L, 4L], split.Train.ExampleShape);
+        Assert.Equal(10, split.Test!.Count);
+        Assert.Equal(10, split.Train.NumClasses);
+        Assert.Equal(17f / 255f, split.Train.X[1, 0, 0, 1].ToSingle());
+        Assert.Equal(3L, split.Train.Y[13].ToInt64());
+    }
+
+    [Fact]
+    public void FashionMnistFromDebianPackageHasItsKnownShapeAndBalance()
+    {
+        if (!Directory.Exists(DataSources.FashionMnistFolder)) return; // installed by scripts/setup.sh in CI
+        using var split = DataSources.Open(null);
+        Assert.Equal(60000, split.Train.Count);
+        Assert.Equal(10000, split.Test!.Count);
+        Assert.Equal([1L, 28L, 28L], split.Train.ExampleShape);
+        // Fashion-MNIST is balanced: 6,000 training images per class.
+        var counts = bincount(split.Train.Y).data<long>().ToArray();
+        Assert.All(counts, c => Assert.Equal(6000, c));
+        Assert.InRange(split.Train.X.mean().ToDouble(), 0.28, 0.29); // known mean pixel ≈ 0.286
+    }
+
+    static void CorruptCase(Func<string, string> corrupt, string expected)
+    {
+        var dir = IdxFolder();
+        var path = corrupt(dir);
+        var e = Assert.Throws<DataException>(() => DataSources.Open(dir));
+        Assert.Contains(expected, e.Message);
+        Assert.Contains(Path.GetFileName(path), e.Message);
+    }
+
+    [Fact]
+    public void TruncatedIdxIsReported() => CorruptCase(dir =>
+    {
+        var p = Path.Combine(dir, "train-images-idx3-ubyte.gz");
+        var raw = IdxReader.Read(p);
+        IdxReader.WriteBytes(p, [20, 4, 4], raw.Bytes!, gzip: true);
+        using var gzs = new System.IO.Compression.GZipStream(File.OpenRead(p), System.IO.Compression.CompressionMode.Decompress);
+        using var ms = new MemoryStream();
+        gzs.CopyTo(ms);
+        var bytes = ms.ToArray();
+        gzs.Dispose();
+        File.WriteAllBytes(p.Replace(".gz", ""), bytes[..(bytes.Length - 7)]);
+        File.Delete(p);
+        return p.Replace(".gz", "");
+    }, "truncated");
+
+    [Fact]
+    public void TruncatedGzipIsReported() => CorruptCase(dir =>
+    {
+        var p = Path.Combine(dir, "train-labels-idx1-ubyte.gz");
+        var b = File.ReadAllBytes(p);
+        File.WriteAllBytes(p, b[..(b.Length / 2)]);
+        return p;
+    }, "truncated");
+
+    [Fact]
+    public void WrongMagicNumberIsReported() => CorruptCase(dir =>
+    {
+        var p = Path.Combine(dir, "train-images-idx3-ubyte.gz");
+        File.Delete(p);
+        File.WriteAllBytes(p.Replace(".gz", ""), [0x89, 0x50, 0x4e, 0x47, 1, 2, 3, 4]);
+        return p.Replace(".gz", "");
+    }, "wrong magic number");
+
+    [Fact]
+    public void LabelOutOfRangeIsReported() => CorruptCase(dir =>
+    {
+        var p = Path.Combine(dir, "train-labels-idx1-ubyte.gz");
+        IdxReader.WriteBytes(p, [20], Enumerable.Range(0, 20).Select(i => (byte)(i == 5 ? 200 : i % 10)).ToArray(), gzip: true);
+        return p;
+    }, "label 5 is 200, out of range for 10 classes");
+
+    [Fact]
+    public void LabelCountMismatchIsReported() => CorruptCase(dir =>
+    {
+        var p = Path.Combine(dir, "train-labels-idx1-ubyte.gz");
+        IdxReader.WriteBytes(p, [19], new byte[19], gzip: true);
+        return p;
+    }, "19 labels but");
+
+    [Fact]
+    public void MissingFolderAndMissingFilesAreReported()
+    {
+        Assert.Contains("no such file or folder", Assert.Throws<DataException>(() => DataSources.Open("/nonexistent/valley")).Message);
+        var dir = TestUtil.TempDir("empty");
+        Assert.Contains("no train-images", Assert.Throws<DataException>(() => DataSources.Open(dir)).Message);
+        Assert.Contains("file not found", Assert.Throws<DataException>(() => IdxReader.Read(Path.Combine(dir, "x.idx"))).Message);
+    }
+
+    [Fact]
+    public void NonFiniteFloatIdxIsReported()
+    {
+        var raw = new byte[] { 0, 0, 0x0D, 1, 0, 0, 0, 2, 0x3f, 0x80, 0, 0, 0x7f, 0xc0, 0, 0 }; // [1.0, NaN]
+        Assert.Contains("not finite", Assert.Throws<DataException>(() => IdxReader.Parse("f.idx", raw)).Message);
+    }
+
+    static string Csv(string text)
+    {
+        var p = Path.Combine(TestUtil.TempDir("csv"), "data.csv");
+        File.WriteAllText(p, text);
+        return p;
+    }
+
+    [Fact]
+    public void CsvClassificationAndRegressionLoad()
+    {
+        using var c = DataSources.Open(Csv("a,b,label\n0.5,1,0\n2,-1e-3,2\n")).Train;
+        Assert.Equal(TaskKind.Classification, c.Task);
+        Assert.Equal(3, c.NumClasses);
+        Assert.Equal(-1e-3f, c.X[1, 1].ToSingle());
+        using var r = DataSources.Open(Csv("target,x\n1.5,2\n-3,4\n")).Train;
+        Assert.Equal(TaskKind.Regression, r.Task);
+        Assert.Equal(-3f, r.Y[1].ToSingle());
+        Assert.Equal(4f, r.X[1, 0].ToSingle());
+    }
+
+    [Theory]
+    [InlineData("a,b,label\n1,2,0\n1,2\n", "line 3: 2 columns, the header has 3")]
+    [InlineData("a,b,label\n1,NaN,0\n", "not finite")]
+    [InlineData("a,b,label\n1,inf,0\n", "not finite")]
+    [InlineData("a,b,label\n1,x,0\n", "'x' is not a number")]
+    [InlineData("a,b,label\n1,2,-1\n", "not a non-negative integer")]
+    [InlineData("a,b,c\n1,2,3\n", "neither a 'label' nor a 'target'")]
+    [InlineData("", "empty file")]
+    [InlineData("a,label\n", "no data rows")]
+    public void BadCsvGivesOneClearError(string text, string expected)
+    {
+        var p = Csv(text);
+        var e = Assert.Throws<DataException>(() => DataSources.Open(p));
+        Assert.Contains(expected, e.Message);
+        Assert.StartsWith(p, e.Message);
+    }
+
+    [Fact]
+    public void SubsetIsSeededAndFixed()
+    {
+        using var d = Synthetic.GaussianMixture(100, 3, 2, seed: 1);
+        using var a = d.Subset(10, seed: 5);
+        using var b = d.Subset(10, seed: 5);
+        using var c = d.Subset(10, seed: 6);
+        Assert.True(a.X.eq(b.X).all().ToBoolean());
+        Assert.False(a.X.eq(c.X).all().ToBoolean());
+        Assert.Throws<ValleyException>(() => d.Subset(0, 1));
+    }
+
+    [Fact]
+    public void BatchesCoverTheDataWithoutCopying()
+    {
+        using var d = Synthetic.GaussianMixture(10, 3, 2, seed: 1);
+        var sizes = d.Batches(4).Select(b => b.Size).ToArray();
+        Assert.Equal([4L, 4L, 2L], sizes);
+        var first = d.Batches(4).First().X;
+        first[0, 0] = 1234f; // a view: writing through it changes the data set
+        Assert.Equal(1234f, d.X[0, 0].ToSingle());
+    }
+}
