@@ -81,5 +81,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] && [ -x "$root/artifacts/b
   exit 0
 fi
 say "building Valley (Release)"
-dotnet build "$root/Valley.sln" -c Release -nologo -clp:ErrorsOnly -v:quiet
+log="$(mktemp)"
+if ! dotnet build "$root/Valley.sln" -c Release -nologo -v:quiet >"$log" 2>&1; then
+  grep -E 'error|Error' "$log" | sort -u >&2 || cat "$log" >&2
+  rm -f "$log"; say "build failed"; exit 1
+fi
+rm -f "$log"
 mkdir -p "$(dirname "$stamp")"; echo "$hash" > "$stamp"

@@ -1,1 +1,6 @@
-Console.WriteLine("hi");
+namespace Valley.Cli;
+
+public static class Program
+{
+    public static Task<int> Main(string[] args) => ValleyCli.RunAsync(args);
+}

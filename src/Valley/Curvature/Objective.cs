@@ -96,6 +96,7 @@ public sealed class Objective : IDisposable
     {
         using var mode = new ModeScope(Model, Options.TrainMode);
         var grad = Parameters.Zeros();
+        var views = Parameters.Unflatten(grad);
         double loss = 0;
         long n = Data.Count;
         foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
@@ -104,9 +105,10 @@ public sealed class Objective : IDisposable
             using var scope = NewDisposeScope();
             var l = BatchLoss(x, y);
             var g = Grad(l, createGraph: false, retainGraph: false);
-            grad.add_(Parameters.Flatten(g), alpha: (double)size / n);
+            for (int i = 0; i < g.Length; i++) views[i].add_(g[i], alpha: (double)size / n);
             loss += l.ToDouble() * size;
         }
+        foreach (var v in views) v.Dispose();
         return (loss / n, grad);
     }
 
@@ -128,28 +130,39 @@ public sealed class Objective : IDisposable
         using var mode = new ModeScope(Model, Options.TrainMode);
         int k = (int)V.shape[1];
         long n = Data.Count;
-        var result = zeros([Size, k], dtype: Parameters.DType, device: Parameters.Device);
-        using var vScope = NewDisposeScope();
-        var vs = new Tensor[k][];
-        var Vc = V.to(Parameters.DType, Parameters.Device);
-        for (int j = 0; j < k; j++) vs[j] = Parameters.Unflatten(Vc[.., j].contiguous());
-        foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
+        // Rows of `result` are the k products, so each product's per-parameter views are contiguous.
+        var result = zeros([k, Size], dtype: Parameters.DType, device: Parameters.Device);
+        using (var outer = NewDisposeScope())
         {
-            ct.ThrowIfCancellationRequested();
-            using var scope = NewDisposeScope();
-            var l = BatchLoss(x, y);
-            var g = Grad(l, createGraph: true, retainGraph: true);
+            var Vt = V.to(Parameters.DType, Parameters.Device).t().contiguous();
+            var vs = new Tensor[k][];
+            var outs = new Tensor[k][];
             for (int j = 0; j < k; j++)
             {
-                using var inner = NewDisposeScope();
-                // g·v as a sum of per-tensor dots: no flattening of the graph-carrying gradient.
-                Tensor dot = (g[0] * vs[j][0]).sum();
-                for (int i = 1; i < g.Length; i++) dot = dot + (g[i] * vs[j][i]).sum();
-                var hv = Grad(dot, createGraph: false, retainGraph: j < k - 1, allowUnusedZeroFill: true);
-                result[.., j].add_(Parameters.Flatten(hv), alpha: (double)size / n);
+                vs[j] = Parameters.Unflatten(Vt[j]);
+                outs[j] = Parameters.Unflatten(result[j]);
+            }
+            foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
+            {
+                ct.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                var l = BatchLoss(x, y);
+                var g = Grad(l, createGraph: true, retainGraph: true);
+                double weight = (double)size / n;
+                for (int j = 0; j < k; j++)
+                {
+                    using var inner = NewDisposeScope();
+                    // g·v as a sum of per-tensor dots: no flattening of the graph-carrying gradient.
+                    Tensor dot = (g[0] * vs[j][0]).sum();
+                    for (int i = 1; i < g.Length; i++) dot = dot.add((g[i] * vs[j][i]).sum());
+                    var hv = Grad(dot, createGraph: false, retainGraph: j < k - 1);
+                    for (int i = 0; i < hv.Length; i++) outs[j][i].add_(hv[i], alpha: weight);
+                }
             }
         }
-        return result;
+        var block = result.t();
+        result.Dispose();
+        return block;
     }
 
     Tensor BatchLoss(Tensor x, Tensor y)

@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using TorchSharp;
+using Valley.Curvature;
+using Valley.Data;
+using Valley.Models;
+using static TorchSharp.torch;
+
+namespace Valley.Bench;
+
+public static class Runner
+{
+    public static int Main(string[] args)
+    {
+        TorchRuntime.EnsureLoaded();
+        var name = args.FirstOrDefault() ?? "help";
+        int threads = IntArg(args, "--threads", 2);
+        set_num_threads(threads);
+        switch (name)
+        {
+            case "hvp": HvpBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 15), threads, IntArg(args, "--batch-size", 2048)); return 0;
+            case "hvp-profile": HvpProfile.Run(); return 0;
+            case "mm-profile": MatmulProfile.Run(); return 0;
+            case "hvp-memory": HvpBench.Memory(IntArg(args, "--examples", 2048), IntArg(args, "--products", 1000)); return 0;
+            default:
+                Console.WriteLine("benchmarks: hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000]");
+                return name == "help" ? 0 : 1;
+        }
+    }
+
+    public static int IntArg(string[] args, string name, int def)
+    {
+        int i = Array.IndexOf(args, name);
+        return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1]) : def;
+    }
+
+    /// <summary>Fashion-MNIST training subset (Debian's dataset-fashion-mnist), the benchmarks' standard data.</summary>
+    public static Dataset FashionSubset(long n, long seed = 0)
+    {
+        using var split = DataSources.Open(null);
+        return split.Train.Subset(n, seed);
+    }
+
+    /// <summary>Median seconds of each action, repetitions interleaved (A B A B ...) so that machine noise hits both alike.</summary>
+    public static double[] Interleaved(int reps, params Action[] actions)
+    {
+        foreach (var a in actions) a(); // warm-up
+        var times = actions.Select(_ => new List<double>()).ToArray();
+        for (int r = 0; r < reps; r++)
+            for (int i = 0; i < actions.Length; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                actions[i]();
+                times[i].Add(sw.Elapsed.TotalSeconds);
+            }
+        return times.Select(t => t.OrderBy(x => x).ElementAt(t.Count / 2)).ToArray();
+    }
+
+    public static long ResidentBytes()
+    {
+        using var p = Process.GetCurrentProcess();
+        return p.WorkingSet64;
+    }
+}
+
+public static class HvpBench
+{
+    public static void Run(int examples, int reps, int threads, int batch)
+    {
+        using var data = Runner.FashionSubset(examples);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch });
+        var v = randn(obj.Size, generator: new Generator(1));
+        var t = Runner.Interleaved(reps,
+            () => { using var s = NewDisposeScope(); obj.LossAndGradient(); },
+            () => { using var s = NewDisposeScope(); obj.HessianVectorProduct(v); });
+        Console.WriteLine($"model mlp:784-128-64-10:tanh ({obj.Size} parameters), {examples} Fashion-MNIST examples, batch size {batch}, {threads} threads, median of {reps}");
+        Console.WriteLine($"full-data gradient:              {t[0] * 1000,8:F2} ms");
+        Console.WriteLine($"full-data Hessian-vector product: {t[1] * 1000,8:F2} ms");
+        Console.WriteLine($"ratio Hv / gradient:              {t[1] / t[0],8:F2}   (target <= 2.5)");
+    }
+
+    public static void Memory(int examples, int products)
+    {
+        using var data = Runner.FashionSubset(examples);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+        var op = new HessianOperator(obj);
+        var v = randn(obj.Size, generator: new Generator(1));
+        long after10 = 0;
+        for (int i = 1; i <= products; i++)
+        {
+            using (NewDisposeScope()) op.Apply(v);
+            if (i == 10) { GC.Collect(); after10 = Runner.ResidentBytes(); }
+        }
+        GC.Collect();
+        long end = Runner.ResidentBytes();
+        Console.WriteLine($"resident memory after 10 products: {after10 / 1048576.0:F1} MiB; after {products}: {end / 1048576.0:F1} MiB; growth {100.0 * (end - after10) / after10:F2}% (target < 5%)");
+    }
+}

@@ -1,0 +1,68 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using Spectre.Console;
+using Valley.Cli.Commands;
+
+namespace Valley.Cli;
+
+/// <summary>
+/// The <c>valley</c> command: argument parsing, progress and output around calls into the library.
+/// Exit codes: 0 success, 1 bad input or options (one-line error), 3 interrupted, 70 internal error.
+/// </summary>
+public static class ValleyCli
+{
+    public const int ExitBadInput = 1;
+    public const int ExitInterrupted = 3;
+    public const int ExitInternal = 70;
+
+    public static RootCommand BuildRoot()
+    {
+        var root = new RootCommand("Valley: is your network in a sharp or a flat minimum? Hessian spectra, sharpness, loss landscapes, SAM training.");
+        root.Subcommands.Add(InfoCommand.Build());
+        root.Subcommands.Add(EvalCommand.Build());
+        return root;
+    }
+
+    public static async Task<int> RunAsync(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)
+    {
+        var root = BuildRoot();
+        var parse = root.Parse(args);
+        var config = new InvocationConfiguration { Output = stdout ?? Console.Out, Error = stderr ?? Console.Error, EnableDefaultExceptionHandler = false };
+        try
+        {
+            if (parse.Errors.Count > 0)
+            {
+                foreach (var e in parse.Errors.Take(1)) config.Error.WriteLine($"error: {e.Message} (see 'valley {string.Join(' ', CommandPath(parse))} --help')");
+                return ExitBadInput;
+            }
+            return await parse.InvokeAsync(config);
+        }
+        catch (Exception e)
+        {
+            bool verbose = args.Contains("--verbose");
+            var inner = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerException! : e;
+            switch (inner)
+            {
+                case ValleyException ve:
+                    config.Error.WriteLine($"error: {ve.Message}");
+                    if (verbose) config.Error.WriteLine(ve);
+                    return ExitBadInput;
+                case OperationCanceledException:
+                    config.Error.WriteLine("interrupted: finished results were kept");
+                    return ExitInterrupted;
+                default:
+                    config.Error.WriteLine($"internal error: {inner.GetType().Name}: {inner.Message.Split('\n')[0]}");
+                    if (verbose) config.Error.WriteLine(inner);
+                    else config.Error.WriteLine("(run with --verbose for the stack trace)");
+                    return ExitInternal;
+            }
+        }
+    }
+
+    static IEnumerable<string> CommandPath(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (SymbolResult? r = parse.CommandResult; r is CommandResult cr && cr.Parent is not null; r = cr.Parent) names.Insert(0, cr.Command.Name);
+        return names;
+    }
+}
