@@ -32,7 +32,7 @@ public static class ValleyCli
         {
             if (parse.Errors.Count > 0)
             {
-                foreach (var e in parse.Errors.Take(1)) config.Error.WriteLine($"error: {e.Message} (see 'valley {string.Join(' ', CommandPath(parse))} --help')");
+                foreach (var e in parse.Errors.Take(1)) config.Error.WriteLine($"error: {string.Join(" ", e.Message.Split('\n', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))} (see 'valley {string.Join(' ', CommandPath(parse))} --help')");
                 return ExitBadInput;
             }
             return await parse.InvokeAsync(config);

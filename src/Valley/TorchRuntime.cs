@@ -43,9 +43,10 @@ public static class TorchRuntime
         return (path, bytes.AsSpan().IndexOf("GLIBCXX_3.4.32"u8) >= 0);
     }
 
-    internal static string Diagnose(string torchMessage)
+    internal static string Diagnose(string torchMessage) => Diagnose(torchMessage, CheckLibStdCxx());
+
+    internal static string Diagnose(string torchMessage, (string Path, bool Ok)? lib)
     {
-        var lib = CheckLibStdCxx();
         if (lib is { Ok: false } l)
             return $"LibTorch cannot load: {l.Path} is too old (it lacks GLIBCXX_3.4.32; TorchSharp 0.107 needs libstdc++ from GCC 13 or newer). " +
                    "Fix: run scripts/setup.sh (on Debian 12 it installs libstdc++6 from Debian 13 with an apt pin), or upgrade libstdc++6.";

@@ -24,11 +24,12 @@ public sealed class CommonOptions
     public readonly Option<bool> TrainMode = new("--train-mode") { Description = "Evaluate in training mode (BatchNorm batch statistics); default is eval mode" };
     public readonly Option<string?> Layer = new("--layer") { Description = "Restrict to parameters whose names start with these comma-separated prefixes, e.g. '4' or '4.weight'" };
     public readonly Option<string> Format = new Option<string>("--format") { Description = "Terminal output", DefaultValueFactory = _ => "table" }.AcceptOnlyFromAmong("table", "json");
+    public readonly Option<string> Normalize = new Option<string>("--normalize") { Description = "Input normalization: none (pixels in [0,1]) or standardize (training mean and std)", DefaultValueFactory = _ => "none" }.AcceptOnlyFromAmong("none", "standardize");
     public readonly Option<bool> Verbose = new("--verbose") { Description = "Show stack traces on errors" };
 
     public void AddTo(Command cmd, bool layer = true)
     {
-        foreach (var o in new Option[] { Model, Weights, Data, Classes, Subset, BatchSize, Seed, DType, Threads, Device, TrainMode, Format, Verbose }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Model, Weights, Data, Classes, Subset, BatchSize, Seed, DType, Threads, Device, TrainMode, Format, Normalize, Verbose }) cmd.Options.Add(o);
         if (layer) cmd.Options.Add(Layer);
     }
 
@@ -46,6 +47,7 @@ public sealed class CommonOptions
     {
         Setup(p);
         var split = DataSources.Open(p.GetValue(Data), p.GetValue(Classes));
+        if (p.GetValue(Normalize) == "standardize") split = DataSources.Standardize(split);
         try
         {
             long subset = p.GetValue(Subset);

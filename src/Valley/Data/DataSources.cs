@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Valley.Data;
@@ -118,6 +119,19 @@ public static class DataSources
             return new Dataset(name, x, tensor(l), TaskKind.Classification, Math.Max(k, 2));
         }
         return new Dataset(name, x, tensor(t.Targets!), TaskKind.Regression, 1);
+    }
+
+    /// <summary>
+    /// Standardize inputs with the training set's mean and standard deviation (scalars over all features),
+    /// applied to both splits. Disposes the input split.
+    /// </summary>
+    public static DataSplit Standardize(DataSplit split)
+    {
+        double mean = split.Train.X.mean().ToDouble();
+        double std = split.Train.X.std().ToDouble();
+        var result = new DataSplit(split.Train.Normalize(mean, std), split.Test?.Normalize(mean, std));
+        split.Dispose();
+        return result;
     }
 
     /// <summary>Hold out a seeded random fraction of a data set as a test set.</summary>
