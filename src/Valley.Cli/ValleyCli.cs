@@ -20,6 +20,7 @@ public static class ValleyCli
         var root = new RootCommand("Valley: is your network in a sharp or a flat minimum? Hessian spectra, sharpness, loss landscapes, SAM training.");
         root.Subcommands.Add(InfoCommand.Build());
         root.Subcommands.Add(EvalCommand.Build());
+        root.Subcommands.Add(HessianCommand.Build());
         return root;
     }
 

@@ -25,7 +25,7 @@ public static class EvalCommand
             var result = new Result(p.GetValue(o.Model)!, ctx.Train.ToString(), ctx.Objective.Size, train.Loss, train.Accuracy, train.Examples,
                 test?.Loss, test?.Accuracy, test?.Examples, grad.norm().item<float>() is var g ? g : 0, sw.Elapsed.TotalSeconds);
             grad.Dispose();
-            if (CommonOptions.Json(p, o)) { Console.WriteLine(AtomicFile.ToJson(result)); return Task.FromResult(0); }
+            if (CommonOptions.Json(p, o)) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(result)); return Task.FromResult(0); }
             var table = new Table().AddColumns("split", "examples", "loss", "accuracy");
             table.AddRow("train", train.Examples.ToString(), $"{train.Loss:G6}", train.Accuracy is { } a ? $"{100 * a:F2}%" : "-");
             if (test is not null) table.AddRow("test", test.Examples.ToString(), $"{test.Loss:G6}", test.Accuracy is { } b ? $"{100 * b:F2}%" : "-");

@@ -27,7 +27,7 @@ public static class InfoCommand
                 ["fashion-mnist"] = Directory.Exists(DataSources.FashionMnistFolder) ? DataSources.FashionMnistFolder : "not installed (apt-get install dataset-fashion-mnist, or scripts/setup.sh)",
                 ["cores"] = Environment.ProcessorCount.ToString(),
             };
-            if (p.GetValue(format) == "json") { Console.WriteLine(AtomicFile.ToJson(info)); return 0; }
+            if (p.GetValue(format) == "json") { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(info)); return 0; }
             var table = new Table().AddColumn("component").AddColumn("status");
             foreach (var (k, v) in info) table.AddRow(Markup.Escape(k), Markup.Escape(v));
             AnsiConsole.Write(table);

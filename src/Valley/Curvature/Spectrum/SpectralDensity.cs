@@ -29,8 +29,8 @@ public sealed record SpectralDensity
     public required double[][] Nodes { get; init; }
     /// <summary>Quadrature weights (squared first components of T's eigenvectors) of each run; each run's weights sum to 1.</summary>
     public required double[][] Weights { get; init; }
-    [JsonIgnore] public required double[] Grid { get; init; }
-    [JsonIgnore] public required double[] Density { get; init; }
+    [JsonIgnore] public double[] Grid { get; init; } = [];
+    [JsonIgnore] public double[] Density { get; init; } = [];
     public required double Sigma2 { get; init; }
     public required int Runs { get; init; }
     public required int Steps { get; init; }

@@ -1,0 +1,83 @@
+using System.Text.Json;
+using Valley.Cli;
+using Valley.Curvature;
+using Valley.Data;
+using Valley.Models;
+using Xunit;
+
+namespace Valley.Tests.Cli;
+
+public class HessianCommandTests
+{
+    public HessianCommandTests() => TestUtil.Init();
+
+    static string CsvData()
+    {
+        var dir = TestUtil.TempDir("csvdata");
+        using var d = Synthetic.GaussianMixture(120, 4, 3, seed: 1);
+        var x = d.X.data<float>().ToArray();
+        var y = d.Y.data<long>().ToArray();
+        var lines = new List<string> { "a,b,c,d,label" };
+        for (int i = 0; i < 120; i++) lines.Add(string.Join(",", x.Skip(4 * i).Take(4).Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "," + y[i]);
+        File.WriteAllLines(Path.Combine(dir, "train.csv"), lines);
+        return dir;
+    }
+
+    static int Run(out string stdout, out string stderr, params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = ValleyCli.RunAsync(args, o, e).GetAwaiter().GetResult();
+        stdout = o.ToString();
+        stderr = e.ToString();
+        return code;
+    }
+
+    [Fact]
+    public void HessianCommandWritesJsonCsvAndPngWhoseValuesMatchTheExactSpectrum()
+    {
+        var data = CsvData();
+        var outDir = Path.Combine(TestUtil.TempDir("hessian-out"), "h");
+        int code = Run(out _, out var err, "hessian", "--data", data, "--model", "mlp:4-6-3:tanh", "--subset", "0", "--dtype", "float64",
+            "--top", "3", "--bottom", "2", "--trace", "--density", "--exact", "--tol", "1e-8", "--density-runs", "3", "--density-steps", "20", "--out", outDir);
+        Assert.True(code == 0, err);
+        foreach (var f in new[] { "hessian.json", "density.csv", "density-nodes.csv", "density.png" })
+            Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+        var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "hessian.json"))).RootElement;
+        var report = json.GetProperty("report");
+        var exact = report.GetProperty("exact").GetProperty("eigenvalues").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        var top = report.GetProperty("top").GetProperty("values").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        var bottom = report.GetProperty("bottom").GetProperty("values").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        Assert.Equal(4 * 6 + 6 + 6 * 3 + 3, json.GetProperty("parameters").GetInt32());
+        for (int i = 0; i < 3; i++) Assert.Equal(exact[^(i + 1)], top[i], 6);
+        for (int i = 0; i < 2; i++) Assert.Equal(exact[i], bottom[i], 6);
+        var trace = report.GetProperty("trace");
+        Assert.True(Math.Abs(trace.GetProperty("trace").GetDouble() - exact.Sum()) <= 4 * trace.GetProperty("standard_error").GetDouble() + 1e-9);
+        Assert.Equal(exact[^1], report.GetProperty("lambda_max").GetDouble(), 9);
+        var png = File.ReadAllBytes(Path.Combine(outDir, "density.png"));
+        Assert.Equal(new byte[] { 0x89, 0x50, 0x4E, 0x47 }, png[..4]);
+    }
+
+    [Theory]
+    [InlineData("--top", "1000000", "--top: must be between 0 and the number of parameters")]
+    [InlineData("--tol", "-1", "--tol: must be in (0, 1)")]
+    [InlineData("--max-products", "0", "--max-products")]
+    [InlineData("--density-steps", "1", "--density-steps")]
+    public void BadHessianOptionsGiveClearErrors(string option, string value, string expected)
+    {
+        var data = CsvData();
+        int code = Run(out _, out var err, "hessian", "--data", data, "--model", "mlp:4-6-3", "--out", TestUtil.TempDir("bad"), option, value);
+        Assert.Equal(ValleyCli.ExitBadInput, code);
+        Assert.Contains(expected, err);
+    }
+
+    [Fact]
+    public void JsonFormatPrintsTheReportOnStdout()
+    {
+        var data = CsvData();
+        int code = Run(out var stdout, out var err, "hessian", "--data", data, "--model", "mlp:4-6-3", "--top", "1", "--format", "json", "--out", TestUtil.TempDir("json"));
+        Assert.True(code == 0, err);
+        var doc = JsonDocument.Parse(stdout).RootElement;
+        Assert.True(doc.GetProperty("report").GetProperty("top").GetProperty("values")[0].GetDouble() > 0);
+    }
+}
