@@ -18,13 +18,20 @@ public static class Runner
         switch (name)
         {
             case "hvp": HvpBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 15), threads, IntArg(args, "--batch-size", 2048)); return 0;
+            case "spectrum": SpectrumBench.Run(threads, StrArg(args, "--out", "artifacts/bench/spectrum")); return 0;
             case "hvp-profile": HvpProfile.Run(); return 0;
             case "mm-profile": MatmulProfile.Run(); return 0;
             case "hvp-memory": HvpBench.Memory(IntArg(args, "--examples", 2048), IntArg(args, "--products", 1000)); return 0;
             default:
-                Console.WriteLine("benchmarks: hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000]");
+                Console.WriteLine("benchmarks: spectrum [--threads 2 --out DIR], hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000]");
                 return name == "help" ? 0 : 1;
         }
+    }
+
+    public static string StrArg(string[] args, string name, string def)
+    {
+        int i = Array.IndexOf(args, name);
+        return i >= 0 && i + 1 < args.Length ? args[i + 1] : def;
     }
 
     public static int IntArg(string[] args, string name, int def)
@@ -76,15 +83,18 @@ public static class HvpBench
     {
         using var data = Runner.FashionSubset(examples);
         var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
-        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch });
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch, CacheGraph = false });
+        using var cached = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch });
         var v = randn(obj.Size, generator: new Generator(1));
         var t = Runner.Interleaved(reps,
             () => { using var s = NewDisposeScope(); obj.LossAndGradient(); },
-            () => { using var s = NewDisposeScope(); obj.HessianVectorProduct(v); });
+            () => { using var s = NewDisposeScope(); obj.HessianVectorProduct(v); },
+            () => { using var s = NewDisposeScope(); cached.HessianVectorProduct(v); });
         Console.WriteLine($"model mlp:784-128-64-10:tanh ({obj.Size} parameters), {examples} Fashion-MNIST examples, batch size {batch}, {threads} threads, median of {reps}");
         Console.WriteLine($"full-data gradient:              {t[0] * 1000,8:F2} ms");
         Console.WriteLine($"full-data Hessian-vector product: {t[1] * 1000,8:F2} ms");
         Console.WriteLine($"ratio Hv / gradient:              {t[1] / t[0],8:F2}   (target <= 2.5)");
+        Console.WriteLine($"repeated Hv at the same weights with the cached single-batch graph: {t[2] * 1000:F2} ms ({t[2] / t[0]:F2}× a gradient)");
     }
 
     public static void Memory(int examples, int products)

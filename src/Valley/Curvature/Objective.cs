@@ -18,6 +18,13 @@ public sealed record ObjectiveOptions
 
     /// <summary>Restrict to parameters whose names pass this filter (e.g. one layer); null: all trainable parameters.</summary>
     public Func<string, bool>? ParameterFilter { get; init; }
+
+    /// <summary>
+    /// When the data set fits in one batch, keep its forward pass and graph-building backward pass between
+    /// Hessian-vector products at the same weights, so that each product costs one double-backward pass. The weights are
+    /// fingerprinted before every product and the graph is rebuilt when they changed. Costs the memory of one graph.
+    /// </summary>
+    public bool CacheGraph { get; init; } = true;
 }
 
 /// <summary>Loss and accuracy of a model over a whole data set.</summary>
@@ -142,12 +149,12 @@ public sealed class Objective : IDisposable
                 vs[j] = Parameters.Unflatten(Vt[j]);
                 outs[j] = Parameters.Unflatten(result[j]);
             }
+            bool cached = Options.CacheGraph && Data.Count <= Options.BatchSize;
             foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
             {
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
-                var l = BatchLoss(x, y);
-                var g = Grad(l, createGraph: true, retainGraph: true);
+                var g = cached ? CachedGradientGraph() : Grad(BatchLoss(x, y), createGraph: true, retainGraph: true);
                 double weight = (double)size / n;
                 for (int j = 0; j < k; j++)
                 {
@@ -155,7 +162,7 @@ public sealed class Objective : IDisposable
                     // g·v as a sum of per-tensor dots: no flattening of the graph-carrying gradient.
                     Tensor dot = (g[0] * vs[j][0]).sum();
                     for (int i = 1; i < g.Length; i++) dot = dot.add((g[i] * vs[j][i]).sum());
-                    var hv = Grad(dot, createGraph: false, retainGraph: j < k - 1);
+                    var hv = Grad(dot, createGraph: false, retainGraph: cached || j < k - 1);
                     for (int i = 0; i < hv.Length; i++) outs[j][i].add_(hv[i], alpha: weight);
                 }
             }
@@ -163,6 +170,53 @@ public sealed class Objective : IDisposable
         var block = result.t();
         result.Dispose();
         return block;
+    }
+
+    Tensor[]? _cachedGrad;
+    double[]? _cachedFingerprint;
+    Tensor[]? _fingerprintProbe;
+
+    /// <summary>
+    /// The graph-carrying gradient of the single-batch loss, rebuilt when the weights' fingerprint (their dot products
+    /// with a fixed random vector, and their sums) changed since it was built.
+    /// </summary>
+    Tensor[] CachedGradientGraph()
+    {
+        var fp = Fingerprint();
+        if (_cachedGrad is not null && _cachedFingerprint!.SequenceEqual(fp)) return _cachedGrad;
+        DropCachedGraph();
+        using (var scope = NewDisposeScope())
+        {
+            var (x, y, _) = Data.Batches(Options.BatchSize).First();
+            var g = Grad(BatchLoss(x, y), createGraph: true, retainGraph: true);
+            foreach (var t in g) t.MoveToOuterDisposeScope();
+            _cachedGrad = g;
+        }
+        foreach (var t in _cachedGrad) t.DetachFromDisposeScope();
+        _cachedFingerprint = fp;
+        return _cachedGrad;
+    }
+
+    double[] Fingerprint()
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        _fingerprintProbe ??= Parameters.Tensors.Select((p, i) => randn(p.shape, dtype: ScalarType.Float64, generator: new Generator(9173 + (ulong)i)).to(p.device).DetachFromDisposeScope()).ToArray();
+        var fp = new double[2 * Parameters.Tensors.Count];
+        for (int i = 0; i < Parameters.Tensors.Count; i++)
+        {
+            var p = Parameters.Tensors[i].to(ScalarType.Float64);
+            fp[2 * i] = (p * _fingerprintProbe[i]).sum().ToDouble();
+            fp[2 * i + 1] = p.sum().ToDouble();
+        }
+        return fp;
+    }
+
+    void DropCachedGraph()
+    {
+        if (_cachedGrad is null) return;
+        foreach (var t in _cachedGrad) t.Dispose();
+        _cachedGrad = null;
     }
 
     Tensor BatchLoss(Tensor x, Tensor y)
@@ -207,6 +261,8 @@ public sealed class Objective : IDisposable
 
     public void Dispose()
     {
+        DropCachedGraph();
+        if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
         if (_ownsData) Data.Dispose();
     }
 

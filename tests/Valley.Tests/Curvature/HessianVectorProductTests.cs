@@ -71,6 +71,24 @@ public class HessianVectorProductTests
     }
 
     [Fact]
+    public void CachedSingleBatchGraphIsRebuiltWhenTheWeightsChange()
+    {
+        using var data = Synthetic.GaussianMixture(40, 8, 3, seed: 5);
+        var spec = ModelSpec.Parse("mlp:8-6-3:tanh");
+        using var cached = new Objective(spec.Build(data, 1), Losses.CrossEntropy, data, new() { BatchSize = 64 });
+        var v = randn(cached.Size, generator: new Generator(4));
+        var before = cached.HessianVectorProduct(v);
+        Assert.True((cached.HessianVectorProduct(v) - before).abs().max().ToDouble() == 0);
+        cached.Parameters.AddInPlace(randn(cached.Size, generator: new Generator(5)), 0.1);
+        var after = cached.HessianVectorProduct(v);
+        using var fresh = new Objective(spec.Build(data, 1), Losses.CrossEntropy, data, new() { BatchSize = 64, CacheGraph = false });
+        fresh.Parameters.SetFlat(cached.Parameters.GetFlat());
+        var expected = fresh.HessianVectorProduct(v);
+        Assert.True(((after - expected).norm() / expected.norm()).ToDouble() < 1e-6);
+        Assert.True(((after - before).norm() / before.norm()).ToDouble() > 1e-3);
+    }
+
+    [Fact]
     public void BlockProductEqualsColumnByColumnProducts()
     {
         var (obj, data) = TanhMlp();

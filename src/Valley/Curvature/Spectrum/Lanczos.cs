@@ -217,10 +217,15 @@ internal sealed class BlockLanczosProcess : IDisposable
         _normEst = Math.Max(_normEst, A.abs().max().ToDouble());
         // Full reorthogonalization against the whole basis (and the locked vectors), twice.
         var basis = _basis.narrow(0, 0, _rows);
+        // Full reorthogonalization: classical Gram-Schmidt, repeated when the DGKS criterion says rounding may have left a component.
+        var before = W.norm(1);
         for (int pass = 0; pass < 2; pass++)
         {
             W = W - basis.matmul(W.t()).t().matmul(basis);
             if (_locked is not null) W = W - _locked.matmul(W.t()).t().matmul(_locked);
+            var after = W.norm(1);
+            if (!(after < before * 0.7071).any().ToBoolean()) break;
+            before = after;
         }
         // W = R ᵀ Q_next in row form: QR of Wᵀ [n, b].
         var (qn, r) = linalg.qr(W.t());

@@ -139,8 +139,9 @@ public static class StochasticLanczosQuadrature
     {
         int r = (int)startRows.shape[0];
         long n = op.Size;
-        // Basis [r, m, n]: float64 when it fits in 2 GiB, else the operator's dtype.
-        var basisType = (double)r * m * n * 8 <= 2.0 * (1L << 30) ? ScalarType.Float64 : op.DType;
+        // Basis [r, m, n] in the operator's dtype (the products are no more accurate than that; halves the memory traffic of
+        // reorthogonalization for float32 models); α, β and T in float64.
+        var basisType = op.DType;
         using var basis = zeros([r, m, n], dtype: basisType, device: op.Device);
         var alpha = new double[r][];
         var beta = new double[r][];
@@ -157,13 +158,19 @@ public static class StochasticLanczosQuadrature
             var a = (W * V).sum(1);
             W = W - a.unsqueeze(1) * V;
             if (j > 0) W = W - tensor(beta.Select(b => b[j - 1]).ToArray(), ScalarType.Float64).to(op.Device).unsqueeze(1) * basis[.., j - 1, ..].to(ScalarType.Float64);
-            var Vs = basis.narrow(1, 0, j + 1).to(ScalarType.Float64);             // [r, j+1, n]
+            var Vs = basis.narrow(1, 0, j + 1);                                    // [r, j+1, n]
+            // Full reorthogonalization, classical Gram-Schmidt with the DGKS criterion: a second pass only when the
+            // first removed most of the vector (‖w‖ fell below 1/√2 of its size), which is when rounding can leave a component.
+            var b = W.norm(1);
             for (int pass = 0; pass < 2; pass++)
             {
-                var c = Vs.bmm(W.unsqueeze(2));                                     // [r, j+1, 1]
-                W = W - c.transpose(1, 2).bmm(Vs).squeeze(1);
+                var c = Vs.bmm(W.unsqueeze(2).to(basisType));                       // [r, j+1, 1]
+                W = W - c.transpose(1, 2).bmm(Vs).squeeze(1).to(ScalarType.Float64);
+                var after = W.norm(1);
+                bool again = (after < b * 0.7071).any().ToBoolean();
+                b = after;
+                if (!again) break;
             }
-            var b = W.norm(1);
             var av = a.cpu().data<double>().ToArray();
             var bv = b.cpu().data<double>().ToArray();
             for (int i = 0; i < r; i++)
