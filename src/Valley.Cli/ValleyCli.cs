@@ -21,6 +21,7 @@ public static class ValleyCli
         root.Subcommands.Add(InfoCommand.Build());
         root.Subcommands.Add(EvalCommand.Build());
         root.Subcommands.Add(HessianCommand.Build());
+        root.Subcommands.Add(TrainCommand.Build());
         return root;
     }
 

@@ -15,8 +15,8 @@ public sealed class CommonOptions
     public readonly Option<string?> Weights = new("--weights", "-w") { Description = "Weights file: TorchSharp .dat, PyTorch state_dict .pt/.pth/.bin, or .safetensors (default: freshly initialized with --seed)" };
     public readonly Option<string?> Data = new("--data", "-d") { Description = "Data: an MNIST-format IDX folder, a CSV file, or a folder with train.csv/test.csv (default: Fashion-MNIST from /usr/share/datasets/fashion-mnist)" };
     public readonly Option<int> Classes = new("--classes") { Description = "Number of classes (default: 10 for IDX data, inferred from CSV labels)" };
-    public readonly Option<long> Subset = new("--subset") { Description = "Use a fixed, seeded subset of N training examples (0 = all)", DefaultValueFactory = _ => 2048 };
-    public readonly Option<long> BatchSize = new("--batch-size", "-b") { Description = "Examples per batch (results do not depend on it; memory does)", DefaultValueFactory = _ => 1024 };
+    public readonly Option<long> Subset;
+    public readonly Option<long> BatchSize;
     public readonly Option<long> Seed = new("--seed") { Description = "Seed for subsets, initialization and random probes", DefaultValueFactory = _ => 0 };
     public readonly Option<string> DType = new Option<string>("--dtype") { Description = "Compute precision", DefaultValueFactory = _ => "float32" }.AcceptOnlyFromAmong("float32", "float64");
     public readonly Option<int> Threads = new("--threads") { Description = "CPU threads for LibTorch (0 = LibTorch's default)", DefaultValueFactory = _ => 0 };
@@ -26,6 +26,12 @@ public sealed class CommonOptions
     public readonly Option<string> Format = new Option<string>("--format") { Description = "Terminal output", DefaultValueFactory = _ => "table" }.AcceptOnlyFromAmong("table", "json");
     public readonly Option<string> Normalize = new Option<string>("--normalize") { Description = "Input normalization: none (pixels in [0,1]) or standardize (training mean and std)", DefaultValueFactory = _ => "none" }.AcceptOnlyFromAmong("none", "standardize");
     public readonly Option<bool> Verbose = new("--verbose") { Description = "Show stack traces on errors" };
+
+    public CommonOptions(long subsetDefault = 2048, long batchDefault = 1024)
+    {
+        Subset = new("--subset") { Description = "Use a fixed, seeded subset of N training examples (0 = all)", DefaultValueFactory = _ => subsetDefault };
+        BatchSize = new("--batch-size", "-b") { Description = "Examples per batch (results do not depend on it; memory does)", DefaultValueFactory = _ => batchDefault };
+    }
 
     public void AddTo(Command cmd, bool layer = true)
     {
@@ -41,6 +47,18 @@ public sealed class CommonOptions
         public required nn.Module<Tensor, Tensor> Model { get; init; }
         public required Objective Objective { get; init; }
         public void Dispose() { Objective.Dispose(); if (!ReferenceEquals(Train, Split.Train)) Train.Dispose(); Split.Dispose(); }
+    }
+
+    /// <summary>The data split with the training subset applied (train may be the split's own training set).</summary>
+    public (DataSplit Split, Dataset Train) LoadData(ParseResult p)
+    {
+        Setup(p);
+        var split = DataSources.Open(p.GetValue(Data), p.GetValue(Classes));
+        if (p.GetValue(Normalize) == "standardize") split = DataSources.Standardize(split);
+        long subset = p.GetValue(Subset);
+        if (subset < 0) { split.Dispose(); throw new ValleyException($"--subset: must be 0 (all) or a positive number of examples, got {subset}"); }
+        var train = subset > 0 && subset < split.Train.Count ? split.Train.Subset(subset, p.GetValue(Seed)) : split.Train;
+        return (split, train);
     }
 
     public Context Load(ParseResult p)

@@ -46,6 +46,76 @@ public static class Plots
         plt.Axes.Left.TickGenerator = ticks;
     }
 
+    /// <summary>
+    /// Training curves: loss and accuracy per epoch (train and test), and the monitored λmax over steps with the
+    /// 2/η stability threshold of full-batch gradient descent where it applies. Panels stacked in one PNG.
+    /// </summary>
+    public static void Training(Valley.Training.TrainingLog log, string path)
+    {
+        var panels = new List<Plot>();
+        var epochs = log.Epochs.Select(e => (double)e.Epoch).ToArray();
+        var loss = new Plot();
+        AddLine(loss, epochs, log.Epochs.Select(e => e.TrainLoss).ToArray(), "train loss", Colors.Navy);
+        if (log.Epochs.All(e => e.TestLoss is not null)) AddLine(loss, epochs, log.Epochs.Select(e => e.TestLoss!.Value).ToArray(), "test loss", Colors.DarkOrange);
+        loss.Title($"{log.Model}: {log.Options.Optimizer}, lr {log.Options.LearningRate}, batch {(log.Options.BatchSize == 0 ? "full" : log.Options.BatchSize.ToString())}");
+        loss.XLabel("epoch");
+        loss.YLabel("loss");
+        loss.ShowLegend(Alignment.UpperRight);
+        panels.Add(loss);
+        if (log.Epochs.All(e => e.TrainAccuracy is not null))
+        {
+            var acc = new Plot();
+            AddLine(acc, epochs, log.Epochs.Select(e => 100 * e.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.Navy);
+            if (log.Epochs.All(e => e.TestAccuracy is not null)) AddLine(acc, epochs, log.Epochs.Select(e => 100 * e.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.DarkOrange);
+            acc.XLabel("epoch");
+            acc.YLabel("accuracy (%)");
+            acc.ShowLegend(Alignment.LowerRight);
+            panels.Add(acc);
+        }
+        if (log.Monitor.Count > 0)
+        {
+            var sharp = new Plot();
+            AddLine(sharp, log.Monitor.Select(m => (double)m.Step).ToArray(), log.Monitor.Select(m => m.LambdaMax).ToArray(), "λmax (Lanczos)", Colors.FireBrick);
+            if (log.StabilityThreshold is { } t)
+            {
+                var h = sharp.Add.HorizontalLine(t);
+                h.LinePattern = LinePattern.Dashed;
+                h.Color = Colors.Gray;
+                h.LegendText = "2/η";
+            }
+            sharp.XLabel("step");
+            sharp.YLabel("λmax");
+            sharp.ShowLegend(Alignment.LowerRight);
+            panels.Add(sharp);
+        }
+        Stack(panels, path, 900, 320);
+    }
+
+    static void AddLine(Plot plt, double[] xs, double[] ys, string label, Color color)
+    {
+        var s = plt.Add.Scatter(xs, ys);
+        s.LegendText = label;
+        s.Color = color;
+        s.LineWidth = 2;
+        s.MarkerSize = xs.Length > 60 ? 0 : 4;
+    }
+
+    /// <summary>Render plots one above another into one PNG (atomically).</summary>
+    public static void Stack(IReadOnlyList<Plot> plots, string path, int width, int heightEach)
+    {
+        using var surface = SkiaSharp.SKSurface.Create(new SkiaSharp.SKImageInfo(width, heightEach * plots.Count));
+        surface.Canvas.Clear(SkiaSharp.SKColors.White);
+        for (int i = 0; i < plots.Count; i++)
+        {
+            var png = plots[i].GetImage(width, heightEach).GetImageBytes();
+            using var bmp = SkiaSharp.SKBitmap.Decode(png);
+            surface.Canvas.DrawBitmap(bmp, 0, i * heightEach);
+        }
+        using var image = surface.Snapshot();
+        using var data = image.Encode(SkiaSharp.SKEncodedImageFormat.Png, 90);
+        AtomicFile.WriteAllBytes(path, data.ToArray());
+    }
+
     /// <summary>Save as PNG or SVG by extension, atomically.</summary>
     public static void Save(Plot plt, string path, int width, int height)
     {

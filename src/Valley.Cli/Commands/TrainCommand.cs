@@ -1,0 +1,98 @@
+using System.CommandLine;
+using Spectre.Console;
+using Valley.Models;
+using Valley.Training;
+
+namespace Valley.Cli.Commands;
+
+/// <summary><c>valley train</c>: SGD, Adam, SAM, ASAM (m-sharpness, SWA, schedules) with a sharpness monitor, checkpoints and resume.</summary>
+public static class TrainCommand
+{
+    public static Command Build()
+    {
+        var o = new CommonOptions(subsetDefault: 0, batchDefault: 128);
+        var optimizer = new Option<string>("--optimizer") { Description = "sgd, adam, sam or asam", DefaultValueFactory = _ => "sgd" }.AcceptOnlyFromAmong("sgd", "adam", "sam", "asam");
+        var baseOpt = new Option<string>("--base-optimizer") { Description = "Base optimizer of SAM/ASAM: sgd or adam", DefaultValueFactory = _ => "sgd" }.AcceptOnlyFromAmong("sgd", "adam");
+        var lr = new Option<double>("--lr") { Description = "Learning rate", DefaultValueFactory = _ => 0.01 };
+        var momentum = new Option<double>("--momentum") { Description = "SGD momentum", DefaultValueFactory = _ => 0.9 };
+        var wd = new Option<double>("--weight-decay") { Description = "Weight decay (in the base optimizer)", DefaultValueFactory = _ => 0 };
+        var rho = new Option<double?>("--rho") { Description = "SAM/ASAM radius ρ (default 0.05 for SAM, 0.5 for ASAM)" };
+        var eta = new Option<double>("--eta") { Description = "ASAM η", DefaultValueFactory = _ => 0.01 };
+        var m = new Option<long>("--m") { Description = "m-sharpness: micro-batch size with its own perturbation (0 = whole batch)", DefaultValueFactory = _ => 0 };
+        var epochs = new Option<int>("--epochs") { Description = "Epochs", DefaultValueFactory = _ => 10 };
+        var steps = new Option<long>("--steps") { Description = "Stop after this many steps (0 = use --epochs)", DefaultValueFactory = _ => 0 };
+        var stopAt = new Option<double?>("--stop-at-loss") { Description = "Stop when the full training loss falls below this value (checked after every epoch)" };
+        var schedule = new Option<string>("--schedule") { Description = "constant, step (×0.1 at 50% and 75%) or cosine", DefaultValueFactory = _ => "constant" }.AcceptOnlyFromAmong("constant", "step", "cosine");
+        var swa = new Option<int?>("--swa-start") { Description = "Average weights from this epoch on (SWA), BatchNorm statistics recomputed at the end" };
+        var monitor = new Option<long>("--monitor-every") { Description = "λmax by Lanczos every N steps (0 = off)", DefaultValueFactory = _ => 0 };
+        var monitorN = new Option<long>("--monitor-examples") { Description = "Fixed training examples for the monitor", DefaultValueFactory = _ => 2048 };
+        var ckEvery = new Option<int>("--checkpoint-every") { Description = "Keep a weights checkpoint every N epochs (for trajectories)", DefaultValueFactory = _ => 1 };
+        var savePt = new Option<bool>("--save-pt") { Description = "Also write PyTorch .pt checkpoints" };
+        var outDir = new Option<string>("--out", "-o") { Description = "Output folder", DefaultValueFactory = _ => "out/train" };
+        var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint" };
+        var cmd = new Command("train", "Train a model with SGD, Adam, SAM or ASAM, watching sharpness (λmax) as it trains. Resumable.");
+        o.AddTo(cmd, layer: false);
+        foreach (var opt in new Option[] { optimizer, baseOpt, lr, momentum, wd, rho, eta, m, epochs, steps, stopAt, schedule, swa, monitor, monitorN, ckEvery, savePt, outDir, resume })
+            cmd.Options.Add(opt);
+        cmd.SetAction((p, ct) =>
+        {
+            var options = new TrainOptions
+            {
+                Optimizer = p.GetValue(optimizer)!, BaseOptimizer = p.GetValue(baseOpt)!, LearningRate = p.GetValue(lr), Momentum = p.GetValue(momentum),
+                WeightDecay = p.GetValue(wd), Rho = p.GetValue(rho), Eta = p.GetValue(eta), MicroBatch = p.GetValue(m), BatchSize = p.GetValue(o.BatchSize),
+                Epochs = p.GetValue(epochs), Steps = p.GetValue(steps), StopAtLoss = p.GetValue(stopAt),
+                Schedule = Enum.Parse<Schedule>(p.GetValue(schedule)!, ignoreCase: true), SwaStart = p.GetValue(swa), MonitorEvery = p.GetValue(monitor),
+                MonitorExamples = p.GetValue(monitorN), CheckpointEvery = p.GetValue(ckEvery), SavePyTorch = p.GetValue(savePt), Seed = p.GetValue(o.Seed),
+            };
+            var dir = p.GetValue(outDir)!;
+            Reporting.AtomicFile.EnsureWritableFolder(dir);
+            var (split, train) = o.LoadData(p);
+            using var _s = split;
+            using var _t = ReferenceEquals(train, split.Train) ? null : train;
+            bool f64 = p.GetValue(o.DType) == "float64";
+            using var train64 = f64 ? train.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
+            using var test64 = f64 ? split.Test?.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
+            options.Validate(train.Count);
+            var spec = p.GetValue(o.Model)!;
+            var model = new ModelSource(spec, p.GetValue(o.Weights), p.GetValue(o.Seed)).Build(train);
+            if (f64) TorchSharp.ModuleExtensionMethods.to(model, TorchSharp.torch.ScalarType.Float64);
+            using var lockFile = OutputLock.Acquire(dir);
+            var trainer = new Trainer(model, spec, train64 ?? train, test64 ?? split.Test, options, dir);
+            bool json = CommonOptions.Json(p, o);
+            var term = CommonOptions.Terminal(json);
+            if (!json) term.MarkupLine($"[bold]{Markup.Escape(spec)}[/] on {Markup.Escape(train.ToString())}; {Markup.Escape(options.Optimizer)}, lr {options.LearningRate}, batch {(options.BatchSize == 0 ? "full" : options.BatchSize)}");
+            TrainingLog log = null!;
+            if (Console.IsErrorRedirected && Console.IsOutputRedirected) log = trainer.Run(p.GetValue(resume), null, ct);
+            else
+                term.Progress().AutoClear(false)
+                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        ProgressTask? task = null;
+                        int current = -1;
+                        log = trainer.Run(p.GetValue(resume), new Valley.Curvature.Spectrum.SyncProgress<TrainProgress>(pr =>
+                        {
+                            if (pr.Epoch != current)
+                            {
+                                task?.StopTask();
+                                current = pr.Epoch;
+                                task = ctx.AddTask($"epoch {pr.Epoch}/{pr.Epochs}", maxValue: pr.StepsPerEpoch);
+                            }
+                            task!.Value = (pr.Step - 1) % pr.StepsPerEpoch + 1;
+                            task.Description = $"epoch {pr.Epoch}/{pr.Epochs} loss {pr.RunningLoss:F4}" + (pr.LambdaMax is { } l ? $" λmax {l:G4}" : "");
+                        }), ct);
+                        task?.StopTask();
+                    });
+            if (json) { p.InvocationConfiguration.Output.WriteLine(Reporting.AtomicFile.ToJson(log)); return Task.FromResult(0); }
+            var last = log.Epochs.Last();
+            var t = new Table().AddColumns("split", "loss", "accuracy");
+            t.AddRow("train", $"{last.TrainLoss:G5}", last.TrainAccuracy is { } a ? $"{100 * a:F2}%" : "-");
+            if (last.TestLoss is { } tl) t.AddRow("test", $"{tl:G5}", last.TestAccuracy is { } b ? $"{100 * b:F2}%" : "-");
+            term.Write(t);
+            if (log.Monitor.Count > 0) term.MarkupLine($"λmax at step {log.Monitor[^1].Step}: {log.Monitor[^1].LambdaMax:G5}" + (log.StabilityThreshold is { } th ? $" (2/η = {th:G4})" : ""));
+            term.MarkupLine($"{Markup.Escape(log.StopReason ?? "")}. Weights: [blue]{Markup.Escape(Path.Combine(dir, "model.dat"))}[/]; log.csv, train.json, training.png, checkpoints/ in {Markup.Escape(dir)}");
+            return Task.FromResult(0);
+        });
+        return cmd;
+    }
+}
