@@ -45,12 +45,17 @@ public sealed class SharpnessAwareMinimization
         _norms = model.modules().OfType<NormBase>().ToArray();
     }
 
+    Tensor[]? _copies;
+
     /// <summary>One SAM step over micro-batches given as (loss closure, size); returns the size-weighted mean loss at w.</summary>
     public double Step(IReadOnlyList<(Func<Tensor> Loss, long Size)> microBatches)
     {
         if (microBatches.Count == 0) throw new ValleyException("SAM step without data");
         long total = microBatches.Sum(m => m.Size);
-        var acc = _params.Select(p => zeros_like(p).DetachFromDisposeScope()).ToArray();
+        bool single = microBatches.Count == 1;
+        // Persistent buffers: the exact copies of w, and (with micro-batches) the accumulated perturbed gradient.
+        _copies ??= _params.Select(p => empty_like(p).DetachFromDisposeScope()).ToArray();
+        var acc = single ? null : _params.Select(p => zeros_like(p).DetachFromDisposeScope()).ToArray();
         double loss = 0;
         try
         {
@@ -63,44 +68,52 @@ public sealed class SharpnessAwareMinimization
                 l.backward();
                 loss += l.ToDouble() * weight;
                 var grads = _params.Select(p => p.grad ?? zeros_like(p)).ToArray();
-                if (Options.Rho == 0)
+                if (Options.Rho > 0)
                 {
-                    for (int i = 0; i < acc.Length; i++) acc[i].add_(grads[i], alpha: weight);
-                    continue;
-                }
-                var eps = Ascent(grads);
-                var copies = _params.Select(p => p.detach().clone()).ToArray();
-                using (no_grad())
-                    for (int i = 0; i < _params.Length; i++) _params[i].add_(eps[i]);
-                var frozen = FreezeNorms();
-                try
-                {
-                    _base.zero_grad();
-                    closure().backward();
-                }
-                finally
-                {
-                    UnfreezeNorms(frozen);
                     using (no_grad())
-                        for (int i = 0; i < _params.Length; i++) _params[i].copy_(copies[i]);
+                    {
+                        if (Options.Adaptive)
+                        {
+                            var eps = Ascent(grads);
+                            for (int i = 0; i < _params.Length; i++) { _copies[i].copy_(_params[i]); _params[i].add_(eps[i]); }
+                        }
+                        else
+                        {
+                            // Plain SAM: w += ρ g/‖g‖ without materializing ε̂.
+                            double factor = Options.Rho / (stack(grads.Select(g => g.norm()).ToArray()).norm().ToDouble() + 1e-12);
+                            for (int i = 0; i < _params.Length; i++) { _copies[i].copy_(_params[i]); _params[i].add_(grads[i], alpha: factor); }
+                        }
+                    }
+                    var frozen = FreezeNorms();
+                    try
+                    {
+                        _base.zero_grad();
+                        closure().backward();
+                    }
+                    finally
+                    {
+                        UnfreezeNorms(frozen);
+                        using (no_grad())
+                            for (int i = 0; i < _params.Length; i++) _params[i].copy_(_copies[i]);
+                    }
                 }
-                for (int i = 0; i < acc.Length; i++)
-                    if (_params[i].grad is { } g) acc[i].add_(g, alpha: weight);
+                if (acc is not null)
+                    for (int i = 0; i < acc.Length; i++)
+                        if (_params[i].grad is { } g) acc[i].add_(g, alpha: weight);
             }
-            using (no_grad())
-            {
-                for (int i = 0; i < _params.Length; i++)
-                {
-                    using var g = _params[i].grad;
-                    if (g is null) _params[i].grad = acc[i].clone();
-                    else g.copy_(acc[i]);
-                }
-            }
+            if (acc is not null)
+                using (no_grad())
+                    for (int i = 0; i < _params.Length; i++)
+                    {
+                        using var g = _params[i].grad;
+                        if (g is null) _params[i].grad = acc[i].clone();
+                        else g.copy_(acc[i]);
+                    }
             _base.step();
         }
         finally
         {
-            foreach (var a in acc) a.Dispose();
+            if (acc is not null) foreach (var a in acc) a.Dispose();
         }
         return loss;
     }
@@ -109,15 +122,17 @@ public sealed class SharpnessAwareMinimization
     internal Tensor[] Ascent(Tensor[] grads)
     {
         using var _ = no_grad();
-        var scale = _params.Select(p => Options.Adaptive && p.dim() >= 2 ? p.abs() + Options.Eta : null).ToArray();
-        double normSq = 0;
+        var scaled = new Tensor[grads.Length];
+        var scale = new Tensor?[grads.Length];
         for (int i = 0; i < grads.Length; i++)
         {
-            var tg = scale[i] is { } t ? t * grads[i] : grads[i];
-            normSq += tg.pow(2).sum().ToDouble();
+            scale[i] = Options.Adaptive && _params[i].dim() >= 2 ? _params[i].abs().add_(Options.Eta) : null;
+            scaled[i] = scale[i] is { } t ? t * grads[i] : grads[i];
         }
-        double factor = Options.Rho / (Math.Sqrt(normSq) + 1e-12);
-        return grads.Select((g, i) => scale[i] is { } t ? t * t * g * factor : g * factor).ToArray();
+        // One synchronization for the norm over all parameters.
+        double norm = stack(scaled.Select(t => t.norm()).ToArray()).norm().ToDouble();
+        double factor = Options.Rho / (norm + 1e-12);
+        return grads.Select((g, i) => scale[i] is { } t ? scaled[i].mul(t).mul_(factor) : g.mul(factor)).ToArray();
     }
 
     (double? Momentum, Tensor? Count)[] FreezeNorms()
