@@ -39,8 +39,16 @@ public sealed record SpectralDensity
     /// <summary>Largest and smallest Ritz values over all runs (λmax and λmin estimates; extreme Ritz values converge first).</summary>
     public double LambdaMax => Nodes.SelectMany(x => x).Max();
     public double LambdaMin => Nodes.SelectMany(x => x).Min();
-    /// <summary>Quadrature mass on negative eigenvalues: the estimated fraction of negative eigenvalues (weights of negative nodes).</summary>
-    public double NegativeMass => Nodes.Select((nodes, r) => nodes.Select((t, i) => t < 0 ? Weights[r][i] : 0).Sum()).Average();
+    /// <summary>
+    /// Estimated fraction of clearly negative eigenvalues: quadrature weight of nodes below −10⁻³·max|θ|. The threshold keeps
+    /// the bulk of eigenvalues at zero, whose nodes land on either side of 0 by rounding, from counting as negative.
+    /// </summary>
+    public double NegativeMass => MassBelow(-1e-3 * Nodes.SelectMany(x => x).Max(Math.Abs));
+
+    /// <summary>Quadrature weight of all nodes below zero (includes the rounding of the bulk at zero).</summary>
+    public double NegativeMassRaw => MassBelow(0);
+
+    double MassBelow(double threshold) => Nodes.Select((nodes, r) => nodes.Select((t, i) => t < threshold ? Weights[r][i] : 0).Sum()).Average();
     /// <summary>Estimated trace n·E[Σ wᵢθᵢ] from the first moment of each run, and its standard error over runs.</summary>
     public required double Trace { get; init; }
     public required double TraceStandardError { get; init; }
