@@ -80,6 +80,12 @@ public static class TrainCommand
                             }
                             task!.Value = (pr.Step - 1) % pr.StepsPerEpoch + 1;
                             task.Description = $"epoch {pr.Epoch}/{pr.Epochs} loss {pr.RunningLoss:F4}" + (pr.LambdaMax is { } l ? $" λmax {l:G4}" : "");
+                            if (pr.EpochEnd is { } e)
+                            {
+                                task.Value = task.MaxValue;
+                                task.Description = $"epoch {pr.Epoch}/{pr.Epochs} train loss {e.TrainLoss:F4} acc {100 * e.TrainAccuracy:F1}%" +
+                                                   (e.TestAccuracy is { } ta ? $" test acc {100 * ta:F1}%" : "") + (pr.LambdaMax is { } l2 ? $" λmax {l2:G4}" : "");
+                            }
                         }), ct);
                         task?.StopTask();
                     });

@@ -89,7 +89,7 @@ public sealed record TrainingLog
 }
 
 /// <summary>Progress of training, for progress bars.</summary>
-public readonly record struct TrainProgress(int Epoch, int Epochs, long Step, long StepsPerEpoch, double RunningLoss, double? LambdaMax);
+public readonly record struct TrainProgress(int Epoch, int Epochs, long Step, long StepsPerEpoch, double RunningLoss, double? LambdaMax, EpochRecord? EpochEnd = null);
 
 /// <summary>Raised when the loss becomes NaN or infinite; the last good checkpoint is kept.</summary>
 public sealed class DivergenceException(string message) : ValleyException(message);
@@ -216,6 +216,7 @@ public sealed class Trainer
             if (swa is not null && epoch >= _o.SwaStart) swa.Update(_model);
             var rec2 = EvaluateEpoch(epoch, log.CompletedSteps, opt, sw.Elapsed.TotalSeconds);
             log.Epochs.Add(rec2);
+            progress?.Report(new TrainProgress(epoch, epochs, log.CompletedSteps, stepsPerEpoch, running / Math.Max(seen, 1), lastLambda, rec2));
             log.CompletedEpochs = epoch;
             bool stop = _o.StopAtLoss is { } target && rec2.TrainLoss < target;
             if (stop) log.StopReason = $"training loss {rec2.TrainLoss:G4} < {_o.StopAtLoss} after epoch {epoch}";

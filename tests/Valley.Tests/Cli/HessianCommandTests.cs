@@ -81,3 +81,43 @@ public class HessianCommandTests
         Assert.True(doc.GetProperty("report").GetProperty("top").GetProperty("values")[0].GetDouble() > 0);
     }
 }
+
+public class TrainCommandTests
+{
+    public TrainCommandTests() => TestUtil.Init();
+
+    [Fact]
+    public void TrainCommandWritesItsFilesAndResumeContinuesToTheSameWeights()
+    {
+        var data = TestUtil.TempDir("train-data");
+        using (var d = Valley.Data.Synthetic.GaussianMixture(90, 4, 3, seed: 1))
+        {
+            var x = d.X.data<float>().ToArray();
+            var y = d.Y.data<long>().ToArray();
+            File.WriteAllLines(Path.Combine(data, "train.csv"), new[] { "a,b,c,d,label" }.Concat(Enumerable.Range(0, 90).Select(i =>
+                string.Join(",", x.Skip(4 * i).Take(4).Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "," + y[i])));
+        }
+        string[] Args(string outDir, int epochs, bool resume = false) =>
+            new[] { "train", "--data", data, "--model", "mlp:4-8-3", "--optimizer", "sam", "--epochs", epochs.ToString(), "--batch-size", "30",
+                    "--monitor-every", "3", "--monitor-examples", "90", "--save-pt", "--out", outDir }.Concat(resume ? new[] { "--resume" } : []).ToArray();
+        var full = TestUtil.TempDir("train-full");
+        Assert.Equal(0, ValleyCli.RunAsync(Args(full, 3), new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        foreach (var f in new[] { "model.dat", "model.pt", "train.json", "log.csv", "monitor.csv", "training.png", "checkpoints/epoch-0003.dat", "checkpoints/epoch-0001.pt" })
+            Assert.True(File.Exists(Path.Combine(full, f)), f);
+        var part = TestUtil.TempDir("train-part");
+        Assert.Equal(0, ValleyCli.RunAsync(Args(part, 1), new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        var err = new StringWriter();
+        Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(Args(part, 3), new StringWriter(), err).GetAwaiter().GetResult());
+        Assert.Contains("--resume", err.ToString());
+        Assert.Equal(0, ValleyCli.RunAsync(Args(part, 3, resume: true), new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(File.ReadAllBytes(Path.Combine(full, "model.dat")), File.ReadAllBytes(Path.Combine(part, "model.dat")));
+    }
+
+    [Fact]
+    public void ASecondProcessOnTheSameOutputFolderIsRefused()
+    {
+        var dir = TestUtil.TempDir("locked");
+        using var held = OutputLock.Acquire(dir);
+        Assert.Contains("another valley process", Assert.Throws<ValleyException>(() => OutputLock.Acquire(dir)).Message);
+    }
+}
