@@ -22,6 +22,7 @@ public static class ValleyCli
         root.Subcommands.Add(EvalCommand.Build());
         root.Subcommands.Add(HessianCommand.Build());
         root.Subcommands.Add(TrainCommand.Build());
+        root.Subcommands.Add(SharpnessCommand.Build());
         return root;
     }
 

@@ -82,7 +82,9 @@ public sealed class ParameterSet
     public Tensor GetFlat()
     {
         using var _ = no_grad();
-        return Flatten(Tensors.Select(t => (Tensor)t));
+        using var scope = NewDisposeScope();
+        // detach + clone: never an alias of a parameter (cat of a single tensor may not copy).
+        return Flatten(Tensors.Select(t => t.detach())).clone().MoveToOuterDisposeScope();
     }
 
     /// <summary>Overwrite the parameters in place with the values of a flat vector.</summary>

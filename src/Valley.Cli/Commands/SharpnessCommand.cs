@@ -1,0 +1,80 @@
+using System.CommandLine;
+using Spectre.Console;
+using Valley.Models;
+using Valley.Reporting;
+using Valley.Sharpness;
+
+namespace Valley.Cli.Commands;
+
+/// <summary><c>valley sharpness</c>: the published sharpness and flatness measures, each with its parameters and uncertainty.</summary>
+public static class SharpnessCommand
+{
+    public sealed record Output(string Model, string? Weights, string Data, long Examples, long Seed, List<SharpnessResult> Results);
+
+    // Shown in sharpness.json, left out of the terminal table to keep it readable.
+    static readonly HashSet<string> Hidden = ["tolerance", "depth", "target_drop", "batch_size", "examples", "subspace_dimension", "inputs", "neurons"];
+    static string Short(string k) => k switch { "epsilon" => "ε", "rho" => "ρ", "samples" => "n", "steps" => "steps", "ascent_steps" => "steps", _ => k };
+
+    public static Command Build()
+    {
+        var o = new CommonOptions();
+        var measures = new Option<string>("--measures") { Description = $"Comma-separated measures or 'all': {string.Join(", ", SharpnessSuite.All)}", DefaultValueFactory = _ => "all" };
+        var eps = new Option<string>("--epsilon") { Description = "Keskar ε values, comma-separated", DefaultValueFactory = _ => "1e-3,5e-4" };
+        var rho = new Option<double?>("--rho") { Description = "Radius ρ for SAM, worst-case and average-case measures (default: each measure's)" };
+        var steps = new Option<int?>("--steps") { Description = "Ascent steps (default 20)" };
+        var samples = new Option<int?>("--samples") { Description = "Monte-Carlo samples (average-case 20 per batch, PAC-Bayes 10 per σ)" };
+        var outDir = new Option<string>("--out", "-o") { Description = "Output folder for sharpness.json", DefaultValueFactory = _ => "out/sharpness" };
+        var cmd = new Command("sharpness", "Sharpness and flatness measures: Keskar ε-sharpness, SAM one-step, worst-/average-case (plain, adaptive), PAC-Bayes, worst-case flatness, relative flatness, Fisher proxies");
+        o.AddTo(cmd);
+        foreach (var opt in new Option[] { measures, eps, rho, steps, samples, outDir }) cmd.Options.Add(opt);
+        cmd.SetAction((p, ct) =>
+        {
+            var epsilons = p.GetValue(eps)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s =>
+                double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) && v > 0 ? v
+                : throw new ValleyException($"--epsilon: '{s}' is not a positive number")).ToArray();
+            if (p.GetValue(rho) is { } r && !(r > 0)) throw new ValleyException($"--rho: must be positive, got {r}");
+            if (p.GetValue(steps) is { } st && st < 1) throw new ValleyException($"--steps: must be at least 1, got {st}");
+            if (p.GetValue(samples) is { } sa && sa < 1) throw new ValleyException($"--samples: must be at least 1, got {sa}");
+            var dir = p.GetValue(outDir)!;
+            AtomicFile.EnsureWritableFolder(dir);
+            using var ctx = o.Load(p);
+            var names = SharpnessSuite.Resolve(p.GetValue(measures)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), ctx.Model);
+            // w₀ for the "init" bounds: the architecture's initialization with the same seed (what valley train starts from).
+            var init = ModelSpec.Parse(p.GetValue(o.Model)!).Build(ctx.Train, p.GetValue(o.Seed));
+            using var w0 = TorchSharp.torch.cat(init.parameters().Select(q => q.detach().reshape(-1)).ToArray());
+            var options = new SharpnessSuiteOptions
+            {
+                Measures = names, Epsilons = epsilons, Rho = p.GetValue(rho), Steps = p.GetValue(steps), Samples = p.GetValue(samples), Seed = p.GetValue(o.Seed),
+                BatchSize = p.GetValue(o.BatchSize), Layer = p.GetValue(o.Layer),
+            };
+            bool json = CommonOptions.Json(p, o);
+            var term = CommonOptions.Terminal(json);
+            var results = new List<SharpnessResult>();
+            Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.Train.Count, p.GetValue(o.Seed), results);
+            var path = Path.Combine(dir, "sharpness.json");
+            void Work(Action<string> start)
+                => SharpnessSuite.Run(ctx.Model, ctx.Objective.Loss, ctx.Objective.Data, w0, options with { Layer = options.Layer is null ? null : options.Layer },
+                    start, r => { results.Add(r); AtomicFile.WriteJson(path, Wrap()); }, ct);
+            if (Console.IsErrorRedirected && Console.IsOutputRedirected || json) Work(_ => { });
+            else
+                term.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new SpinnerColumn(), new ElapsedTimeColumn())
+                    .Start(c =>
+                    {
+                        ProgressTask? task = null;
+                        Work(name => { if (task is not null) { task.Value = task.MaxValue; task.StopTask(); } task = c.AddTask(Markup.Escape(name), maxValue: 1); });
+                        if (task is not null) { task.Value = 1; task.StopTask(); }
+                    });
+            AtomicFile.WriteJson(path, Wrap());
+            if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(Wrap())); return Task.FromResult(0); }
+            var t = new Table().AddColumns("measure", "parameters", "value", "max loss", "evaluations", "time");
+            foreach (var res in results)
+                t.AddRow(Markup.Escape(res.Measure), Markup.Escape(string.Join(" ", res.Parameters.Where(kv => !Hidden.Contains(kv.Key)).Select(kv => $"{Short(kv.Key)}={kv.Value:G3}"))),
+                    res.StandardError is { } se && double.IsFinite(se) ? $"{res.Value:G5} ± {se:G2}" : $"{res.Value:G5}",
+                    res.MaxLoss is { } ml ? $"{ml:G5}" : "", $"{res.LossEvaluations} L, {res.GradientEvaluations} ∇", $"{res.Seconds:F1} s");
+            term.Write(t);
+            term.MarkupLine($"Results in [blue]{Markup.Escape(path)}[/]");
+            return Task.FromResult(0);
+        });
+        return cmd;
+    }
+}
