@@ -46,3 +46,21 @@ public static class TrainBench
         }
     }
 }
+
+/// <summary>Issue 5's benchmark: every sharpness measure with default parameters on a briefly trained mlp:784-128-64-10:tanh, 2,048 examples.</summary>
+public static class SharpnessBench
+{
+    public static void Run()
+    {
+        using var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        var init = cat(model.parameters().Select(p => p.detach().reshape(-1).clone()).ToArray());
+        QuickTrain.Adam(model, 10_000, epochs: 2, seed: 0);
+        var results = Valley.Sharpness.SharpnessSuite.Run(model, Losses.CrossEntropy, data, init, new Valley.Sharpness.SharpnessSuiteOptions());
+        Console.WriteLine($"mlp:784-128-64-10:tanh after 2 epochs of Adam; 2,048 Fashion-MNIST examples; {get_num_threads()} threads; default parameters");
+        Console.WriteLine($"| measure | parameters | value | loss evaluations | gradient evaluations | seconds |");
+        Console.WriteLine($"|---|---|---|---|---|---|");
+        foreach (var r in results)
+            Console.WriteLine($"| {r.Measure} | {string.Join(", ", r.Parameters.Select(kv => $"{kv.Key} {kv.Value:G3}"))} | {r.Value:G5}{(r.StandardError is { } se && double.IsFinite(se) ? $" ± {se:G2}" : "")} | {r.LossEvaluations} | {r.GradientEvaluations} | {r.Seconds:F2} |");
+    }
+}

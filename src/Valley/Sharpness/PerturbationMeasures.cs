@@ -73,7 +73,7 @@ public static class KeskarSharpness
             });
             try { new BfgsBMinimizer(1e-12, 1e-12, 1e-12, o.LbfgsIterations).FindMinimum(f, lower, upper, Vector<double>.Build.Dense(p)); }
             catch (MaximumIterationsException) { /* the paper runs a fixed number of iterations */ }
-            catch (Exception e) when (e is ArgumentException or InvalidOperationException or EvaluationException) { /* a line search that cannot progress: keep the best point */ }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or EvaluationException or OptimizationException) { /* a line search that cannot progress: keep the best point evaluated */ }
         }
         return new SharpnessResult
         {
