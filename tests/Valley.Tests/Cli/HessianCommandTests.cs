@@ -121,3 +121,39 @@ public class TrainCommandTests
         Assert.Contains("another valley process", Assert.Throws<ValleyException>(() => OutputLock.Acquire(dir)).Message);
     }
 }
+
+public class SharpnessCommandTests
+{
+    public SharpnessCommandTests() => TestUtil.Init();
+
+    [Fact]
+    public void SharpnessCommandWritesEveryRequestedMeasureAndRefusesBadOptions()
+    {
+        var data = TestUtil.TempDir("sharp-data");
+        using (var d = Valley.Data.Synthetic.GaussianMixture(80, 4, 3, seed: 1))
+        {
+            var x = d.X.data<float>().ToArray();
+            var y = d.Y.data<long>().ToArray();
+            File.WriteAllLines(Path.Combine(data, "train.csv"), new[] { "a,b,c,d,label" }.Concat(Enumerable.Range(0, 80).Select(i =>
+                string.Join(",", x.Skip(4 * i).Take(4).Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "," + y[i])));
+        }
+        var outDir = TestUtil.TempDir("sharp-out");
+        var stdout = new StringWriter();
+        int code = ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--measures", "keskar,sam,worst-case-l2-adaptive,pacbayes",
+            "--steps", "5", "--samples", "3", "--format", "json", "--out", outDir], stdout, new StringWriter()).GetAwaiter().GetResult();
+        Assert.Equal(0, code);
+        var doc = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
+        var names = doc.GetProperty("results").EnumerateArray().Select(r => r.GetProperty("measure").GetString()).ToList();
+        Assert.Equal(2, names.Count(n => n == "keskar")); // ε = 1e-3 and 5e-4
+        Assert.Contains("sam-one-step", names);
+        Assert.Contains("worst-case-l2-adaptive", names);
+        Assert.Contains("pacbayes-init", names);
+        Assert.True(File.Exists(Path.Combine(outDir, "sharpness.json")));
+        foreach (var (opt, val, msg) in new[] { ("--measures", "sharpest", "unknown measure 'sharpest'"), ("--epsilon", "-1", "--epsilon"), ("--rho", "0", "--rho") })
+        {
+            var err = new StringWriter();
+            Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--out", outDir, opt, val], new StringWriter(), err).GetAwaiter().GetResult());
+            Assert.Contains(msg, err.ToString());
+        }
+    }
+}
