@@ -22,6 +22,19 @@ public static class TestUtil
         return d;
     }
 
+    /// <summary>A folder with train.csv holding a seeded Gaussian mixture (features a, b, c, ... and a label column).</summary>
+    public static string CsvFolder(string name, long n, int dim, int classes, long seed)
+    {
+        var dir = TempDir(name);
+        using var d = Valley.Data.Synthetic.GaussianMixture(n, dim, classes, seed);
+        var x = d.X.data<float>().ToArray();
+        var y = d.Y.data<long>().ToArray();
+        var header = string.Join(",", Enumerable.Range(0, dim).Select(i => ((char)('a' + i)).ToString())) + ",label";
+        File.WriteAllLines(Path.Combine(dir, "train.csv"), new[] { header }.Concat(Enumerable.Range(0, (int)n).Select(i =>
+            string.Join(",", x.Skip(dim * i).Take(dim).Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "," + y[i])));
+        return dir;
+    }
+
     public static double[,] ToArray2D(Tensor t)
     {
         var c = t.to(ScalarType.Float64).cpu().contiguous();

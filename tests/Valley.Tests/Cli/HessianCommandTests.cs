@@ -11,17 +11,7 @@ public class HessianCommandTests
 {
     public HessianCommandTests() => TestUtil.Init();
 
-    static string CsvData()
-    {
-        var dir = TestUtil.TempDir("csvdata");
-        using var d = Synthetic.GaussianMixture(120, 4, 3, seed: 1);
-        var x = d.X.data<float>().ToArray();
-        var y = d.Y.data<long>().ToArray();
-        var lines = new List<string> { "a,b,c,d,label" };
-        for (int i = 0; i < 120; i++) lines.Add(string.Join(",", x.Skip(4 * i).Take(4).Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "," + y[i]);
-        File.WriteAllLines(Path.Combine(dir, "train.csv"), lines);
-        return dir;
-    }
+    static string CsvData() => TestUtil.CsvFolder("csvdata", 120, 4, 3, seed: 1);
 
     static int Run(out string stdout, out string stderr, params string[] args)
     {
@@ -89,14 +79,7 @@ public class TrainCommandTests
     [Fact]
     public void TrainCommandWritesItsFilesAndResumeContinuesToTheSameWeights()
     {
-        var data = TestUtil.TempDir("train-data");
-        using (var d = Valley.Data.Synthetic.GaussianMixture(90, 4, 3, seed: 1))
-        {
-            var x = d.X.data<float>().ToArray();
-            var y = d.Y.data<long>().ToArray();
-            File.WriteAllLines(Path.Combine(data, "train.csv"), new[] { "a,b,c,d,label" }.Concat(Enumerable.Range(0, 90).Select(i =>
-                string.Join(",", x.Skip(4 * i).Take(4).Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "," + y[i])));
-        }
+        var data = TestUtil.CsvFolder("train-data", 90, 4, 3, seed: 1);
         string[] Args(string outDir, int epochs, bool resume = false) =>
             new[] { "train", "--data", data, "--model", "mlp:4-8-3", "--optimizer", "sam", "--epochs", epochs.ToString(), "--batch-size", "30",
                     "--monitor-every", "3", "--monitor-examples", "90", "--save-pt", "--out", outDir }.Concat(resume ? new[] { "--resume" } : []).ToArray();
@@ -129,14 +112,7 @@ public class SharpnessCommandTests
     [Fact]
     public void SharpnessCommandWritesEveryRequestedMeasureAndRefusesBadOptions()
     {
-        var data = TestUtil.TempDir("sharp-data");
-        using (var d = Valley.Data.Synthetic.GaussianMixture(80, 4, 3, seed: 1))
-        {
-            var x = d.X.data<float>().ToArray();
-            var y = d.Y.data<long>().ToArray();
-            File.WriteAllLines(Path.Combine(data, "train.csv"), new[] { "a,b,c,d,label" }.Concat(Enumerable.Range(0, 80).Select(i =>
-                string.Join(",", x.Skip(4 * i).Take(4).Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "," + y[i])));
-        }
+        var data = TestUtil.CsvFolder("sharp-data", 80, 4, 3, seed: 1);
         var outDir = TestUtil.TempDir("sharp-out");
         var stdout = new StringWriter();
         int code = ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--measures", "keskar,sam,worst-case-l2-adaptive,pacbayes",
