@@ -47,6 +47,23 @@ public sealed class Mlp : Module<Tensor, Tensor>
         foreach (var l in _layers) h = l.call(h);
         return h.MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// The forward pass keeping, for every linear layer, its input a_k and its output z_k (in the caller's dispose scope):
+    /// what per-example gradient norms need (‖∂ℓ_i/∂W_k‖² = ‖δ_ik‖² ‖a_ik‖², δ_ik = ∂ℓ_i/∂z_ik).
+    /// </summary>
+    public (Tensor Output, List<(Tensor Input, Tensor Output)> Linear) ForwardWithLinearActivations(Tensor x)
+    {
+        var h = x.dim() > 2 ? x.flatten(1) : x;
+        var taps = new List<(Tensor, Tensor)>();
+        foreach (var l in _layers)
+        {
+            var input = h;
+            h = l.call(h);
+            if (l is TorchSharp.Modules.Linear) taps.Add((input, h));
+        }
+        return (h, taps);
+    }
 }
 
 /// <summary>

@@ -197,9 +197,15 @@ public static class RelativeFlatness
 /// <summary>Fisher-based proxies (DESIGN.md §5.8).</summary>
 public static class FisherProxies
 {
-    /// <summary>Trace of the empirical Fisher, (1/n) Σ_i ‖∇ℓ_i‖², from per-example gradients (one backward pass per example).</summary>
+    /// <summary>
+    /// Trace of the empirical Fisher, (1/n) Σ_i ‖∇ℓ_i‖², from per-example gradients. For Valley's MLPs over all their parameters
+    /// it is batched: one forward and one backward pass per batch give every example's gradient norm exactly, since for a
+    /// linear layer ‖∂ℓ_i/∂W‖² = ‖δ_i‖²‖a_i‖² and ‖∂ℓ_i/∂b‖² = ‖δ_i‖² (Goodfellow 2015). Other models: one backward pass per example.
+    /// </summary>
     public static SharpnessResult EmpiricalFisherTrace(Objective objective, CancellationToken ct = default)
     {
+        if (objective.Model is Mlp mlp && objective.Parameters.Size == mlp.parameters().Sum(p => p.numel()))
+            return BatchedMlpFisherTrace(objective, mlp, ct);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var model = objective.Model;
         bool was = model.training;
@@ -230,6 +236,42 @@ public static class FisherProxies
         {
             Measure = "fisher-trace", Parameters = new() { ["examples"] = objective.Data.Count }, Value = mean, StandardError = se,
             GradientEvaluations = objective.Data.Count, Seconds = sw.Elapsed.TotalSeconds,
+        };
+    }
+
+    static SharpnessResult BatchedMlpFisherTrace(Objective objective, Mlp mlp, CancellationToken ct)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        bool was = mlp.training;
+        mlp.train(objective.Options.TrainMode);
+        var sq = new List<double>();
+        try
+        {
+            foreach (var (x, y, size) in objective.Data.Batches(objective.Options.BatchSize))
+            {
+                ct.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                var (f, taps) = mlp.ForwardWithLinearActivations(x.to(objective.Parameters.DType));
+                var yy = objective.Data.Task == TaskKind.Regression ? y.to(objective.Parameters.DType) : y;
+                // Σ_i ℓ_i: its gradient with respect to z_k holds every example's δ_ik in row i.
+                var total = objective.Loss(f, yy) * size;
+                var deltas = autograd.grad([total], taps.Select(t => t.Output).ToList());
+                var perExample = zeros(size, dtype: ScalarType.Float64);
+                for (int k = 0; k < taps.Count; k++)
+                {
+                    var d2 = deltas[k].to(ScalarType.Float64).pow(2).sum(1);
+                    var a2 = taps[k].Input.detach().to(ScalarType.Float64).pow(2).sum(1);
+                    perExample += d2 * (mlp.Bias ? a2 + 1 : a2);
+                }
+                sq.AddRange(perExample.data<double>().ToArray());
+            }
+        }
+        finally { mlp.train(was); }
+        var (mean, se) = WorstCaseSharpness.MeanSe(sq);
+        return new SharpnessResult
+        {
+            Measure = "fisher-trace", Parameters = new() { ["examples"] = objective.Data.Count }, Value = mean, StandardError = se,
+            GradientEvaluations = objective.Data.Count, Seconds = sw.Elapsed.TotalSeconds, Details = new() { ["batched"] = 1 },
         };
     }
 

@@ -145,6 +145,29 @@ public class SharpnessTests
     }
 
     [Fact]
+    public void BatchedEmpiricalFisherTraceEqualsPerExampleGradients()
+    {
+        using var raw = Synthetic.GaussianMixture(37, 5, 3, seed: 7);
+        using var data = raw.To(CPU, ScalarType.Float64);
+        var model = ModelSpec.Parse("mlp:5-6-4-3:tanh").Build(data, seed: 2);
+        model.to(ScalarType.Float64);
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 10 });
+        var batched = FisherProxies.EmpiricalFisherTrace(obj);
+        Assert.Equal(1.0, batched.Details["batched"]);
+        double direct = 0;
+        for (long i = 0; i < data.Count; i++)
+        {
+            using var single = data.Slice(i, 1);
+            using var o1 = new Objective(model, Losses.CrossEntropy, single);
+            direct += o1.LossAndGradient().Gradient.pow(2).sum().ToDouble();
+        }
+        Assert.Equal(direct / data.Count, batched.Value, 10);
+        // The per-example loop (used for other models, or when the objective is restricted to some parameters) agrees.
+        using var restricted = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { ParameterFilter = n => n.StartsWith("4") });
+        Assert.False(FisherProxies.EmpiricalFisherTrace(restricted).Details.ContainsKey("batched"));
+    }
+
+    [Fact]
     public void RelativeFlatnessEqualsItsDefinitionOnTheExactLayerHessian()
     {
         using var data = Synthetic.GaussianMixture(50, 4, 3, seed: 5);
