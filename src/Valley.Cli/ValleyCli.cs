@@ -23,6 +23,7 @@ public static class ValleyCli
         root.Subcommands.Add(HessianCommand.Build());
         root.Subcommands.Add(TrainCommand.Build());
         root.Subcommands.Add(SharpnessCommand.Build());
+        root.Subcommands.Add(LandscapeCommand.Build());
         return root;
     }
 

@@ -1,0 +1,192 @@
+using System.Globalization;
+using System.Text;
+using TorchSharp;
+using Valley.Curvature;
+using Valley.Data;
+using Valley.Reporting;
+using Valley.Training;
+using static TorchSharp.torch;
+
+namespace Valley.Landscape;
+
+/// <summary>The coordinates of a 1D (<see cref="Ys"/> null) or 2D grid: w(α, β) = w₀ + α d₁ + β d₂.</summary>
+public sealed record GridSpec(double[] Xs, double[]? Ys)
+{
+    public bool Is2D => Ys is not null;
+    public int Count => Xs.Length * (Ys?.Length ?? 1);
+
+    /// <summary>n evenly spaced values from a to b inclusive.</summary>
+    public static double[] Range(double a, double b, int n)
+    {
+        if (n < 1) throw new ValleyException($"--points: must be at least 1, got {n}");
+        if (!(b >= a)) throw new ValleyException($"--range: the end {b} is below the start {a}");
+        return n == 1 ? [a] : Enumerable.Range(0, n).Select(i => a + (b - a) * i / (n - 1)).ToArray();
+    }
+}
+
+/// <summary>Loss and accuracy at one grid point.</summary>
+public sealed record GridPoint(int I, int J, double X, double Y, double TrainLoss, double? TrainAccuracy, double? TestLoss, double? TestAccuracy);
+
+/// <summary>A finished (or partial) grid with what it was computed from.</summary>
+public sealed record GridResult
+{
+    public required string Kind { get; init; }
+    public required GridSpec Spec { get; init; }
+    public required List<GridPoint> Points { get; init; }
+    public Dictionary<string, string> Description { get; init; } = [];
+    public double[]? TrajectoryX { get; init; }
+    public double[]? TrajectoryY { get; init; }
+    public double[]? ExplainedVariance { get; init; }
+    public double Seconds { get; init; }
+    public int Resumed { get; init; }
+
+    /// <summary>Values as a [ys, xs] matrix (1D: one row) for a quantity selector.</summary>
+    public double[,] Matrix(Func<GridPoint, double> value)
+    {
+        int ny = Spec.Ys?.Length ?? 1;
+        var m = new double[ny, Spec.Xs.Length];
+        foreach (var p in Points) m[p.J, p.I] = value(p);
+        return m;
+    }
+}
+
+/// <summary>Options of <see cref="LandscapeEvaluator"/>.</summary>
+public sealed record LandscapeOptions
+{
+    public long BatchSize { get; init; } = 10_000;
+    /// <summary>Recompute BatchNorm running statistics at every point (one pass over the training data in train mode).</summary>
+    public bool RecomputeBatchNorm { get; init; }
+}
+
+/// <summary>
+/// Evaluates loss and accuracy over a grid w(α, β) = w₀ + α d₁ + β d₂ in eval mode without gradients. Weights are set in
+/// place from the exact origin at every point (no accumulation, no per-point allocation) and restored bit-identically at
+/// the end. Each point is appended to a CSV file as it finishes; a rerun with the same file skips finished points.
+/// </summary>
+public sealed class LandscapeEvaluator
+{
+    readonly nn.Module<Tensor, Tensor> _model;
+    readonly LossFunction _loss;
+    readonly Dataset _train;
+    readonly Dataset? _test;
+    readonly LandscapeOptions _o;
+
+    public LandscapeEvaluator(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset train, Dataset? test, LandscapeOptions? options = null)
+    {
+        _model = model;
+        _loss = loss;
+        _train = train;
+        _test = test;
+        _o = options ?? new LandscapeOptions();
+    }
+
+    public const string PointsHeader = "i,j,x,y,train_loss,train_accuracy,test_loss,test_accuracy";
+
+    public GridResult Run(string kind, Tensor d1, Tensor? d2, GridSpec spec, string? pointsFile = null, IProgress<(int Done, int Total)>? progress = null, CancellationToken ct = default)
+    {
+        if (spec.Is2D != (d2 is not null)) throw new ValleyException("landscape: a 2D grid needs two directions, a 1D grid one");
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var all = new ParameterSet(_model.named_parameters().Select(p => (p.name, p.parameter)));
+        if (d1.shape[0] != all.Size || (d2 is not null && d2.shape[0] != all.Size))
+            throw new ValleyException($"landscape: directions have {d1.shape[0]} entries, the model {all.Size} parameters");
+        var done = pointsFile is null ? new Dictionary<(int, int), GridPoint>() : ReadPoints(pointsFile, spec);
+        int resumed = done.Count;
+        using var obj = new Objective(_model, _loss, _train, new ObjectiveOptions { BatchSize = _o.BatchSize, CacheGraph = false });
+        using var snapshot = all.Snapshot();
+        using var bn = _o.RecomputeBatchNorm ? new BatchNormState(_model) : null;
+        var origin = all.Tensors.Select(t => t.detach().clone()).ToArray();
+        var dir1 = all.Unflatten(d1.to(all.DType).contiguous());
+        var dir2 = d2 is null ? null : all.Unflatten(d2.to(all.DType).contiguous());
+        StreamWriter? writer = null;
+        try
+        {
+            if (pointsFile is not null)
+            {
+                bool fresh = !File.Exists(pointsFile) || new FileInfo(pointsFile).Length == 0;
+                writer = new StreamWriter(new FileStream(pointsFile, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
+                if (fresh) { writer.WriteLine(PointsHeader); writer.Flush(); }
+            }
+            int ny = spec.Ys?.Length ?? 1;
+            int count = 0;
+            for (int j = 0; j < ny; j++)
+                for (int i = 0; i < spec.Xs.Length; i++)
+                {
+                    ct.ThrowIfCancellationRequested();
+                    count++;
+                    if (done.ContainsKey((i, j))) { progress?.Report((count, spec.Count)); continue; }
+                    double x = spec.Xs[i], y = spec.Ys?[j] ?? 0;
+                    using (no_grad())
+                        for (int t = 0; t < origin.Length; t++)
+                        {
+                            all.Tensors[t].copy_(origin[t]);
+                            all.Tensors[t].add_(dir1[t], alpha: x);
+                            if (dir2 is not null) all.Tensors[t].add_(dir2[t], alpha: y);
+                        }
+                    bn?.Recompute(_model, _train, _o.BatchSize);
+                    var tr = obj.Evaluate(ct);
+                    var te = _test is null ? null : obj.Evaluate(_test, ct);
+                    var p = new GridPoint(i, j, x, y, tr.Loss, tr.Accuracy, te?.Loss, te?.Accuracy);
+                    done[(i, j)] = p;
+                    if (writer is not null)
+                    {
+                        writer.WriteLine(Format(p));
+                        writer.Flush();
+                    }
+                    progress?.Report((count, spec.Count));
+                }
+        }
+        finally
+        {
+            writer?.Dispose();
+            snapshot.Restore();
+            bn?.Restore(_model);
+            foreach (var t in origin) t.Dispose();
+        }
+        return new GridResult
+        {
+            Kind = kind, Spec = spec, Points = done.Values.OrderBy(p => p.J).ThenBy(p => p.I).ToList(), Seconds = sw.Elapsed.TotalSeconds, Resumed = resumed,
+        };
+    }
+
+    static string F(double? v) => v is { } d ? d.ToString("R", CultureInfo.InvariantCulture) : "";
+
+    static string Format(GridPoint p) => $"{p.I},{p.J},{F(p.X)},{F(p.Y)},{F(p.TrainLoss)},{F(p.TrainAccuracy)},{F(p.TestLoss)},{F(p.TestAccuracy)}";
+
+    /// <summary>Finished points of an interrupted run; a torn last line (killed mid-write) is ignored.</summary>
+    public static Dictionary<(int, int), GridPoint> ReadPoints(string path, GridSpec spec)
+    {
+        var result = new Dictionary<(int, int), GridPoint>();
+        if (!File.Exists(path)) return result;
+        var text = File.ReadAllText(path);
+        var lines = text.Split('\n');
+        // Only lines terminated by a newline are complete.
+        for (int k = 1; k < lines.Length - 1; k++)
+        {
+            var c = lines[k].TrimEnd('\r').Split(',');
+            if (c.Length != 8) continue;
+            double? D(string s) => s.Length == 0 ? null : double.Parse(s, CultureInfo.InvariantCulture);
+            if (!int.TryParse(c[0], out int i) || !int.TryParse(c[1], out int j)) continue;
+            if (i < 0 || i >= spec.Xs.Length || j < 0 || j >= (spec.Ys?.Length ?? 1)) continue;
+            try { result[(i, j)] = new GridPoint(i, j, D(c[2])!.Value, D(c[3])!.Value, D(c[4])!.Value, D(c[5]), D(c[6]), D(c[7])); }
+            catch (FormatException) { }
+        }
+        if (lines.Length > 0 && lines[0].TrimEnd('\r') != PointsHeader && lines[0].Length > 0)
+            throw new ValleyException($"{path}: not a landscape points file (header '{lines[0]}'); remove it or choose another --out");
+        return result;
+    }
+
+    /// <summary>BatchNorm running statistics saved before a grid with per-point recomputation, and restored after it.</summary>
+    sealed class BatchNormState : IDisposable
+    {
+        readonly Dictionary<string, Tensor> _saved;
+        public BatchNormState(nn.Module m) =>
+            _saved = m.named_buffers().ToDictionary(b => b.name, b => b.buffer.clone().DetachFromDisposeScope());
+        public void Recompute(nn.Module<Tensor, Tensor> m, Dataset data, long batch) => WeightAverage.RecomputeBatchNorm(m, data, batch);
+        public void Restore(nn.Module m)
+        {
+            using var _ = no_grad();
+            foreach (var (name, b) in m.named_buffers()) b.copy_(_saved[name]);
+        }
+        public void Dispose() { foreach (var t in _saved.Values) t.Dispose(); }
+    }
+}

@@ -1,0 +1,144 @@
+using System.Text.Json;
+using TorchSharp;
+using Valley.Curvature;
+using Valley.Data;
+using Valley.Models;
+using Valley.Reporting;
+using static TorchSharp.torch;
+
+namespace Valley.Landscape;
+
+public enum LandscapeMode { OneD, TwoD, Interpolate, Trajectory, Eigen }
+
+/// <summary>One landscape run: what to compute and where to write it. Defaults from DESIGN.md §6.</summary>
+public sealed record LandscapeRequest
+{
+    public required LandscapeMode Mode { get; init; }
+    public required string OutDir { get; init; }
+    public required string Model { get; init; }
+    /// <summary>Null: the mode's default ([−1, 1]; interpolation [−0.5, 1.5]; trajectory: 1.25 × the farthest checkpoint).</summary>
+    public (double From, double To)? Range { get; init; }
+    /// <summary>Null: 51 (1D), 51×51 (2D), 401 (interpolation).</summary>
+    public (int X, int Y)? Points { get; init; }
+    public DirectionNormalization Normalization { get; init; } = DirectionNormalization.Filter;
+    public bool IncludeBiasBn { get; init; }
+    public long Seed { get; init; }
+    public string? Weights { get; init; }
+    public string? From { get; init; }
+    public string? To { get; init; }
+    public string? Third { get; init; }
+    public string? Checkpoints { get; init; }
+    public bool RecomputeBatchNorm { get; init; }
+    public long BatchSize { get; init; } = 10_000;
+    public LandscapeView View { get; init; } = new();
+    public string DataName { get; init; } = "";
+}
+
+/// <summary>Builds the directions for a mode, evaluates the grid (resumable), and writes every output file.</summary>
+public static class LandscapeRunner
+{
+    public static GridResult Run(nn.Module<Tensor, Tensor> model, Dataset train, Dataset? test, LandscapeRequest r,
+        IProgress<(int Done, int Total)>? progress = null, CancellationToken ct = default)
+    {
+        Directory.CreateDirectory(r.OutDir);
+        CheckSameRun(r);
+        var all = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+        using var scope = NewDisposeScope();
+        Tensor d1;
+        Tensor? d2 = null;
+        double[]? tx = null, ty = null, explained = null;
+        var desc = new Dictionary<string, string> { ["model"] = r.Model, ["data"] = r.DataName, ["mode"] = r.Mode.ToString() };
+        (double, double) range = r.Range ?? (r.Mode == LandscapeMode.Interpolate ? (-0.5, 1.5) : (-1, 1));
+        switch (r.Mode)
+        {
+            case LandscapeMode.OneD:
+            case LandscapeMode.TwoD:
+                d1 = Directions.Random(all, r.Normalization, r.IncludeBiasBn, r.Seed);
+                if (r.Mode == LandscapeMode.TwoD) d2 = Directions.Random(all, r.Normalization, r.IncludeBiasBn, r.Seed + 1);
+                desc["normalization"] = r.Normalization.ToString().ToLowerInvariant();
+                desc["bias_bn"] = r.IncludeBiasBn ? "included" : "zero";
+                break;
+            case LandscapeMode.Interpolate:
+            {
+                var wa = Load(model, all, r.From ?? throw new ValleyException("landscape interpolate: --from is required"));
+                var wb = Load(model, all, r.To ?? throw new ValleyException("landscape interpolate: --to is required"));
+                all.SetFlat(wa);
+                d1 = wb - wa;
+                if (r.Third is not null) d2 = Load(model, all, r.Third) - wa;
+                all.SetFlat(wa);
+                desc["from"] = r.From; desc["to"] = r.To;
+                if (r.Third is not null) desc["third"] = r.Third;
+                break;
+            }
+            case LandscapeMode.Trajectory:
+            {
+                var dir = r.Checkpoints ?? throw new ValleyException("landscape trajectory: --checkpoints DIR is required");
+                if (!Directory.Exists(dir)) throw new ValleyException($"--checkpoints {dir}: no such folder");
+                var files = Directory.EnumerateFiles(dir).Where(f => f.EndsWith(".dat") || f.EndsWith(".pt") || f.EndsWith(".safetensors")).Order(StringComparer.Ordinal).ToList();
+                if (files.Count < 2) throw new ValleyException($"--checkpoints {dir}: needs at least two weight files, found {files.Count}");
+                var final = r.Weights is not null ? all.GetFlat() : Load(model, all, files[^1]);
+                var cps = files.Select(f => Load(model, all, f)).ToList();
+                all.SetFlat(final);
+                var pca = Directions.Pca(cps, final);
+                d1 = pca.Direction1; d2 = pca.Direction2;
+                tx = pca.X; ty = pca.Y; explained = pca.ExplainedVariance;
+                double reach = 1.25 * Math.Max(tx.Concat(ty).Max(Math.Abs), 1e-6);
+                range = r.Range ?? (-reach, reach);
+                desc["checkpoints"] = $"{files.Count} in {dir}";
+                desc["explained_variance"] = $"{explained[0]:P1}, {explained[1]:P1}";
+                break;
+            }
+            default:
+            {
+                using var obj = new Objective(model, Losses.For(train.Task), train, new ObjectiveOptions { BatchSize = r.BatchSize });
+                var (e1, e2, values) = Directions.HessianEigenvectors(obj, r.Seed);
+                d1 = e1; d2 = e2;
+                desc["eigenvalues"] = $"{values[0]:G6}, {values[1]:G6}";
+                break;
+            }
+        }
+        bool twoD = d2 is not null;
+        var pts = r.Points ?? (r.Mode == LandscapeMode.Interpolate && !twoD ? (401, 1) : (51, 51));
+        var xs = GridSpec.Range(range.Item1, range.Item2, pts.Item1);
+        var spec = new GridSpec(xs, twoD ? GridSpec.Range(range.Item1, range.Item2, pts.Item2) : null);
+        var evaluator = new LandscapeEvaluator(model, Losses.For(train.Task), train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm });
+        var result = evaluator.Run(r.Mode.ToString(), d1, d2, spec, Path.Combine(r.OutDir, "points.csv"), progress, ct) with
+        {
+            Description = desc, TrajectoryX = tx, TrajectoryY = ty, ExplainedVariance = explained,
+        };
+        var title = $"{r.Model}: {Describe(r, twoD)}";
+        LandscapeFigures.WriteAll(result, r.OutDir, title, r.View);
+        return result;
+    }
+
+    static string Describe(LandscapeRequest r, bool twoD) => r.Mode switch
+    {
+        LandscapeMode.Interpolate => twoD ? "plane through three models" : "interpolation between two models",
+        LandscapeMode.Trajectory => "training trajectory (PCA)",
+        LandscapeMode.Eigen => "top-2 Hessian eigenvectors",
+        _ => $"{(twoD ? "2D" : "1D")} random, {r.Normalization.ToString().ToLowerInvariant()}-normalized",
+    };
+
+    static Tensor Load(nn.Module model, ParameterSet all, string path)
+    {
+        using var keep = all.Snapshot();
+        Models.Weights.Load(model, path);
+        var w = all.GetFlat();
+        keep.Restore();
+        return w;
+    }
+
+    /// <summary>A rerun in the same folder must be the same run (then finished points are reused); anything else is refused.</summary>
+    static void CheckSameRun(LandscapeRequest r)
+    {
+        var path = Path.Combine(r.OutDir, "run.json");
+        var key = JsonSerializer.Serialize(new
+        {
+            mode = r.Mode.ToString(), r.Model, rangeFrom = r.Range?.From, rangeTo = r.Range?.To, px = r.Points?.X, py = r.Points?.Y, normalization = r.Normalization.ToString(),
+            r.IncludeBiasBn, r.Seed, r.Weights, r.From, r.To, r.Third, r.Checkpoints, r.RecomputeBatchNorm, r.DataName,
+        });
+        if (File.Exists(path) && File.ReadAllText(path) != key)
+            throw new ValleyException($"--out {r.OutDir}: holds a different landscape run; choose another --out or remove it");
+        if (!File.Exists(path)) AtomicFile.WriteAllText(path, key);
+    }
+}
