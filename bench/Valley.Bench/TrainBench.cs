@@ -64,3 +64,32 @@ public static class SharpnessBench
             Console.WriteLine($"| {r.Measure} | {string.Join(", ", r.Parameters.Select(kv => $"{kv.Key} {kv.Value:G3}"))} | {r.Value:G5}{(r.StandardError is { } se && double.IsFinite(se) ? $" ± {se:G2}" : "")} | {r.LossEvaluations} | {r.GradientEvaluations} | {r.Seconds:F2} |");
     }
 }
+
+/// <summary>Issue 6's benchmark: a 51×51 filter-normalized grid vs the same number of bare forward passes over the same data.</summary>
+public static class LandscapeBench
+{
+    public static void Run(int points)
+    {
+        using var data = Runner.FashionSubset(10_000);
+        var model = ModelSpec.Parse("mlp:784-128-64-10").Build(data, seed: 0);
+        model.eval();
+        var ps = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+        var d1 = Valley.Landscape.Directions.Random(ps, Valley.Landscape.DirectionNormalization.Filter, false, 1);
+        var d2 = Valley.Landscape.Directions.Random(ps, Valley.Landscape.DirectionNormalization.Filter, false, 2);
+        var spec = new Valley.Landscape.GridSpec(Valley.Landscape.GridSpec.Range(-1, 1, points), Valley.Landscape.GridSpec.Range(-1, 1, points));
+        var ev = new Valley.Landscape.LandscapeEvaluator(model, Losses.CrossEntropy, data, null, new Valley.Landscape.LandscapeOptions { BatchSize = 10_000 });
+        // Warm up both, then time them back to back (each is long enough to average out noise).
+        using (no_grad()) { using var s = NewDisposeScope(); model.call(data.X); }
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        using (no_grad())
+            for (int i = 0; i < spec.Count; i++) { using var s = NewDisposeScope(); model.call(data.X); }
+        double bare = sw.Elapsed.TotalSeconds;
+        sw.Restart();
+        var grid = ev.Run("2d", d1, d2, spec);
+        double gridTime = sw.Elapsed.TotalSeconds;
+        Console.WriteLine($"{points}×{points} grid, mlp:784-128-64-10, 10,000 Fashion-MNIST examples, one batch, {get_num_threads()} threads:");
+        Console.WriteLine($"  grid (set weights, forward, loss, accuracy per point): {gridTime:F1} s ({1000 * gridTime / spec.Count:F2} ms/point)");
+        Console.WriteLine($"  {spec.Count} bare forward passes:                       {bare:F1} s ({1000 * bare / spec.Count:F2} ms/pass)");
+        Console.WriteLine($"  ratio {gridTime / bare:F3} (target <= 1.2); {grid.Points.Count} points");
+    }
+}

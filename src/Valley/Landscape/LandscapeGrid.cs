@@ -82,7 +82,12 @@ public sealed class LandscapeEvaluator
 
     public const string PointsHeader = "i,j,x,y,train_loss,train_accuracy,test_loss,test_accuracy";
 
-    public GridResult Run(string kind, Tensor d1, Tensor? d2, GridSpec spec, string? pointsFile = null, IProgress<(int Done, int Total)>? progress = null, CancellationToken ct = default)
+    /// <param name="endpoint">
+    /// For model-to-model interpolation: the second model's weights w_b. Points are then set as (1 − α) w₀ + α w_b, so that both
+    /// endpoints are exactly the two models (w₀ + α(w_b − w₀) is not exactly w_b at α = 1).
+    /// </param>
+    public GridResult Run(string kind, Tensor d1, Tensor? d2, GridSpec spec, string? pointsFile = null, IProgress<(int Done, int Total)>? progress = null,
+        CancellationToken ct = default, Tensor? endpoint = null)
     {
         if (spec.Is2D != (d2 is not null)) throw new ValleyException("landscape: a 2D grid needs two directions, a 1D grid one");
         var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -97,6 +102,7 @@ public sealed class LandscapeEvaluator
         var origin = all.Tensors.Select(t => t.detach().clone()).ToArray();
         var dir1 = all.Unflatten(d1.to(all.DType).contiguous());
         var dir2 = d2 is null ? null : all.Unflatten(d2.to(all.DType).contiguous());
+        var end = endpoint is null ? null : all.Unflatten(endpoint.to(all.DType).contiguous());
         StreamWriter? writer = null;
         try
         {
@@ -119,7 +125,8 @@ public sealed class LandscapeEvaluator
                         for (int t = 0; t < origin.Length; t++)
                         {
                             all.Tensors[t].copy_(origin[t]);
-                            all.Tensors[t].add_(dir1[t], alpha: x);
+                            if (end is not null && dir2 is null) all.Tensors[t].mul_(1 - x).add_(end[t], alpha: x);
+                            else all.Tensors[t].add_(dir1[t], alpha: x);
                             if (dir2 is not null) all.Tensors[t].add_(dir2[t], alpha: y);
                         }
                     bn?.Recompute(_model, _train, _o.BatchSize);

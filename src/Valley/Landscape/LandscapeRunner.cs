@@ -46,6 +46,7 @@ public static class LandscapeRunner
         using var scope = NewDisposeScope();
         Tensor d1;
         Tensor? d2 = null;
+        Tensor? endpoint = null;
         double[]? tx = null, ty = null, explained = null;
         var desc = new Dictionary<string, string> { ["model"] = r.Model, ["data"] = r.DataName, ["mode"] = r.Mode.ToString() };
         (double, double) range = r.Range ?? (r.Mode == LandscapeMode.Interpolate ? (-0.5, 1.5) : (-1, 1));
@@ -64,6 +65,7 @@ public static class LandscapeRunner
                 var wb = Load(model, all, r.To ?? throw new ValleyException("landscape interpolate: --to is required"));
                 all.SetFlat(wa);
                 d1 = wb - wa;
+                endpoint = wb;
                 if (r.Third is not null) d2 = Load(model, all, r.Third) - wa;
                 all.SetFlat(wa);
                 desc["from"] = r.From; desc["to"] = r.To;
@@ -102,7 +104,7 @@ public static class LandscapeRunner
         var xs = GridSpec.Range(range.Item1, range.Item2, pts.Item1);
         var spec = new GridSpec(xs, twoD ? GridSpec.Range(range.Item1, range.Item2, pts.Item2) : null);
         var evaluator = new LandscapeEvaluator(model, Losses.For(train.Task), train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm });
-        var result = evaluator.Run(r.Mode.ToString(), d1, d2, spec, Path.Combine(r.OutDir, "points.csv"), progress, ct) with
+        var result = evaluator.Run(r.Mode.ToString(), d1, d2, spec, Path.Combine(r.OutDir, "points.csv"), progress, ct, endpoint) with
         {
             Description = desc, TrajectoryX = tx, TrajectoryY = ty, ExplainedVariance = explained,
         };

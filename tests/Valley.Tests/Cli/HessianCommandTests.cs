@@ -133,3 +133,44 @@ public class SharpnessCommandTests
         }
     }
 }
+
+public class LandscapeCommandTests
+{
+    public LandscapeCommandTests() => TestUtil.Init();
+
+    [Fact]
+    public void TrajectoryOfATrainingRunWritesEveryFileAndAResumedRunReusesItsPoints()
+    {
+        var data = TestUtil.CsvFolder("land-data", 90, 4, 3, seed: 2);
+        var train = TestUtil.TempDir("land-train");
+        Assert.Equal(0, ValleyCli.RunAsync(["train", "--data", data, "--model", "mlp:4-8-3", "--epochs", "4", "--batch-size", "30", "--out", train],
+            new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        var outDir = Path.Combine(TestUtil.TempDir("land-out"), "traj");
+        string[] args = ["landscape", "trajectory", "--data", data, "--model", "mlp:4-8-3", "--checkpoints", Path.Combine(train, "checkpoints"),
+            "--points", "7x7", "--out", outDir, "--format", "json"];
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        Assert.True(ValleyCli.RunAsync(args, stdout, stderr).GetAwaiter().GetResult() == 0, stderr.ToString());
+        foreach (var f in new[] { "grid.json", "points.csv", "landscape.png", "surface.html", "surface.vtk" })
+            Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+        var doc = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
+        Assert.Equal(49, doc.GetProperty("points").GetArrayLength());
+        Assert.Equal(4, doc.GetProperty("trajectory_x").GetArrayLength());
+        Assert.True(doc.GetProperty("explained_variance")[0].GetDouble() > 0.3);
+        var again = new StringWriter();
+        Assert.Equal(0, ValleyCli.RunAsync(args, again, new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(49, System.Text.Json.JsonDocument.Parse(again.ToString()).RootElement.GetProperty("resumed").GetInt32());
+        var vtk = File.ReadAllLines(Path.Combine(outDir, "surface.vtk"));
+        Assert.Equal("DIMENSIONS 7 7 1", vtk[4]);
+        // A different run in the same folder is refused; bad options are one-line errors.
+        var err = new StringWriter();
+        Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["landscape", "2d", "--data", data, "--model", "mlp:4-8-3", "--out", outDir], new StringWriter(), err).GetAwaiter().GetResult());
+        Assert.Contains("different landscape run", err.ToString());
+        foreach (var (opt, val) in new[] { ("--range", "1:-1"), ("--points", "0"), ("--points", "5y5") })
+        {
+            var e2 = new StringWriter();
+            Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["landscape", "1d", "--data", data, "--model", "mlp:4-8-3", "--out", TestUtil.TempDir("bad"), opt, val], new StringWriter(), e2).GetAwaiter().GetResult());
+            Assert.Contains(opt, e2.ToString());
+        }
+    }
+}
