@@ -24,6 +24,7 @@ public static class ValleyCli
         root.Subcommands.Add(TrainCommand.Build());
         root.Subcommands.Add(SharpnessCommand.Build());
         root.Subcommands.Add(LandscapeCommand.Build());
+        root.Subcommands.Add(StudyCommand.Build());
         return root;
     }
 

@@ -172,12 +172,12 @@ public static class Html
 
     public static string Escape(string s) => System.Net.WebUtility.HtmlEncode(s);
 
-    public static string Page(string title, string body) => $"""
+    public static string Page(string title, string body, bool plotly = true) => $"""
         <!DOCTYPE html>
         <html lang="en"><head><meta charset="utf-8"><title>{Escape(title)}</title>
         <meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:; worker-src blob:">
-        <style>body {"{"} font-family: sans-serif; margin: 1em; {"}"}</style>
-        <script>{Plotly}</script>
+        <style>body {"{"} font-family: sans-serif; margin: 1em 2em; max-width: 1200px; {"}"} table {"{"} border-collapse: collapse; margin: 1em 0; {"}"} td, th {"{"} border: 1px solid #ccc; padding: 3px 8px; text-align: right; {"}"} th {"{"} background: #f0f0f0; {"}"} td:first-child {"{"} text-align: left; {"}"} img {"{"} max-width: 100%; {"}"}</style>
+        {(plotly ? "<script>" + Plotly + "</script>" : "")}
         </head><body>
         {body}
         </body></html>

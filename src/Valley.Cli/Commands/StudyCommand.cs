@@ -1,0 +1,74 @@
+using System.CommandLine;
+using Spectre.Console;
+using Valley.Data;
+using Valley.Reporting;
+using Valley.Study;
+
+namespace Valley.Cli.Commands;
+
+/// <summary><c>valley study</c>: Valley's main job, "do sharp minima generalize worse?" on real data, with a self-contained report.</summary>
+public static class StudyCommand
+{
+    public static Command Build()
+    {
+        var preset = new Option<string>("--preset") { Description = "quick (≈1 minute smoke run), default (≤ 10 minutes on 2 cores), full (all 60,000 images, 3 seeds)", DefaultValueFactory = _ => "default" }
+            .AcceptOnlyFromAmong("quick", "default", "full");
+        var model = new Option<string>("--model", "-m") { Description = "Architecture of every model", DefaultValueFactory = _ => "mlp:784-128-64-10" };
+        var data = new Option<string?>("--data", "-d") { Description = "Data with a test set (default: Fashion-MNIST)" };
+        var outDir = new Option<string>("--out", "-o") { Description = "Output folder (reused and continued when it holds an earlier run of the same preset)", DefaultValueFactory = _ => "out/study" };
+        var threads = new Option<int>("--threads") { Description = "CPU threads for LibTorch (0 = default)", DefaultValueFactory = _ => 0 };
+        var format = new Option<string>("--format") { Description = "Terminal output", DefaultValueFactory = _ => "table" }.AcceptOnlyFromAmong("table", "json");
+        var verbose = new Option<bool>("--verbose") { Description = "Show stack traces on errors" };
+        var cmd = new Command("study", "Train models that differ in batch size, optimizer (SGD, Adam, SAM) and seed; measure every curvature and sharpness measure; " +
+                                       "relate them to the generalization gap (Kendall τ); write report.html, summary.json, results.csv and figures")
+            { preset, model, data, outDir, threads, format, verbose };
+        cmd.SetAction((p, ct) =>
+        {
+            TorchRuntime.EnsureLoaded();
+            if (p.GetValue(threads) is var t && t < 0) throw new ValleyException($"--threads: must be 0 or positive, got {t}");
+            if (p.GetValue(threads) > 0) TorchSharp.torch.set_num_threads(p.GetValue(threads));
+            var options = StudyOptions.For(p.GetValue(preset)!, p.GetValue(model)!);
+            Models.ModelSpec.Parse(options.Model);
+            var dir = p.GetValue(outDir)!;
+            AtomicFile.EnsureWritableFolder(dir);
+            using var lockFile = OutputLock.Acquire(dir);
+            var marker = Path.Combine(dir, "study.json");
+            var key = AtomicFile.ToJson(new { options.Preset, options.Model, data = p.GetValue(data) });
+            if (File.Exists(marker) && File.ReadAllText(marker) != key)
+                throw new ValleyException($"--out {dir}: holds a study with other settings; choose another --out or remove it");
+            AtomicFile.WriteAllText(marker, key);
+            using var split = DataSources.Open(p.GetValue(data));
+            bool json = p.GetValue(format) == "json";
+            var term = CommonOptions.Terminal(json);
+            StudySummary summary = null!;
+            if (json || (Console.IsErrorRedirected && Console.IsOutputRedirected)) summary = StudyRunner.Run(options, split, dir, null, ct);
+            else
+                term.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+                    .Start(c =>
+                    {
+                        var task = c.AddTask("study", maxValue: options.Models.Count * 2);
+                        summary = StudyRunner.Run(options, split, dir, new Valley.Curvature.Spectrum.SyncProgress<StudyProgress>(pr =>
+                        {
+                            task.MaxValue = pr.Total;
+                            task.Value = pr.Done;
+                            task.Description = Markup.Escape(pr.Stage);
+                        }), ct);
+                        task.Value = task.MaxValue;
+                    });
+            if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(summary)); return Task.FromResult(0); }
+            var table = new Table().AddColumns("model", "epochs", "λmax", "Keskar ε=1e-3", "test acc", "acc gap", "loss gap");
+            foreach (var m in summary.Models)
+                table.AddRow(Markup.Escape(m.Name), m.Epochs.ToString(), $"{m.Measures["lambda_max"]:G4}", $"{m.Measures.GetValueOrDefault("keskar_eps1e-3"):G4}",
+                    $"{100 * m.TestAccuracy:F2}%", $"{100 * m.AccuracyGap:F2}%", $"{m.LossGap:G3}");
+            term.Write(table);
+            var tt = new Table().AddColumns("measure", "τ (acc gap)", "τ (loss gap)", "Ψ");
+            foreach (var r in summary.Tau.Take(8))
+                tt.AddRow(Markup.Escape(r.Measure), $"{r.TauAccuracyGap:+0.00;-0.00}", $"{r.TauLossGap:+0.00;-0.00}", double.IsFinite(r.GranulatedPsi) ? $"{r.GranulatedPsi:+0.00;-0.00}" : "–");
+            term.Write(tt);
+            foreach (var f in summary.Findings.Take(3)) term.MarkupLine("• " + Markup.Escape(f));
+            term.MarkupLine($"Report: [blue]{Markup.Escape(Path.GetFullPath(Path.Combine(dir, "report.html")))}[/] ({summary.Seconds:F0} s)");
+            return Task.FromResult(0);
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,139 @@
+using ScottPlot;
+using Valley.Curvature;
+using Valley.Curvature.Spectrum;
+using Valley.Data;
+using Valley.Landscape;
+using Valley.Reporting;
+using static TorchSharp.torch;
+
+namespace Valley.Study;
+
+/// <summary>The study's figures: Keskar's parametric plot, overlaid 1D slices, contours of the flattest and sharpest model, densities, scatter plots.</summary>
+public static class StudyFigures
+{
+    public static void WriteAll(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, Dataset measureData, string dir, CancellationToken ct)
+    {
+        var o = s.Options;
+        // Keskar's parametric plot between the small- and large-batch Adam models of the first seed.
+        var adam = s.Models.Where(m => m.Hyperparameters["optimizer"] == "adam").GroupBy(m => m.Hyperparameters["seed"]).First()
+            .OrderBy(m => long.Parse(m.Hyperparameters["batch_size"])).ToList();
+        if (adam.Count >= 2)
+        {
+            var a = models[adam[0].Name];
+            var b = models[adam[^1].Name];
+            var ps = new ParameterSet(a.named_parameters().Select(p => (p.name, p.parameter)));
+            var pb = new ParameterSet(b.named_parameters().Select(p => (p.name, p.parameter)));
+            using var wb = pb.GetFlat();
+            using var wa = ps.GetFlat();
+            using var d = wb - wa;
+            var grid = new LandscapeEvaluator(a, Losses.CrossEntropy, train, test).Run("parametric", d, null,
+                new GridSpec(GridSpec.Range(-1, 2, o.ParametricPoints), null), ct: ct, endpoint: wb);
+            var xs = grid.Points.Select(p => p.X).ToArray();
+            var loss = new Plot();
+            Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TrainLoss, 1e-6))).ToArray(), "train loss", Colors.Navy, false);
+            Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TestLoss!.Value, 1e-6))).ToArray(), "test loss", Colors.Navy, true);
+            loss.Title($"Keskar's parametric plot: (1−α)·{adam[0].Name} + α·{adam[^1].Name}");
+            loss.YLabel("loss (log10)");
+            Plots.LogAxis(loss);
+            var acc = new Plot();
+            Line(acc, xs, grid.Points.Select(p => 100 * p.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.FireBrick, false);
+            Line(acc, xs, grid.Points.Select(p => 100 * p.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.FireBrick, true);
+            acc.XLabel("α (0 = small batch, 1 = large batch)");
+            acc.YLabel("accuracy (%)");
+            loss.ShowLegend(Alignment.UpperCenter);
+            acc.ShowLegend(Alignment.LowerCenter);
+            Plots.Stack([loss, acc], Path.Combine(dir, "parametric.png"), 900, 340);
+        }
+
+        // Filter-normalized 1D slices of every model, overlaid (same direction seed for each).
+        var slices = new Plot();
+        var palette = new ScottPlot.Palettes.Category10();
+        int k = 0;
+        var slicesByModel = new Dictionary<string, GridResult>();
+        foreach (var m in s.Models)
+        {
+            var model = models[m.Name];
+            var ps = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+            using var dir1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 11);
+            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run("1d", dir1, null, new GridSpec(GridSpec.Range(-1, 1, o.SlicePoints), null), ct: ct);
+            slicesByModel[m.Name] = g;
+            Line(slices, g.Points.Select(p => p.X).ToArray(), g.Points.Select(p => Math.Min(p.TrainLoss, 10)).ToArray(), m.Name, palette.GetColor(k++), false);
+        }
+        slices.Title("1D filter-normalized slices (train loss, clipped at 10)");
+        slices.XLabel("α");
+        slices.YLabel("train loss");
+        slices.ShowLegend(Alignment.UpperCenter);
+        Plots.Save(slices, Path.Combine(dir, "slices.png"), 900, 520);
+
+        // 2D contours of the flattest and the sharpest model by λmax.
+        var flattest = s.Models.MinBy(m => m.Measures["lambda_max"])!;
+        var sharpest = s.Models.MaxBy(m => m.Measures["lambda_max"])!;
+        var panels = new List<Plot>();
+        foreach (var m in new[] { flattest, sharpest })
+        {
+            var model = models[m.Name];
+            var ps = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+            using var d1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 21);
+            using var d2 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 22);
+            var spec = new GridSpec(GridSpec.Range(-1, 1, o.ContourPoints), GridSpec.Range(-1, 1, o.ContourPoints));
+            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run("2d", d1, d2, spec, ct: ct);
+            var coords = new Coordinates3d[spec.Ys!.Length, spec.Xs.Length];
+            foreach (var p in g.Points) coords[p.J, p.I] = new Coordinates3d(p.X, p.Y, Math.Min(p.TrainLoss, 10));
+            var plt = new Plot();
+            var lines = plt.Add.ContourLines(coords, 15);
+            lines.Colormap = new ScottPlot.Colormaps.Viridis();
+            plt.Title($"{(m == flattest ? "flattest" : "sharpest")}: {m.Name} (λmax {m.Measures["lambda_max"]:G4})");
+            plt.XLabel("α");
+            plt.YLabel("β");
+            plt.Axes.SetLimits(-1, 1, -1, 1);
+            panels.Add(plt);
+        }
+        Plots.Stack(panels, Path.Combine(dir, "contours.png"), 640, 560);
+
+        // Spectral densities overlaid.
+        var dens = new Plot();
+        k = 0;
+        foreach (var m in s.Models.Where(m => m.DensityNodes.Length > 0))
+        {
+            var (grid, density, _) = StochasticLanczosQuadrature.Broaden(m.DensityNodes, m.DensityWeights, 1e-5, 2000);
+            Line(dens, grid, density.Select(v => Math.Log10(v + 1e-7)).ToArray(), m.Name, palette.GetColor(k++), false);
+        }
+        Plots.LogAxis(dens);
+        dens.Title("Hessian spectral densities (SLQ)");
+        dens.XLabel("eigenvalue");
+        dens.YLabel("density (log scale)");
+        dens.ShowLegend(Alignment.UpperRight);
+        Plots.Save(dens, Path.Combine(dir, "densities.png"), 900, 520);
+
+        // Measure vs accuracy gap, for the six best-ranked measures.
+        var scatters = new List<Plot>();
+        foreach (var t in s.Tau.Take(6))
+        {
+            var plt = new Plot();
+            k = 0;
+            foreach (var m in s.Models)
+            {
+                var sc = plt.Add.Scatter(new[] { m.Measures[t.Measure] }, new[] { 100 * m.AccuracyGap });
+                sc.Color = palette.GetColor(k++);
+                sc.MarkerSize = 9;
+                sc.LegendText = m.Name;
+            }
+            plt.Title($"{t.Measure}: τ = {t.TauAccuracyGap:+0.00;-0.00}");
+            plt.XLabel(t.Measure);
+            plt.YLabel("accuracy gap (%)");
+            if (scatters.Count == 0) plt.ShowLegend(Alignment.UpperLeft);
+            scatters.Add(plt);
+        }
+        if (scatters.Count > 0) Plots.Stack(scatters, Path.Combine(dir, "scatter.png"), 700, 300);
+    }
+
+    static void Line(Plot plt, double[] xs, double[] ys, string label, Color color, bool dashed)
+    {
+        var s = plt.Add.Scatter(xs, ys);
+        s.LegendText = label;
+        s.Color = color;
+        s.LineWidth = 2;
+        s.MarkerSize = 0;
+        if (dashed) s.LinePattern = LinePattern.Dashed;
+    }
+}

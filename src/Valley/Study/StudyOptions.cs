@@ -1,0 +1,65 @@
+namespace Valley.Study;
+
+/// <summary>One model of the study: how it is trained.</summary>
+public sealed record StudyModel(string Name, string Optimizer, long BatchSize, double LearningRate, long Seed, double? Rho = null)
+{
+    /// <summary>The hyperparameters varied across the study (for the granulated τ).</summary>
+    public Dictionary<string, string> Hyperparameters => new()
+    {
+        ["batch_size"] = BatchSize.ToString(), ["optimizer"] = Optimizer, ["seed"] = Seed.ToString(),
+    };
+}
+
+/// <summary>
+/// What <c>valley study</c> does. Presets: <c>quick</c> (a one-minute smoke run, used by the tests), <c>default</c> (≤ 10 minutes on
+/// 2 cores), <c>full</c> (the whole training set, three seeds).
+/// </summary>
+public sealed record StudyOptions
+{
+    public string Preset { get; init; } = "default";
+    public string Model { get; init; } = "mlp:784-128-64-10";
+    /// <summary>Training examples (seeded subset; 0 = all) and test examples (0 = all).</summary>
+    public long TrainExamples { get; init; } = 10_000;
+    public long TestExamples { get; init; }
+    public List<StudyModel> Models { get; init; } = [];
+    /// <summary>Stopping rule: train until the full training loss is below this, or <see cref="MaxEpochs"/>.</summary>
+    public double StopAtLoss { get; init; } = 0.2;
+    /// <summary>Large batches take many more epochs to reach the same loss (10 steps per epoch at 10% of the data).</summary>
+    public int MaxEpochs { get; init; } = 200;
+    /// <summary>Examples the curvature and sharpness measures use (seeded subset of the training set).</summary>
+    public long MeasureExamples { get; init; } = 2048;
+    public int DensityRuns { get; init; } = 5;
+    public int DensitySteps { get; init; } = 50;
+    public long MaxProducts { get; init; } = 400;
+    public int SlicePoints { get; init; } = 21;
+    public int ContourPoints { get; init; } = 21;
+    public int ParametricPoints { get; init; } = 31;
+    public long Seed { get; init; }
+
+    public static StudyOptions For(string preset, string model = "mlp:784-128-64-10")
+    {
+        // Keskar et al.: small batch 256 vs large batch 10% of the training set, Adam; plus one batch size in between,
+        // SGD at both ends, and SAM (SGD base, ρ = 0.05) at the small batch size.
+        List<StudyModel> Grid(long n, long[] seeds) => seeds.SelectMany(s => new List<StudyModel>
+        {
+            new($"adam-b256-s{s}", "adam", 256, 1e-3, s),
+            new($"adam-b{n / 20}-s{s}", "adam", n / 20, 1e-3, s),
+            new($"adam-b{n / 10}-s{s}", "adam", n / 10, 1e-3, s),
+            new($"sgd-b256-s{s}", "sgd", 256, 0.05, s),
+            new($"sgd-b{n / 10}-s{s}", "sgd", n / 10, 0.05, s),
+            new($"sam-b256-s{s}", "sam", 256, 0.05, s, 0.05),
+        }).ToList();
+        return preset switch
+        {
+            "quick" => new StudyOptions
+            {
+                Preset = preset, Model = model, TrainExamples = 2000, TestExamples = 2000, StopAtLoss = 0.6, MaxEpochs = 4, MeasureExamples = 512,
+                DensityRuns = 2, DensitySteps = 20, MaxProducts = 60, SlicePoints = 9, ContourPoints = 7, ParametricPoints = 9,
+                Models = [new("adam-b64-s0", "adam", 64, 1e-3, 0), new("adam-b200-s0", "adam", 200, 1e-3, 0), new("sam-b64-s0", "sam", 64, 0.05, 0, 0.05)],
+            },
+            "full" => new StudyOptions { Preset = preset, Model = model, TrainExamples = 0, StopAtLoss = 0.15, MaxEpochs = 200, Models = Grid(60_000, [0, 1, 2]) },
+            "default" => new StudyOptions { Preset = preset, Model = model, Models = Grid(10_000, [0]) },
+            _ => throw new ValleyException($"--preset: quick, default or full, got '{preset}'"),
+        };
+    }
+}

@@ -1,0 +1,167 @@
+using System.Diagnostics;
+using System.Text.Json;
+using TorchSharp;
+using Valley.Curvature;
+using Valley.Curvature.Spectrum;
+using Valley.Data;
+using Valley.Landscape;
+using Valley.Models;
+using Valley.Reporting;
+using Valley.Sharpness;
+using Valley.Training;
+using static TorchSharp.torch;
+
+namespace Valley.Study;
+
+/// <summary>Everything measured for one trained model.</summary>
+public sealed record ModelMeasurements
+{
+    public required string Name { get; init; }
+    public required Dictionary<string, string> Hyperparameters { get; init; }
+    public required int Epochs { get; init; }
+    public required double TrainLoss { get; init; }
+    public required double TrainAccuracy { get; init; }
+    public required double TestLoss { get; init; }
+    public required double TestAccuracy { get; init; }
+    public double LossGap => TestLoss - TrainLoss;
+    public double AccuracyGap => TrainAccuracy - TestAccuracy;
+    /// <summary>Measure name → value (larger = sharper, except the flatness measures, where larger = flatter by name).</summary>
+    public required Dictionary<string, double> Measures { get; init; }
+    public required Dictionary<string, double> StandardErrors { get; init; }
+    public double[] TopEigenvalues { get; init; } = [];
+    public double[][] DensityNodes { get; init; } = [];
+    public double[][] DensityWeights { get; init; } = [];
+    public double Seconds { get; init; }
+}
+
+/// <summary>One measure's rank correlation with the generalization gaps.</summary>
+public sealed record TauRow(string Measure, double TauAccuracyGap, double TauLossGap, double GranulatedPsi, Dictionary<string, double> PerHyperparameter);
+
+public sealed record StudySummary
+{
+    public required StudyOptions Options { get; init; }
+    public required string Data { get; init; }
+    public required List<ModelMeasurements> Models { get; init; }
+    public required List<TauRow> Tau { get; init; }
+    public required List<string> Findings { get; init; }
+    public double Seconds { get; init; }
+}
+
+public readonly record struct StudyProgress(string Stage, int Done, int Total);
+
+/// <summary>
+/// The seed claim on real data (DESIGN.md §8): trains the study's models (resumable), measures every measure on each
+/// (cached per model), relates them to the generalization gap by Kendall τ, draws the figures and writes the report.
+/// </summary>
+public static class StudyRunner
+{
+    public static StudySummary Run(StudyOptions o, DataSplit data, string outDir, IProgress<StudyProgress>? progress = null, CancellationToken ct = default)
+    {
+        if (o.Models.Count < 2) throw new ValleyException("study: at least two models are needed");
+        if (data.Test is null) throw new ValleyException("study: the data have no test set (needed for the generalization gap)");
+        var sw = Stopwatch.StartNew();
+        Directory.CreateDirectory(outDir);
+        using var train = o.TrainExamples > 0 && o.TrainExamples < data.Train.Count ? data.Train.Subset(o.TrainExamples, o.Seed) : data.Train.Subset(data.Train.Count, o.Seed);
+        using var test = o.TestExamples > 0 && o.TestExamples < data.Test.Count ? data.Test.Subset(o.TestExamples, o.Seed) : data.Test.Subset(data.Test.Count, o.Seed);
+        using var measureData = train.Subset(Math.Min(o.MeasureExamples, train.Count), o.Seed + 1);
+        var spec = ModelSpec.Parse(o.Model);
+        var results = new List<ModelMeasurements>();
+        var trained = new Dictionary<string, nn.Module<Tensor, Tensor>>();
+        int total = o.Models.Count * 2;
+        int step = 0;
+        foreach (var m in o.Models)
+        {
+            ct.ThrowIfCancellationRequested();
+            var dir = Path.Combine(outDir, "models", m.Name);
+            progress?.Report(new StudyProgress($"training {m.Name}", step++, total));
+            var model = spec.Build(train, m.Seed);
+            var log = new Trainer(model, o.Model, train, test, new TrainOptions
+            {
+                Optimizer = m.Optimizer, BaseOptimizer = "sgd", LearningRate = m.LearningRate, Momentum = 0.9, Rho = m.Rho, BatchSize = m.BatchSize,
+                Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed, CheckpointEvery = Math.Max(1, o.MaxEpochs),
+            }, dir).Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
+            trained[m.Name] = model;
+            progress?.Report(new StudyProgress($"measuring {m.Name}", step++, total));
+            var cache = Path.Combine(dir, "measures.json");
+            ModelMeasurements? mm = null;
+            if (File.Exists(cache))
+                try { mm = JsonSerializer.Deserialize<ModelMeasurements>(File.ReadAllText(cache), AtomicFile.Json); } catch (JsonException) { mm = null; }
+            if (mm is null)
+            {
+                mm = Measure(m, model, log, measureData, spec, train, o, ct);
+                AtomicFile.WriteJson(cache, mm);
+            }
+            results.Add(mm);
+        }
+        var tau = Correlations(results);
+        var findings = Findings.Write(results, tau, o);
+        var summary = new StudySummary { Options = o, Data = $"{train.Name} ({train.Count} training, {test.Count} test examples)", Models = results, Tau = tau, Findings = findings, Seconds = sw.Elapsed.TotalSeconds };
+        progress?.Report(new StudyProgress("figures and report", total, total));
+        StudyFigures.WriteAll(summary, trained, train, test, measureData, outDir, ct);
+        AtomicFile.WriteJson(Path.Combine(outDir, "summary.json"), summary);
+        WriteCsv(summary, Path.Combine(outDir, "results.csv"));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "report.html"), StudyReport.Html(summary, outDir));
+        return summary;
+    }
+
+    static ModelMeasurements Measure(StudyModel m, nn.Module<Tensor, Tensor> model, TrainingLog log, Dataset measureData, ModelSpec spec, Dataset train, StudyOptions o, CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        var last = log.Epochs[^1];
+        var measures = new Dictionary<string, double>();
+        var errors = new Dictionary<string, double>();
+        using var obj = new Objective(model, Losses.CrossEntropy, measureData, new ObjectiveOptions { BatchSize = measureData.Count });
+        var op = new HessianOperator(obj) { Cancellation = ct };
+        var top = Lanczos.Compute(op, new LanczosOptions { K = 5, Tolerance = 1e-3, MaxProducts = o.MaxProducts, Seed = m.Seed });
+        measures["lambda_max"] = top.Values[0];
+        measures["top5_sum"] = top.Values.Sum();
+        var tr = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { Products = 30, RelativeStandardError = 0.05, MaxProducts = o.MaxProducts, Seed = m.Seed, Cancellation = ct });
+        measures["trace"] = tr.Trace;
+        errors["trace"] = tr.StandardError;
+        var density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = m.Seed, Cancellation = ct });
+        measures["negative_mass"] = density.NegativeMass;
+        var init = spec.Build(train, m.Seed);
+        using var w0 = cat(init.parameters().Select(p => p.detach().reshape(-1)).ToArray());
+        var suite = SharpnessSuite.Run(model, Losses.CrossEntropy, measureData, w0, new SharpnessSuiteOptions
+        {
+            Measures = ["keskar", "sam", "worst-case-l2-adaptive", "average-case-adaptive", "pacbayes", "fisher-trace", "relative-flatness"],
+            Seed = m.Seed, BatchSize = measureData.Count,
+        }, ct: ct);
+        foreach (var r in suite)
+        {
+            string key = r.Measure == "keskar" ? $"keskar_eps{r.Parameters["epsilon"]:0e0}" : r.Measure.Replace('-', '_');
+            measures[key] = r.Value;
+            if (r.StandardError is { } se && double.IsFinite(se)) errors[key] = se;
+        }
+        return new ModelMeasurements
+        {
+            Name = m.Name, Hyperparameters = m.Hyperparameters, Epochs = log.CompletedEpochs,
+            TrainLoss = last.TrainLoss, TrainAccuracy = last.TrainAccuracy ?? 0, TestLoss = last.TestLoss ?? 0, TestAccuracy = last.TestAccuracy ?? 0,
+            Measures = measures, StandardErrors = errors, TopEigenvalues = top.Values, DensityNodes = density.Nodes, DensityWeights = density.Weights,
+            Seconds = sw.Elapsed.TotalSeconds,
+        };
+    }
+
+    /// <summary>Kendall τ of every measure with both gaps, and the granulated Ψ, sorted by |τ| with the accuracy gap.</summary>
+    public static List<TauRow> Correlations(IReadOnlyList<ModelMeasurements> models)
+    {
+        var names = models.SelectMany(m => m.Measures.Keys).Distinct().Where(k => models.All(m => m.Measures.ContainsKey(k)));
+        var accGap = models.Select(m => m.AccuracyGap).ToList();
+        var lossGap = models.Select(m => m.LossGap).ToList();
+        var hyper = models.Select(m => (IReadOnlyDictionary<string, string>)m.Hyperparameters).ToList();
+        return names.Select(n =>
+        {
+            var v = models.Select(m => m.Measures[n]).ToList();
+            var (psi, per) = KendallTau.Granulated(hyper, v, accGap);
+            return new TauRow(n, KendallTau.Compute(v, accGap), KendallTau.Compute(v, lossGap), psi, per);
+        }).OrderByDescending(t => double.IsFinite(t.TauAccuracyGap) ? Math.Abs(t.TauAccuracyGap) : -1).ToList();
+    }
+
+    static void WriteCsv(StudySummary s, string path)
+    {
+        var keys = s.Models.SelectMany(m => m.Measures.Keys).Distinct().ToList();
+        Csv.Write(path, new[] { "model", "optimizer", "batch_size", "seed", "epochs", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "loss_gap", "accuracy_gap" }.Concat(keys).ToList(),
+            s.Models.Select(m => new object[] { m.Name, m.Hyperparameters["optimizer"], m.Hyperparameters["batch_size"], m.Hyperparameters["seed"], m.Epochs,
+                m.TrainLoss, m.TrainAccuracy, m.TestLoss, m.TestAccuracy, m.LossGap, m.AccuracyGap }.Concat(keys.Select(k => (object)m.Measures.GetValueOrDefault(k, double.NaN)))));
+    }
+}
