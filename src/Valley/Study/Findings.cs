@@ -23,7 +23,8 @@ public static class Findings
                       $"{lb.Measures.GetValueOrDefault("keskar_eps1e-3"):G4} vs {sb.Measures.GetValueOrDefault("keskar_eps1e-3"):G4}. Its test accuracy is {P(lb.TestAccuracy)} vs {P(sb.TestAccuracy)} " +
                       $"and its accuracy gap {P(lb.AccuracyGap)} vs {P(sb.AccuracyGap)}. " +
                       (sharper && worse ? "This is the direction Keskar et al. (2017) report: the sharper large-batch minimum has the larger generalization gap."
-                       : sharper && lowerTest ? "The large-batch minimum is sharper and tests worse, but its train-test gap is not larger (it also fits the training set less well), so by the gap this pair does not support the claim."
+                       : sharper && lowerTest ? "The large-batch minimum is sharper and tests worse, but its train-test gap is not larger" +
+                         (lb.TrainAccuracy < sb.TrainAccuracy ? " (it also fits the training set less well)" : "") + ", so by the gap this pair does not support the claim."
                        : sharper ? "The large-batch minimum is sharper, but it does not generalize worse here, so this pair does not support the claim."
                        : "Here the large-batch minimum is not sharper, so this pair does not reproduce Keskar et al.'s observation."));
             }

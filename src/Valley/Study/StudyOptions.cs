@@ -58,7 +58,12 @@ public sealed record StudyOptions
                 Models = [new("adam-b64-s0", "adam", 64, 1e-3, 0), new("adam-b200-s0", "adam", 200, 1e-3, 0), new("sam-b64-s0", "sam", 64, 0.05, 0, 0.05)],
             },
             "full" => new StudyOptions { Preset = preset, Model = model, TrainExamples = 0, StopAtLoss = 0.15, MaxEpochs = 200, Models = Grid(60_000, [0, 1, 2]) },
-            "default" => new StudyOptions { Preset = preset, Model = model, Models = Grid(10_000, [0]) },
+            // One full grid for seed 0, and the two ends of Keskar's comparison again with seed 1 so that seed varies too.
+            "default" => new StudyOptions
+            {
+                Preset = preset, Model = model,
+                Models = [.. Grid(10_000, [0]), new("adam-b256-s1", "adam", 256, 1e-3, 1), new("adam-b1000-s1", "adam", 1000, 1e-3, 1)],
+            },
             _ => throw new ValleyException($"--preset: quick, default or full, got '{preset}'"),
         };
     }
