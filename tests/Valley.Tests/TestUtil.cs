@@ -10,7 +10,7 @@ public static class TestUtil
     static TestUtil()
     {
         TorchRuntime.EnsureLoaded();
-        set_num_threads(1);
+        set_num_threads(Math.Min(2, Environment.ProcessorCount));
     }
 
     public static void Init() { }

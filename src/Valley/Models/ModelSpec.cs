@@ -16,6 +16,9 @@ public sealed record ModelSpec(string Kind, int[] Widths, string Activation, boo
 {
     public string Text { get; init; } = "";
 
+    /// <summary>Held while anything in Valley seeds and draws from LibTorch's global generator.</summary>
+    public static readonly object GlobalGeneratorLock = new();
+
     public static ModelSpec Parse(string text)
     {
         if (string.IsNullOrWhiteSpace(text)) throw new ValleyException("--model: empty model spec");
@@ -63,13 +66,18 @@ public sealed record ModelSpec(string Kind, int[] Widths, string Activation, boo
     public nn.Module<Tensor, Tensor> Build(long[] exampleShape, int outputs, long seed)
     {
         CheckInput(exampleShape, outputs);
-        random.manual_seed(seed);
-        return Kind switch
+        // Module initializers draw from LibTorch's global generator: seed and build under one lock, so that models built on
+        // other threads at the same time cannot take numbers from this model's sequence.
+        lock (GlobalGeneratorLock)
         {
-            "mlp" => new Mlp(Widths, Activation, Bias),
-            "lenet" => new LeNet((int)exampleShape[0], (int)exampleShape[1], outputs),
-            _ => new SmallResNet((int)exampleShape[0], outputs, Width, Blocks),
-        };
+            random.manual_seed(seed);
+            return Kind switch
+            {
+                "mlp" => new Mlp(Widths, Activation, Bias),
+                "lenet" => new LeNet((int)exampleShape[0], (int)exampleShape[1], outputs),
+                _ => new SmallResNet((int)exampleShape[0], outputs, Width, Blocks),
+            };
+        }
     }
 
     public nn.Module<Tensor, Tensor> Build(Dataset data, long seed) => Build(data.ExampleShape, data.NumClasses, seed);

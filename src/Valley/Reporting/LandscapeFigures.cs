@@ -36,8 +36,8 @@ public static class LandscapeFigures
     {
         var xs = g.Points.Select(p => p.X).ToArray();
         var loss = new Plot();
-        Line(loss, xs, g.Points.Select(p => view.Apply(p.TrainLoss)).ToArray(), "train loss", Colors.Navy);
-        if (g.Points.All(p => p.TestLoss is not null)) Line(loss, xs, g.Points.Select(p => view.Apply(p.TestLoss!.Value)).ToArray(), "test loss", Colors.DarkOrange);
+        Plots.Line(loss, xs, g.Points.Select(p => view.Apply(p.TrainLoss)).ToArray(), "train loss", Colors.Navy);
+        if (g.Points.All(p => p.TestLoss is not null)) Plots.Line(loss, xs, g.Points.Select(p => view.Apply(p.TestLoss!.Value)).ToArray(), "test loss", Colors.DarkOrange);
         loss.Title(title);
         loss.XLabel("α");
         loss.YLabel(view.Label("loss"));
@@ -46,22 +46,14 @@ public static class LandscapeFigures
         if (g.Points.All(p => p.TrainAccuracy is not null))
         {
             var acc = new Plot();
-            Line(acc, xs, g.Points.Select(p => 100 * p.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.Navy);
-            if (g.Points.All(p => p.TestAccuracy is not null)) Line(acc, xs, g.Points.Select(p => 100 * p.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.DarkOrange);
+            Plots.Line(acc, xs, g.Points.Select(p => 100 * p.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.Navy);
+            if (g.Points.All(p => p.TestAccuracy is not null)) Plots.Line(acc, xs, g.Points.Select(p => 100 * p.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.DarkOrange);
             acc.XLabel("α");
             acc.YLabel("accuracy (%)");
             acc.ShowLegend(Alignment.LowerCenter);
             panels.Add(acc);
         }
         Plots.Stack(panels, path, 900, 380);
-    }
-
-    static void Line(Plot plt, double[] xs, double[] ys, string label, Color color)
-    {
-        var s = plt.Add.ScatterLine(xs, ys);
-        s.LegendText = label;
-        s.Color = color;
-        s.LineWidth = 2;
     }
 
     /// <summary>Contour lines over the training loss, with the trajectory drawn over it when there is one; a heatmap below.</summary>

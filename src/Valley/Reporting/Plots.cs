@@ -55,8 +55,8 @@ public static class Plots
         var panels = new List<Plot>();
         var epochs = log.Epochs.Select(e => (double)e.Epoch).ToArray();
         var loss = new Plot();
-        AddLine(loss, epochs, log.Epochs.Select(e => e.TrainLoss).ToArray(), "train loss", Colors.Navy);
-        if (log.Epochs.All(e => e.TestLoss is not null)) AddLine(loss, epochs, log.Epochs.Select(e => e.TestLoss!.Value).ToArray(), "test loss", Colors.DarkOrange);
+        Line(loss, epochs, log.Epochs.Select(e => e.TrainLoss).ToArray(), "train loss", Colors.Navy);
+        if (log.Epochs.All(e => e.TestLoss is not null)) Line(loss, epochs, log.Epochs.Select(e => e.TestLoss!.Value).ToArray(), "test loss", Colors.DarkOrange);
         loss.Title($"{log.Model}: {log.Options.Optimizer}, lr {log.Options.LearningRate}, batch {(log.Options.BatchSize == 0 ? "full" : log.Options.BatchSize.ToString())}");
         loss.XLabel("epoch");
         loss.YLabel("loss");
@@ -65,8 +65,8 @@ public static class Plots
         if (log.Epochs.All(e => e.TrainAccuracy is not null))
         {
             var acc = new Plot();
-            AddLine(acc, epochs, log.Epochs.Select(e => 100 * e.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.Navy);
-            if (log.Epochs.All(e => e.TestAccuracy is not null)) AddLine(acc, epochs, log.Epochs.Select(e => 100 * e.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.DarkOrange);
+            Line(acc, epochs, log.Epochs.Select(e => 100 * e.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.Navy);
+            if (log.Epochs.All(e => e.TestAccuracy is not null)) Line(acc, epochs, log.Epochs.Select(e => 100 * e.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.DarkOrange);
             acc.XLabel("epoch");
             acc.YLabel("accuracy (%)");
             acc.ShowLegend(Alignment.LowerRight);
@@ -75,7 +75,7 @@ public static class Plots
         if (log.Monitor.Count > 0)
         {
             var sharp = new Plot();
-            AddLine(sharp, log.Monitor.Select(m => (double)m.Step).ToArray(), log.Monitor.Select(m => m.LambdaMax).ToArray(), "λmax (Lanczos)", Colors.FireBrick);
+            Line(sharp, log.Monitor.Select(m => (double)m.Step).ToArray(), log.Monitor.Select(m => m.LambdaMax).ToArray(), "λmax (Lanczos)", Colors.FireBrick);
             if (log.StabilityThreshold is { } t)
             {
                 var h = sharp.Add.HorizontalLine(t);
@@ -91,13 +91,15 @@ public static class Plots
         Stack(panels, path, 900, 320);
     }
 
-    static void AddLine(Plot plt, double[] xs, double[] ys, string label, Color color)
+    /// <summary>A labelled line (markers only for short series), optionally dashed: the one line style of Valley's figures.</summary>
+    public static void Line(Plot plt, double[] xs, double[] ys, string label, Color color, bool dashed = false)
     {
         var s = plt.Add.Scatter(xs, ys);
         s.LegendText = label;
         s.Color = color;
         s.LineWidth = 2;
-        s.MarkerSize = xs.Length > 60 ? 0 : 4;
+        s.MarkerSize = xs.Length > 60 || dashed ? 0 : 4;
+        if (dashed) s.LinePattern = LinePattern.Dashed;
     }
 
     /// <summary>Render plots one above another into one PNG (atomically).</summary>

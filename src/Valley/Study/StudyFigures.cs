@@ -30,14 +30,14 @@ public static class StudyFigures
                 new GridSpec(GridSpec.Range(-1, 2, o.ParametricPoints), null), ct: ct, endpoint: wb);
             var xs = grid.Points.Select(p => p.X).ToArray();
             var loss = new Plot();
-            Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TrainLoss, 1e-6))).ToArray(), "train loss", Colors.Navy, false);
-            Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TestLoss!.Value, 1e-6))).ToArray(), "test loss", Colors.Navy, true);
+            Plots.Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TrainLoss, 1e-6))).ToArray(), "train loss", Colors.Navy, false);
+            Plots.Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TestLoss!.Value, 1e-6))).ToArray(), "test loss", Colors.Navy, true);
             loss.Title($"Keskar's parametric plot: (1−α)·{adam[0].Name} + α·{adam[^1].Name}");
             loss.YLabel("loss (log10)");
             Plots.LogAxis(loss);
             var acc = new Plot();
-            Line(acc, xs, grid.Points.Select(p => 100 * p.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.FireBrick, false);
-            Line(acc, xs, grid.Points.Select(p => 100 * p.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.FireBrick, true);
+            Plots.Line(acc, xs, grid.Points.Select(p => 100 * p.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.FireBrick, false);
+            Plots.Line(acc, xs, grid.Points.Select(p => 100 * p.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.FireBrick, true);
             acc.XLabel("α (0 = small batch, 1 = large batch)");
             acc.YLabel("accuracy (%)");
             loss.ShowLegend(Alignment.UpperCenter);
@@ -57,7 +57,7 @@ public static class StudyFigures
             using var dir1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 11);
             var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run("1d", dir1, null, new GridSpec(GridSpec.Range(-1, 1, o.SlicePoints), null), ct: ct);
             slicesByModel[m.Name] = g;
-            Line(slices, g.Points.Select(p => p.X).ToArray(), g.Points.Select(p => Math.Min(p.TrainLoss, 10)).ToArray(), m.Name, palette.GetColor(k++), false);
+            Plots.Line(slices, g.Points.Select(p => p.X).ToArray(), g.Points.Select(p => Math.Min(p.TrainLoss, 10)).ToArray(), m.Name, palette.GetColor(k++), false);
         }
         slices.Title("1D filter-normalized slices (train loss, clipped at 10)");
         slices.XLabel("α");
@@ -96,7 +96,7 @@ public static class StudyFigures
         foreach (var m in s.Models.Where(m => m.DensityNodes.Length > 0))
         {
             var (grid, density, _) = StochasticLanczosQuadrature.Broaden(m.DensityNodes, m.DensityWeights, 1e-5, 2000);
-            Line(dens, grid, density.Select(v => Math.Log10(v + 1e-7)).ToArray(), m.Name, palette.GetColor(k++), false);
+            Plots.Line(dens, grid, density.Select(v => Math.Log10(v + 1e-7)).ToArray(), m.Name, palette.GetColor(k++), false);
         }
         Plots.LogAxis(dens);
         dens.Title("Hessian spectral densities (SLQ)");
@@ -127,13 +127,4 @@ public static class StudyFigures
         if (scatters.Count > 0) Plots.Stack(scatters, Path.Combine(dir, "scatter.png"), 700, 300);
     }
 
-    static void Line(Plot plt, double[] xs, double[] ys, string label, Color color, bool dashed)
-    {
-        var s = plt.Add.Scatter(xs, ys);
-        s.LegendText = label;
-        s.Color = color;
-        s.LineWidth = 2;
-        s.MarkerSize = 0;
-        if (dashed) s.LinePattern = LinePattern.Dashed;
-    }
 }
