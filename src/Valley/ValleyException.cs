@@ -7,8 +7,15 @@ namespace Valley;
 /// </summary>
 public class ValleyException : Exception
 {
-    public ValleyException(string message) : base(message) { }
-    public ValleyException(string message, Exception inner) : base(message, inner) { }
+    public ValleyException(string message) : base(OneLine(message)) { }
+    public ValleyException(string message, Exception inner) : base(OneLine(message), inner) { }
+
+    /// <summary>
+    /// Messages quote names read from files (tensor names, CSV cells), which may hold control characters: they are shown
+    /// as U+FFFD so that an error stays one line and cannot move the terminal's cursor.
+    /// </summary>
+    static string OneLine(string message) =>
+        string.Create(message.Length, message, (span, m) => { for (int i = 0; i < m.Length; i++) span[i] = char.IsControl(m[i]) ? '\uFFFD' : m[i]; });
 }
 
 /// <summary>A data file or folder that cannot be used (missing, corrupt, wrong shape, bad values).</summary>

@@ -116,7 +116,7 @@ public static class Weights
             {
                 WeightsFormat.TorchSharp => ReadDat(path),
                 WeightsFormat.PyTorch => ReadPickle(path),
-                _ => Safetensors.LoadStateDict(path),
+                _ => ReadSafetensors(path),
             };
         }
         catch (ValleyException) { throw; }
@@ -130,6 +130,60 @@ public static class Weights
             };
             throw new WeightsException(path, $"{what}: {FirstLine(e.Message)}", e);
         }
+    }
+
+    /// <summary>
+    /// Checks a .safetensors file's layout before PyBridge reads it: an 8-byte little-endian header length, a JSON header
+    /// within the file, and every tensor's byte range inside the data and matching its dtype and shape. A corrupt header
+    /// would otherwise ask for gigabytes of memory.
+    /// </summary>
+    static Dictionary<string, Tensor> ReadSafetensors(string path)
+    {
+        long fileLength = new FileInfo(path).Length;
+        using (var fs = File.OpenRead(path))
+        {
+            var lenBytes = new byte[8];
+            if (fs.Read(lenBytes, 0, 8) != 8) throw new WeightsException(path, "truncated .safetensors header");
+            ulong n = BitConverter.ToUInt64(lenBytes);
+            if (n == 0 || n > 100_000_000 || 8 + (long)n > fileLength) throw new WeightsException(path, $"corrupt .safetensors header length {n} for a file of {fileLength} bytes");
+            var header = new byte[n];
+            fs.ReadExactly(header);
+            long dataLength = fileLength - 8 - (long)n;
+            System.Text.Json.JsonDocument doc;
+            try { doc = System.Text.Json.JsonDocument.Parse(header); }
+            catch (System.Text.Json.JsonException e) { throw new WeightsException(path, "corrupt .safetensors header (not JSON)", e); }
+            using var _ = doc;
+            if (doc.RootElement.ValueKind != System.Text.Json.JsonValueKind.Object) throw new WeightsException(path, "corrupt .safetensors header (not an object)");
+            foreach (var entry in doc.RootElement.EnumerateObject())
+            {
+                if (entry.Name == "__metadata__") continue;
+                var v = entry.Value;
+                try
+                {
+                    int size = v.GetProperty("dtype").GetString() switch
+                    {
+                        "F64" or "I64" or "U64" => 8, "F32" or "I32" or "U32" => 4, "F16" or "BF16" or "I16" or "U16" => 2, "I8" or "U8" or "BOOL" => 1,
+                        var t => throw new WeightsException(path, $"tensor '{entry.Name}': unsupported dtype '{t}'"),
+                    };
+                    long numel = 1;
+                    foreach (var d in v.GetProperty("shape").EnumerateArray())
+                    {
+                        long dim = d.GetInt64();
+                        if (dim < 0 || dim > dataLength) throw new WeightsException(path, $"tensor '{entry.Name}': corrupt shape");
+                        numel *= dim;
+                        if (numel > dataLength) throw new WeightsException(path, $"tensor '{entry.Name}': shape larger than the file");
+                    }
+                    var offsets = v.GetProperty("data_offsets").EnumerateArray().Select(o => o.GetInt64()).ToArray();
+                    if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataLength || offsets[1] - offsets[0] != numel * size)
+                        throw new WeightsException(path, $"tensor '{entry.Name}': data offsets do not match its shape or lie outside the file");
+                }
+                catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException or FormatException)
+                {
+                    throw new WeightsException(path, $"tensor '{entry.Name}': corrupt .safetensors entry", e);
+                }
+            }
+        }
+        return Safetensors.LoadStateDict(path);
     }
 
     static Dictionary<string, Tensor> ReadPickle(string path)

@@ -258,18 +258,26 @@ public sealed class Trainer
         return new EpochRecord(epoch, step, lr, tr.Loss, tr.Accuracy, te?.Loss, te?.Accuracy, seconds);
     }
 
+    /// <summary>The resume state of an epoch lives in files named after it, so train.json never points at newer or older files.</summary>
+    string StatePath(string kind, int epoch) => Path.Combine(_dir, "resume", $"{kind}-{epoch:D4}{(kind == "weights" ? ".dat" : ".bin")}");
+
     void Checkpoint(TrainingLog log, TorchSharp.Modules.OptimizerHelper opt, WeightAverage? swa, int epoch, bool last)
     {
-        // Resume state first (weights, optimizer, SWA), then train.json, which names the epoch they belong to.
-        Weights.Save(_model, Path.Combine(_dir, LastWeights));
-        SaveAtomically(Path.Combine(_dir, "optimizer.bin"), opt.save_state_dict);
-        if (swa is not null) SaveAtomically(Path.Combine(_dir, "swa.bin"), swa.Save);
+        // 1. This epoch's resume state under its own names; 2. train.json, atomically, naming the epoch (the commit point);
+        // 3. only then the previous epoch's state is deleted. A kill at any moment leaves a consistent pair behind.
+        Directory.CreateDirectory(Path.Combine(_dir, "resume"));
+        Weights.Save(_model, StatePath("weights", epoch));
+        SaveAtomically(StatePath("optimizer", epoch), opt.save_state_dict);
+        if (swa is not null) SaveAtomically(StatePath("swa", epoch), swa.Save);
         if (epoch % _o.CheckpointEvery == 0 || last)
         {
             Weights.Save(_model, Path.Combine(_dir, "checkpoints", $"epoch-{epoch:D4}.dat"));
             if (_o.SavePyTorch) Weights.Save(_model, Path.Combine(_dir, "checkpoints", $"epoch-{epoch:D4}.pt"));
         }
         AtomicFile.WriteJson(Path.Combine(_dir, StateFile), log);
+        foreach (var old in Directory.EnumerateFiles(Path.Combine(_dir, "resume")).Where(f => !Path.GetFileNameWithoutExtension(f).EndsWith($"-{epoch:D4}")))
+            File.Delete(old);
+        Weights.Save(_model, Path.Combine(_dir, LastWeights));
         WriteLogFiles(log);
     }
 
@@ -293,9 +301,12 @@ public sealed class Trainer
         log = log with { Options = _o };
         if (log.CompletedEpochs == 0) return null;
         if (log.Finished && (_o.Steps > log.CompletedSteps || _o.Epochs > log.CompletedEpochs)) log.Finished = false;
-        Weights.Load(_model, Path.Combine(_dir, LastWeights));
-        opt.load_state_dict(Path.Combine(_dir, "optimizer.bin"));
-        if (swa is not null && File.Exists(Path.Combine(_dir, "swa.bin"))) swa.Load(Path.Combine(_dir, "swa.bin"));
+        int done = log.CompletedEpochs;
+        if (!File.Exists(StatePath("weights", done)) || !File.Exists(StatePath("optimizer", done)))
+            throw new ValleyException($"--resume: {_dir} names epoch {done} but its resume files in {Path.Combine(_dir, "resume")} are missing");
+        Weights.Load(_model, StatePath("weights", done));
+        opt.load_state_dict(StatePath("optimizer", done));
+        if (swa is not null && File.Exists(StatePath("swa", done))) swa.Load(StatePath("swa", done));
         return log;
     }
 
