@@ -32,7 +32,15 @@ public static class ValleyCli
     {
         var root = BuildRoot();
         var parse = root.Parse(args);
-        var config = new InvocationConfiguration { Output = stdout ?? Console.Out, Error = stderr ?? Console.Error, EnableDefaultExceptionHandler = false };
+        // Ctrl-C and SIGTERM cancel the running command, which stops at its next check, keeps what it finished (results are
+        // written as they come) and exits with code 3; System.CommandLine's own handler is off so that this is the only one.
+        var config = new InvocationConfiguration
+        {
+            Output = stdout ?? Console.Out, Error = stderr ?? Console.Error, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null,
+        };
+        using var cts = new CancellationTokenSource();
+        using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, c => { c.Cancel = true; cts.Cancel(); });
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c => { c.Cancel = true; cts.Cancel(); });
         try
         {
             if (parse.Errors.Count > 0)
@@ -40,7 +48,7 @@ public static class ValleyCli
                 foreach (var e in parse.Errors.Take(1)) config.Error.WriteLine($"error: {string.Join(" ", e.Message.Split('\n', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))} (see 'valley {string.Join(' ', CommandPath(parse))} --help')");
                 return ExitBadInput;
             }
-            return await parse.InvokeAsync(config);
+            return await parse.InvokeAsync(config, cts.Token);
         }
         catch (Exception e)
         {

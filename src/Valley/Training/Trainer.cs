@@ -198,6 +198,7 @@ public sealed class Trainer
                 {
                     log.StopReason = $"diverged at step {log.CompletedSteps + 1} (epoch {epoch}): loss is {l}";
                     AtomicFile.WriteJson(Path.Combine(_dir, StateFile), log);
+                    WritePlot(log);
                     throw new DivergenceException($"training diverged at step {log.CompletedSteps + 1} (epoch {epoch}): the loss is {l}. " +
                                                   $"The last good checkpoint is {Path.Combine(_dir, LastWeights)}; lower --lr.");
                 }
@@ -238,6 +239,7 @@ public sealed class Trainer
         if (_o.SavePyTorch) Weights.Save(_model, Path.Combine(_dir, "model.pt"));
         AtomicFile.WriteJson(Path.Combine(_dir, StateFile), log);
         WriteLogFiles(log);
+        WritePlot(log);
         return log;
     }
 
@@ -317,6 +319,10 @@ public sealed class Trainer
         if (log.Monitor.Count > 0)
             Csv.Write(Path.Combine(_dir, "monitor.csv"), ["step", "epoch", "lambda_max", "relative_residual", "batch_loss", "products"],
                 log.Monitor.Select(m => new object[] { m.Step, m.Epoch, m.LambdaMax, m.RelativeResidual, m.BatchLoss, m.Products }));
+    }
+
+    void WritePlot(TrainingLog log)
+    {
         if (log.Epochs.Count > 0) Plots.Training(log, Path.Combine(_dir, "training.png"));
     }
 }

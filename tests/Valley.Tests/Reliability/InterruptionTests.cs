@@ -1,0 +1,136 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Valley.Cli;
+using Xunit;
+
+namespace Valley.Tests.Reliability;
+
+/// <summary>Processes killed with SIGKILL at random moments, or stopped with Ctrl-C, resume to the results of an uninterrupted run.</summary>
+public class InterruptionTests
+{
+    public InterruptionTests() => TestUtil.Init();
+
+    static readonly string Cli = Path.Combine(AppContext.BaseDirectory, "Valley.Cli.dll");
+
+    static Process Start(IEnumerable<string> args)
+    {
+        var psi = new ProcessStartInfo("dotnet", new[] { Cli }.Concat(args)) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var p = Process.Start(psi)!;
+        p.OutputDataReceived += (_, _) => { };
+        p.ErrorDataReceived += (_, _) => { };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        return p;
+    }
+
+    static int RunToEnd(IEnumerable<string> args)
+    {
+        using var p = Start(args);
+        p.WaitForExit();
+        return p.ExitCode;
+    }
+
+    static double TimedRun(IEnumerable<string> args)
+    {
+        var sw = Stopwatch.StartNew();
+        Assert.Equal(0, RunToEnd(args));
+        return sw.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>
+    /// Start, SIGKILL at a random moment between 30% and 90% of an uninterrupted run's time, several times; then run to the end.
+    /// Returns how many runs were killed mid-way.
+    /// </summary>
+    static int KillRepeatedly(string[] args, int kills, int seed, double cleanSeconds)
+    {
+        var rng = new Random(seed);
+        int killed = 0;
+        for (int k = 0; k < kills; k++)
+        {
+            using var p = Start(args);
+            if (p.WaitForExit(TimeSpan.FromSeconds(cleanSeconds * (0.3 + 0.6 * rng.NextDouble())))) continue; // finished before the kill
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            killed++;
+        }
+        Assert.Equal(0, RunToEnd(args));
+        return killed;
+    }
+
+    [Fact]
+    public void TrainingKilledAtRandomMomentsResumesToTheUninterruptedWeights()
+    {
+        var data = TestUtil.CsvFolder("kill-data", 200, 6, 3, seed: 3);
+        string[] Args(string dir) => ["train", "--data", data, "--model", "mlp:6-32-32-3", "--optimizer", "sam", "--epochs", "150", "--batch-size", "10",
+                                      "--schedule", "cosine", "--threads", "2", "--out", dir, "--resume"];
+        var clean = TestUtil.TempDir("kill-clean");
+        double seconds = TimedRun(Args(clean));
+        var dir = TestUtil.TempDir("kill-run");
+        int killed = KillRepeatedly(Args(dir), kills: 3, seed: 11, seconds);
+        Assert.True(killed >= 1, "no run was killed mid-way; make the run longer");
+        Assert.Equal(File.ReadAllBytes(Path.Combine(clean, "model.dat")), File.ReadAllBytes(Path.Combine(dir, "model.dat")));
+        Assert.Empty(Directory.GetFiles(dir, "*.tmp", SearchOption.AllDirectories));
+    }
+
+    [Fact]
+    public void LandscapeKilledAtRandomMomentsResumesToTheUninterruptedGrid()
+    {
+        var data = TestUtil.CsvFolder("kill-land", 1500, 20, 3, seed: 4);
+        string[] Args(string dir) => ["landscape", "2d", "--data", data, "--model", "mlp:20-128-128-3", "--points", "41x41", "--subset", "0", "--threads", "2", "--out", dir];
+        var clean = Path.Combine(TestUtil.TempDir("land-clean"), "g");
+        double seconds = TimedRun(Args(clean));
+        var dir = Path.Combine(TestUtil.TempDir("land-run"), "g");
+        KillRepeatedly(Args(dir), kills: 3, seed: 12, seconds);
+        static JsonNode Points(string d) => JsonNode.Parse(File.ReadAllText(Path.Combine(d, "grid.json")))!["points"]!;
+        Assert.Equal(Points(clean).ToJsonString(), Points(dir).ToJsonString());
+    }
+
+    [Fact]
+    public void CtrlCStopsTrainingCleanlyWithExitCode3AndTheRunResumes()
+    {
+        var data = TestUtil.CsvFolder("int-data", 200, 6, 3, seed: 5);
+        var dir = TestUtil.TempDir("int-run");
+        string[] args = ["train", "--data", data, "--model", "mlp:6-32-32-3", "--epochs", "2000", "--batch-size", "10", "--out", dir, "--resume"];
+        var psi = new ProcessStartInfo("dotnet", new[] { Cli }.Concat(args)) { RedirectStandardError = true, RedirectStandardOutput = true };
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var outp = p.StandardOutput.ReadToEndAsync();
+        Thread.Sleep(4000);
+        Assert.False(p.HasExited, "training ended before Ctrl-C");
+        Process.Start("kill", ["-INT", p.Id.ToString()])!.WaitForExit();
+        Assert.True(p.WaitForExit(30_000), "the process did not stop after Ctrl-C");
+        Assert.Equal(ValleyCli.ExitInterrupted, p.ExitCode);
+        Assert.Contains("interrupted", err.Result);
+        var state = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "train.json"))).RootElement;
+        Assert.True(state.GetProperty("completed_epochs").GetInt32() > 0);
+        Assert.False(state.GetProperty("finished").GetBoolean());
+    }
+
+    [Fact]
+    public void SameSeedAndThreadsGiveIdenticalJsonApartFromTimings()
+    {
+        var data = TestUtil.CsvFolder("det-data", 150, 5, 3, seed: 6);
+        JsonNode Run()
+        {
+            var o = new StringWriter();
+            Assert.Equal(0, ValleyCli.RunAsync(["hessian", "--data", data, "--model", "mlp:5-8-3", "--subset", "0", "--seed", "4", "--density-runs", "3", "--density-steps", "15",
+                "--format", "json", "--out", TestUtil.TempDir("det")], o, new StringWriter()).GetAwaiter().GetResult());
+            var node = JsonNode.Parse(o.ToString())!;
+            Strip(node);
+            return node;
+        }
+        Assert.Equal(Run().ToJsonString(), Run().ToJsonString());
+    }
+
+    /// <summary>Remove timing fields (seconds) recursively.</summary>
+    static void Strip(JsonNode? n)
+    {
+        if (n is JsonObject o)
+        {
+            foreach (var k in o.Select(kv => kv.Key).Where(k => k == "seconds").ToList()) o.Remove(k);
+            foreach (var kv in o.ToList()) Strip(kv.Value);
+        }
+        else if (n is JsonArray a) foreach (var x in a) Strip(x);
+    }
+}
