@@ -22,12 +22,13 @@ public static class Runner
             case "sam-step": TrainBench.StepTime(IntArg(args, "--reps", 201)); return 0;
             case "sgd-vs-sam": TrainBench.SgdVsSam(StrArg(args, "--out", "artifacts/bench/sgd-vs-sam"), double.Parse(StrArg(args, "--stop-at-loss", "0.25"), System.Globalization.CultureInfo.InvariantCulture), IntArg(args, "--max-epochs", 40)); return 0;
             case "sharpness": SharpnessBench.Run(); return 0;
+            case "soak": SoakBench.Run(IntArg(args, "--products", 10_000), IntArg(args, "--points", 101)); return 0;
             case "landscape": LandscapeBench.Run(IntArg(args, "--points", 51)); return 0;
             case "hvp-profile": HvpProfile.Run(); return 0;
             case "mm-profile": MatmulProfile.Run(); return 0;
             case "hvp-memory": HvpBench.Memory(IntArg(args, "--examples", 2048), IntArg(args, "--products", 1000)); return 0;
             default:
-                Console.WriteLine("benchmarks: landscape [--points 51], sharpness, sam-step [--reps 201], sgd-vs-sam [--stop-at-loss 0.25 --max-epochs 40], spectrum [--threads 2 --out DIR], hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000]");
+                Console.WriteLine("benchmarks: soak [--products 10000 --points 101], landscape [--points 51], sharpness, sam-step [--reps 201], sgd-vs-sam [--stop-at-loss 0.25 --max-epochs 40], spectrum [--threads 2 --out DIR], hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000]");
                 return name == "help" ? 0 : 1;
         }
     }

@@ -93,3 +93,44 @@ public static class LandscapeBench
         Console.WriteLine($"  ratio {gridTime / bare:F3} (target <= 1.2); {grid.Points.Count} points");
     }
 }
+
+/// <summary>Issue 8's soak benchmark: resident memory over 10,000 Hessian-vector products and over a 101×101 landscape grid.</summary>
+public static class SoakBench
+{
+    public static void Run(int products, int points)
+    {
+        using (var data = Runner.FashionSubset(2048))
+        {
+            var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+            using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+            var op = new HessianOperator(obj);
+            var v = randn(obj.Size, generator: new Generator(1));
+            var marks = new SortedDictionary<int, long>();
+            for (int i = 1; i <= products; i++)
+            {
+                using (NewDisposeScope()) op.Apply(v);
+                if (i == 100 || i % 1000 == 0) marks[i] = Runner.ResidentBytes();
+            }
+            Console.WriteLine($"{products} Hessian-vector products (mlp:784-128-64-10:tanh, 2,048 examples, batch 512): resident MiB " +
+                              string.Join(", ", marks.Select(kv => $"{kv.Key}: {kv.Value / 1048576.0:F0}")) +
+                              $"; growth after warm-up (100 → {products}): {100.0 * (marks[products] - marks[100]) / marks[100]:F1}%");
+        }
+        using (var data = Runner.FashionSubset(10_000))
+        {
+            var model = ModelSpec.Parse("mlp:784-128-64-10").Build(data, seed: 0);
+            var ps = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+            var d1 = Valley.Landscape.Directions.Random(ps, Valley.Landscape.DirectionNormalization.Filter, false, 1);
+            var d2 = Valley.Landscape.Directions.Random(ps, Valley.Landscape.DirectionNormalization.Filter, false, 2);
+            var spec = new Valley.Landscape.GridSpec(Valley.Landscape.GridSpec.Range(-1, 1, points), Valley.Landscape.GridSpec.Range(-1, 1, points));
+            var marks = new SortedDictionary<int, long>();
+            var ev = new Valley.Landscape.LandscapeEvaluator(model, Losses.CrossEntropy, data, null);
+            ev.Run("2d", d1, d2, spec, null, new Valley.Curvature.Spectrum.SyncProgress<(int Done, int Total)>(p =>
+            {
+                if (p.Done == 200 || p.Done % 2000 == 0 || p.Done == p.Total) marks[p.Done] = Runner.ResidentBytes();
+            }));
+            Console.WriteLine($"{points}×{points} grid (mlp:784-128-64-10, 10,000 examples): resident MiB " +
+                              string.Join(", ", marks.Select(kv => $"{kv.Key}: {kv.Value / 1048576.0:F0}")) +
+                              $"; growth after warm-up (200 → {spec.Count}): {100.0 * (marks[spec.Count] - marks[200]) / marks[200]:F1}%");
+        }
+    }
+}

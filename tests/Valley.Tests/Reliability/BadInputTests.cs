@@ -1,0 +1,103 @@
+using Valley.Cli;
+using Valley.Data;
+using Valley.Models;
+using Xunit;
+
+namespace Valley.Tests.Reliability;
+
+/// <summary>A corpus of bad inputs for every command: exit code 1, one line naming the file or option, no output left behind.</summary>
+public class BadInputTests
+{
+    public BadInputTests() => TestUtil.Init();
+
+    static readonly Lazy<Corpus> Files = new(() => new Corpus());
+
+    sealed class Corpus
+    {
+        public readonly string Good, GoodWeights, Empty, NanCsv, Truncated, Magic, Labels, Shape, OtherWeights, NanWeights, NotAFolder;
+        public Corpus()
+        {
+            Good = TestUtil.CsvFolder("bad-good", 60, 4, 3, seed: 1);
+            var d = TestUtil.TempDir("bad-files");
+            Empty = Path.Combine(d, "empty.csv"); File.WriteAllText(Empty, "");
+            NanCsv = Path.Combine(d, "nan.csv"); File.WriteAllText(NanCsv, "a,b,c,d,label\n1,2,NaN,4,0\n");
+            Truncated = TestUtil.TempDir("bad-trunc");
+            IdxReader.WriteBytes(Path.Combine(Truncated, "train-images-idx3-ubyte"), [10, 2, 2], new byte[40], gzip: false);
+            IdxReader.WriteBytes(Path.Combine(Truncated, "train-labels-idx1-ubyte"), [10], new byte[10], gzip: false);
+            var img = File.ReadAllBytes(Path.Combine(Truncated, "train-images-idx3-ubyte"));
+            File.WriteAllBytes(Path.Combine(Truncated, "train-images-idx3-ubyte"), img[..^5]);
+            Magic = TestUtil.TempDir("bad-magic");
+            File.WriteAllBytes(Path.Combine(Magic, "train-images-idx3-ubyte"), [0x50, 0x4b, 3, 4, 0, 0, 0, 0]);
+            IdxReader.WriteBytes(Path.Combine(Magic, "train-labels-idx1-ubyte"), [1], [0], gzip: false);
+            Labels = TestUtil.TempDir("bad-labels");
+            IdxReader.WriteBytes(Path.Combine(Labels, "train-images-idx3-ubyte"), [3, 2, 2], new byte[12], gzip: false);
+            IdxReader.WriteBytes(Path.Combine(Labels, "train-labels-idx1-ubyte"), [3], [0, 1, 200], gzip: false);
+            Shape = TestUtil.CsvFolder("bad-shape", 30, 7, 3, seed: 2);
+            GoodWeights = Path.Combine(d, "good.dat");
+            Weights.Save(ModelSpec.Parse("mlp:4-6-3").Build([4], 3, 1), GoodWeights);
+            OtherWeights = Path.Combine(d, "other.dat");
+            Weights.Save(ModelSpec.Parse("mlp:4-9-3").Build([4], 3, 1), OtherWeights);
+            var m = ModelSpec.Parse("mlp:4-6-3").Build([4], 3, 1);
+            using (TorchSharp.torch.no_grad()) m.parameters().First()[0, 0] = float.PositiveInfinity;
+            NanWeights = Path.Combine(d, "inf.dat");
+            Weights.Save(m, NanWeights);
+            NotAFolder = Path.Combine(d, "a-file");
+            File.WriteAllText(NotAFolder, "x");
+        }
+    }
+
+    public static IEnumerable<object[]> Cases()
+    {
+        string[] commands = ["eval", "hessian", "sharpness", "train", "landscape 1d"];
+        var c = Files.Value;
+        foreach (var cmd in commands)
+        {
+            yield return [cmd, new[] { "--data", "/nonexistent/valley" }, "/nonexistent/valley"];
+            yield return [cmd, new[] { "--data", c.Empty }, "empty.csv"];
+            yield return [cmd, new[] { "--data", c.NanCsv }, "not finite"];
+            yield return [cmd, new[] { "--data", c.Truncated }, "truncated"];
+            yield return [cmd, new[] { "--data", c.Magic }, "wrong magic number"];
+            yield return [cmd, new[] { "--data", c.Labels }, "out of range"];
+            yield return [cmd, new[] { "--data", c.Shape }, "--model mlp:4-6-3"];
+            yield return [cmd, new[] { "--weights", c.OtherWeights }, "other.dat"];
+            yield return [cmd, new[] { "--weights", c.NanWeights }, "NaN or infinite"];
+            yield return [cmd, new[] { "--unknown-option" }, "--unknown-option"];
+            yield return [cmd, new[] { "--seed", "abc" }, "abc"];
+        }
+        foreach (var cmd in new[] { "hessian", "sharpness", "train", "landscape 1d", "study" })
+            yield return [cmd, new[] { "--out", Path.Combine(c.NotAFolder, "sub") }, "--out"];
+        yield return ["hessian", new[] { "--top", "100000" }, "--top"];
+        yield return ["hessian", new[] { "--tol", "-1" }, "--tol"];
+        yield return ["sharpness", new[] { "--rho", "-0.1" }, "--rho"];
+        yield return ["train", new[] { "--lr", "-1" }, "--lr"];
+        yield return ["train", new[] { "--rho", "-0.5", "--optimizer", "sam" }, "--rho"];
+        yield return ["train", new[] { "--momentum", "1.5" }, "--momentum"];
+        yield return ["landscape 1d", new[] { "--points", "0" }, "--points"];
+        yield return ["landscape 2d", new[] { "--range", "2:1" }, "--range"];
+        yield return ["landscape interpolate", new[] { "--from", c.GoodWeights }, "--to is required"];
+        yield return ["landscape interpolate", new[] { "--from", "/nonexistent/x.dat", "--to", c.GoodWeights }, "/nonexistent/x.dat"];
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void BadInputGivesOneLineExitCode1AndNoOutput(string command, string[] extra, string expected)
+    {
+        var outDir = Path.Combine(TestUtil.TempDir("bad-out"), "o");
+        var args = command.Split(' ').Concat(["--data", Files.Value.Good, "--model", "mlp:4-6-3"]).ToList();
+        if (command != "study") args.AddRange(["--subset", "0"]);
+        if (command != "eval") args.AddRange(["--out", outDir]);
+        // Later options win where an option is repeated? Not in System.CommandLine: remove defaults that the case overrides.
+        foreach (var opt in new[] { "--data", "--out", "--model" })
+            if (extra.Contains(opt) && args.IndexOf(opt) is var i and >= 0) args.RemoveRange(i, 2);
+        args.AddRange(extra);
+        var err = new StringWriter();
+        int code = ValleyCli.RunAsync(args.ToArray(), new StringWriter(), err).GetAwaiter().GetResult();
+        Assert.True(code == ValleyCli.ExitBadInput, $"exit {code}: {err}");
+        var text = err.ToString().Trim();
+        Assert.Single(text.Split('\n'));
+        Assert.StartsWith("error: ", text);
+        Assert.Contains(expected, text);
+        if (Directory.Exists(outDir))
+            Assert.Empty(Directory.GetFiles(outDir, "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".valley.lock") && !f.EndsWith("run.json")));
+    }
+}
