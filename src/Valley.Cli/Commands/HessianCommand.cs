@@ -51,6 +51,7 @@ public static class HessianCommand
             };
             var dir = p.GetValue(outDir)!;
             AtomicFile.EnsureWritableFolder(dir);
+            using var lockFile = OutputLock.Acquire(dir);
             using var ctx = o.Load(p);
             var op = new HessianOperator(ctx.Objective) { Cancellation = ct };
             SpectrumAnalysis.Validate(op, options);
@@ -60,9 +61,20 @@ public static class HessianCommand
                 p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), r);
             var jsonPath = Path.Combine(dir, "hessian.json");
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}");
+            // An interrupted run of the same inputs in this folder: keep its finished estimators.
+            SpectrumReport? earlier = null;
+            if (File.Exists(jsonPath))
+            {
+                try
+                {
+                    var prev = System.Text.Json.JsonSerializer.Deserialize<Output>(File.ReadAllText(jsonPath), AtomicFile.Json);
+                    if (prev is not null && prev with { Report = null! } == Wrap(null!) with { Threads = prev.Threads } && prev.Threads == TorchSharp.torch.get_num_threads()) earlier = prev.Report;
+                }
+                catch (System.Text.Json.JsonException) { /* not a hessian.json of ours: start afresh */ }
+            }
             SpectrumReport report = null!;
             ProgressBars.Run(term, (reportProgress) =>
-                report = SpectrumAnalysis.Run(op, options, reportProgress, partial: r => AtomicFile.WriteJson(jsonPath, Wrap(r)), ct: ct));
+                report = SpectrumAnalysis.Run(op, options, reportProgress, partial: r => AtomicFile.WriteJson(jsonPath, Wrap(r)), ct: ct, resumeFrom: earlier));
             WriteFiles(dir, report, p.GetValue(o.Model)!);
             if (json) p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(Wrap(report)));
             else Render(term, report, dir);

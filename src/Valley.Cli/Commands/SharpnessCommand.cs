@@ -37,6 +37,7 @@ public static class SharpnessCommand
             if (p.GetValue(samples) is { } sa && sa < 1) throw new ValleyException($"--samples: must be at least 1, got {sa}");
             var dir = p.GetValue(outDir)!;
             AtomicFile.EnsureWritableFolder(dir);
+            using var lockFile = OutputLock.Acquire(dir);
             using var ctx = o.Load(p);
             var names = SharpnessSuite.Resolve(p.GetValue(measures)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), ctx.Model);
             // w₀ for the "init" bounds: the architecture's initialization with the same seed (what valley train starts from).

@@ -123,6 +123,28 @@ public class InterruptionTests
         Assert.Equal(Run().ToJsonString(), Run().ToJsonString());
     }
 
+    [Fact]
+    public void AnInterruptedHessianRunKeepsItsFinishedEstimatorsAndEndsWithTheSameResults()
+    {
+        var data = TestUtil.CsvFolder("hess-resume", 150, 5, 3, seed: 7);
+        var dir = TestUtil.TempDir("hess-resume-out");
+        string[] args = ["hessian", "--data", data, "--model", "mlp:5-8-3", "--subset", "0", "--seed", "2", "--top", "2", "--trace", "--density",
+                         "--density-runs", "3", "--density-steps", "15", "--max-products", "100", "--out", dir, "--format", "json"];
+        var full = new StringWriter();
+        Assert.Equal(0, ValleyCli.RunAsync(args, full, new StringWriter()).GetAwaiter().GetResult());
+        // What a kill after the first estimator leaves behind: hessian.json with only the top eigenvalues.
+        var path = Path.Combine(dir, "hessian.json");
+        var partial = JsonNode.Parse(File.ReadAllText(path))!;
+        partial["report"]!.AsObject().Remove("trace");
+        partial["report"]!.AsObject().Remove("density");
+        File.WriteAllText(path, partial.ToJsonString());
+        var resumed = new StringWriter();
+        Assert.Equal(0, ValleyCli.RunAsync(args, resumed, new StringWriter()).GetAwaiter().GetResult());
+        var a = JsonNode.Parse(full.ToString())!; Strip(a);
+        var b = JsonNode.Parse(resumed.ToString())!; Strip(b);
+        Assert.Equal(a.ToJsonString(), b.ToJsonString());
+    }
+
     /// <summary>Remove timing fields (seconds) recursively.</summary>
     static void Strip(JsonNode? n)
     {

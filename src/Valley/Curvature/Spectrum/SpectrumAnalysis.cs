@@ -52,40 +52,56 @@ public sealed record SpectrumReport
 /// </summary>
 public static class SpectrumAnalysis
 {
+    /// <param name="resumeFrom">
+    /// An earlier, interrupted run with the same options on the same operator: its finished stages are kept and only the
+    /// missing ones are computed (every stage is deterministic given the seed, so the result is that of an uninterrupted run).
+    /// </param>
     public static SpectrumReport Run(ICurvatureOperator op, SpectrumAnalysisOptions o, IProgress<EstimatorProgress>? progress = null,
-        Action<SpectrumReport>? partial = null, CancellationToken ct = default)
+        Action<SpectrumReport>? partial = null, CancellationToken ct = default, SpectrumReport? resumeFrom = null)
     {
         Validate(op, o);
         var sw = Stopwatch.StartNew();
         long start = op.Products;
+        if (resumeFrom is not null && (resumeFrom.Size != op.Size || resumeFrom.Options != o)) resumeFrom = null;
         var report = new SpectrumReport { Size = op.Size, Options = o };
+        if (resumeFrom is not null)
+        {
+            var d = resumeFrom.Density;
+            if (d is not null)
+            {
+                var (grid, density, _) = StochasticLanczosQuadrature.Broaden(d.Nodes, d.Weights, new SpectralDensityOptions().Sigma2, new SpectralDensityOptions().GridPoints);
+                d = d with { Grid = grid, Density = density };
+            }
+            report = report with { Top = resumeFrom.Top, Bottom = resumeFrom.Bottom, Trace = resumeFrom.Trace, Density = d, Exact = resumeFrom.Exact };
+            start -= (report.Top?.Products ?? 0) + (report.Bottom?.Products ?? 0) + (report.Trace?.Products ?? 0) + (report.Density?.Products ?? 0) + (report.Exact?.Products ?? 0);
+        }
         SpectrumReport Update(SpectrumReport r)
         {
             r = r with { Products = op.Products - start, Seconds = sw.Elapsed.TotalSeconds };
             partial?.Invoke(r);
             return r;
         }
-        if (o.Top > 0)
+        if (o.Top > 0 && report.Top is null)
             report = Update(report with { Top = Lanczos.Compute(op, new LanczosOptions { K = o.Top, Target = EigenTarget.Largest, Tolerance = o.Tolerance, MaxProducts = o.MaxProducts, Seed = o.Seed, Progress = progress, Cancellation = ct }) });
-        if (o.Bottom > 0)
+        if (o.Bottom > 0 && report.Bottom is null)
             report = Update(report with { Bottom = Lanczos.Compute(op, new LanczosOptions { K = o.Bottom, Target = EigenTarget.Smallest, Tolerance = o.Tolerance, MaxProducts = o.MaxProducts, Seed = o.Seed + 1, Progress = progress, Cancellation = ct }) });
-        if (o.Trace)
+        if (o.Trace && report.Trace is null)
             report = Update(report with
             {
                 Trace = o.TraceMethod == "hutchinson"
                     ? Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2, Progress = progress, Cancellation = ct })
                     : HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { Products = 30, RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2, Progress = progress, Cancellation = ct }),
             });
-        if (o.Density)
+        if (o.Density && report.Density is null)
             report = Update(report with { Density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = o.Seed + 3, Progress = progress, Cancellation = ct }) });
-        if (o.Exact)
+        if (o.Exact && report.Exact is null)
         {
             var esw = Stopwatch.StartNew();
             long p0 = op.Products;
             var dense = ExactHessian.Compute(op, progress: new SyncProgress<long>(done => progress?.Report(new EstimatorProgress("exact", done, op.Size, null))));
             report = Update(report with { Exact = new ExactSpectrum(dense.Eigenvalues(), dense.Trace(), dense.Asymmetry, op.Products - p0, esw.Elapsed.TotalSeconds) });
         }
-        return report;
+        return Update(report);
     }
 
     public static void Validate(ICurvatureOperator op, SpectrumAnalysisOptions o)
