@@ -9,6 +9,8 @@ namespace Valley.Cli.Commands;
 /// <summary><c>valley study</c>: Valley's main job, "do sharp minima generalize worse?" on real data, with a self-contained report.</summary>
 public static class StudyCommand
 {
+    static void ModelSpecCheck(string model, Dataset train) => Models.ModelSpec.Parse(model).CheckInput(train.ExampleShape, train.NumClasses);
+
     public static Command Build()
     {
         var preset = new Option<string>("--preset") { Description = "quick (≈1 minute smoke run), default (≤ 10 minutes on 2 cores), full (all 60,000 images, 3 seeds)", DefaultValueFactory = _ => "default" }
@@ -36,8 +38,11 @@ public static class StudyCommand
             var key = AtomicFile.ToJson(new { options.Preset, options.Model, data = p.GetValue(data) });
             if (File.Exists(marker) && File.ReadAllText(marker) != key)
                 throw new ValleyException($"--out {dir}: holds a study with other settings; choose another --out or remove it");
-            AtomicFile.WriteAllText(marker, key);
+            // Data are checked before anything is written into --out.
             using var split = DataSources.Open(p.GetValue(data));
+            if (split.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
+            ModelSpecCheck(options.Model, split.Train);
+            AtomicFile.WriteAllText(marker, key);
             bool json = p.GetValue(format) == "json";
             var term = CommonOptions.Terminal(json);
             StudySummary summary = null!;

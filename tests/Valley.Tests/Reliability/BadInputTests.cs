@@ -66,6 +66,10 @@ public class BadInputTests
         }
         foreach (var cmd in new[] { "hessian", "sharpness", "train", "landscape 1d", "study" })
             yield return [cmd, new[] { "--out", Path.Combine(c.NotAFolder, "sub") }, "--out"];
+        foreach (var (extra, expected) in new[] { (new[] { "--data", "/nonexistent/valley" }, "/nonexistent/valley"), (new[] { "--data", c.Truncated }, "truncated"),
+                                                   (new[] { "--data", c.Magic }, "wrong magic number"), (new[] { "--data", c.Good }, "no test set"),
+                                                   (new[] { "--preset", "huge" }, "huge"), (new[] { "--model", "mlp:4-x" }, "--model") })
+            yield return ["study", extra, expected];
         yield return ["hessian", new[] { "--top", "100000" }, "--top"];
         yield return ["hessian", new[] { "--tol", "-1" }, "--tol"];
         yield return ["sharpness", new[] { "--rho", "-0.1" }, "--rho"];

@@ -29,6 +29,25 @@ public class StudyTests
     }
 
     [Fact]
+    public void ReportEscapesEveryStringFromUsers()
+    {
+        var evil = "<script>alert('x')</script>";
+        var m = new ModelMeasurements
+        {
+            Name = evil, Hyperparameters = new() { ["batch_size"] = "1", ["optimizer"] = "adam", ["seed"] = "0" }, Epochs = 1,
+            TrainLoss = 0.1, TrainAccuracy = 0.9, TestLoss = 0.2, TestAccuracy = 0.8, Measures = new() { [evil] = 1 }, StandardErrors = [],
+        };
+        var summary = new StudySummary
+        {
+            Options = StudyOptions.For("quick") with { Model = evil }, Data = evil + ".csv", Models = [m, m with { Name = "b" }],
+            Tau = [new TauRow(evil, 0.5, 0.5, double.NaN, new() { [evil] = 0.5 })], Findings = [evil],
+        };
+        var html = StudyReport.Html(summary, TestUtil.TempDir("report-escape"));
+        Assert.DoesNotContain("<script>alert", html);
+        Assert.Contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;", html);
+    }
+
+    [Fact]
     public void QuickStudyWritesEveryFileAndResumesToTheSameResults()
     {
         if (!Directory.Exists(DataSources.FashionMnistFolder)) return; // installed by scripts/setup.sh
