@@ -54,7 +54,7 @@ public static class SharpnessCommand
             Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.Train.Count, p.GetValue(o.Seed), results);
             var path = Path.Combine(dir, "sharpness.json");
             void Work(Action<string> start)
-                => SharpnessSuite.Run(ctx.Model, ctx.Objective.Loss, ctx.Objective.Data, w0, options with { Layer = options.Layer is null ? null : options.Layer },
+                => SharpnessSuite.Run(ctx.Model, ctx.Objective.Loss, ctx.Objective.Data, w0, options,
                     start, r => { results.Add(r); AtomicFile.WriteJson(path, Wrap()); }, ct);
             if (Console.IsErrorRedirected && Console.IsOutputRedirected || json) Work(_ => { });
             else

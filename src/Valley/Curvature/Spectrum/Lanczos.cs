@@ -201,7 +201,7 @@ internal sealed class BlockLanczosProcess : IDisposable
     {
         using var scope = NewDisposeScope();
         var x = x0.to(ScalarType.Float64).to(_op.Device);
-        var q = Orthonormalize(x, 0);
+        var q = Orthonormalize(x);
         Append(q);
     }
 
@@ -241,7 +241,7 @@ internal sealed class BlockLanczosProcess : IDisposable
             if (!space) continue;
             var fresh = randn([1, _n], dtype: ScalarType.Float64, generator: _gen).to(_op.Device);
             var others = cat([basis, next.narrow(0, 0, i), next.narrow(0, i + 1, _b - i - 1)], 0);
-            next[i] = Orthonormalize(fresh, 0, others)[0];
+            next[i] = Orthonormalize(fresh, others)[0];
         }
         _coupling.Add(R);
         if (_rows + _b <= _n) Append(next);
@@ -277,7 +277,7 @@ internal sealed class BlockLanczosProcess : IDisposable
         return t;
     }
 
-    Tensor Orthonormalize(Tensor x, int _, Tensor? against = null)
+    Tensor Orthonormalize(Tensor x, Tensor? against = null)
     {
         var basis = against ?? (_rows > 0 ? _basis.narrow(0, 0, _rows) : null);
         for (int pass = 0; pass < 2; pass++)
