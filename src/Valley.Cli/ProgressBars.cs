@@ -8,7 +8,7 @@ public static class ProgressBars
 {
     public static void Run(IAnsiConsole term, Action<IProgress<EstimatorProgress>> work)
     {
-        if (Console.IsErrorRedirected && Console.IsOutputRedirected)
+        if (!Commands.CommonOptions.ShowProgress(json: false))
         {
             work(new SyncProgress<EstimatorProgress>(_ => { }));
             return;

@@ -2,12 +2,16 @@ using System.CommandLine;
 using System.CommandLine.Parsing;
 using Spectre.Console;
 using Valley.Cli.Commands;
+using Valley.Distributed;
 
 namespace Valley.Cli;
 
 /// <summary>
 /// The <c>valley</c> command: argument parsing, progress and output around calls into the library.
 /// Exit codes: 0 success, 1 bad input or options (one-line error), 3 interrupted, 70 internal error.
+/// Under mpiexec every rank runs the same command; rank 0 prints. A failure all ranks agreed on (see
+/// <see cref="ProcessGroups.Agree{T}"/>) ends every rank with the same exit code; a failure of one rank in the middle of the
+/// computation, where the others wait for it at a collective, is printed by that rank and ends the whole job (MPI_Abort).
 /// </summary>
 public static class ValleyCli
 {
@@ -28,8 +32,12 @@ public static class ValleyCli
         return root;
     }
 
-    public static async Task<int> RunAsync(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)
+    public static async Task<int> RunAsync(string[] args, TextWriter? stdout = null, TextWriter? stderr = null, IProcessGroup? group = null)
     {
+        group ??= SingleProcess.Instance;
+        CommonOptions.Group = group;
+        var rootError = stderr ?? Console.Error;
+        if (!group.IsRoot()) { stdout = TextWriter.Null; stderr = TextWriter.Null; }
         var root = BuildRoot();
         var parse = root.Parse(args);
         // Ctrl-C and SIGTERM cancel the running command, which stops at its next check, keeps what it finished (results are
@@ -54,6 +62,16 @@ public static class ValleyCli
         {
             bool verbose = args.Contains("--verbose");
             var inner = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerException! : e;
+            if (group.Size > 1 && inner is not AgreedFailure)
+            {
+                // Only this rank failed, the others wait for it at their next collective: say why and end the whole job.
+                int code = inner switch { ValleyException => ExitBadInput, OperationCanceledException => ExitInterrupted, _ => ExitInternal };
+                rootError.WriteLine(inner is OperationCanceledException ? $"interrupted (rank {group.Rank} of {group.Size}): finished results were kept"
+                    : $"{(code == ExitBadInput ? "error" : "internal error")}: rank {group.Rank} of {group.Size}: {(code == ExitInternal ? inner.GetType().Name + ": " : "")}{inner.Message.Split('\n')[0]}");
+                if (verbose) rootError.WriteLine(inner);
+                rootError.Flush();
+                group.Abort(code);
+            }
             switch (inner)
             {
                 case ValleyException ve:

@@ -3,7 +3,9 @@ using TorchSharp;
 using Spectre.Console;
 using Valley.Curvature;
 using Valley.Data;
+using Valley.Distributed;
 using Valley.Models;
+using Valley.Reporting;
 using static TorchSharp.torch;
 
 namespace Valley.Cli.Commands;
@@ -13,7 +15,8 @@ public sealed class CommonOptions
 {
     public readonly Option<string> Model = new("--model", "-m") { Description = "Architecture spec: mlp:784-128-64-10[:tanh], lenet, resnet[:WIDTH[:BLOCKS]]", DefaultValueFactory = _ => "mlp:784-128-64-10" };
     public readonly Option<string?> Weights = new("--weights", "-w") { Description = "Weights file: TorchSharp .dat, PyTorch state_dict .pt/.pth/.bin, or .safetensors (default: freshly initialized with --seed)" };
-    public readonly Option<string?> Data = new("--data", "-d") { Description = "Data: an MNIST-format IDX folder, a CSV file, or a folder with train.csv/test.csv (default: Fashion-MNIST from /usr/share/datasets/fashion-mnist)" };
+    public readonly Option<string?> Data = new("--data", "-d") { Description = "Data: an MNIST-format IDX folder, a CSV file, or a folder with train.csv/test.csv (default: Fashion-MNIST from /usr/share/datasets/fashion-mnist). " +
+                                                                              "Under mpiexec, a path with {rank} gives each rank its own shard" };
     public readonly Option<int> Classes = new("--classes") { Description = "Number of classes (default: 10 for IDX data, inferred from CSV labels)" };
     public readonly Option<long> Subset;
     public readonly Option<long> BatchSize;
@@ -39,14 +42,52 @@ public sealed class CommonOptions
         if (layer) cmd.Options.Add(Layer);
     }
 
+    /// <summary>
+    /// The processes of this run: the single process, or the MPI ranks when started by mpiexec (set by <see cref="ValleyCli"/>).
+    /// Rank 0 prints and writes files; the other ranks compute quietly.
+    /// </summary>
+    public static IProcessGroup Group { get; set; } = SingleProcess.Instance;
+
     /// <summary>Everything a curvature command needs, built from the options.</summary>
     public sealed class Context : IDisposable
     {
         public required DataSplit Split { get; init; }
+        /// <summary>The training examples this process holds: the subset, or this rank's shard of it.</summary>
         public required Dataset Train { get; init; }
+        /// <summary>The test examples this process holds (this rank's shard under data parallelism).</summary>
+        public required Dataset? Test { get; init; }
         public required nn.Module<Tensor, Tensor> Model { get; init; }
         public required Objective Objective { get; init; }
-        public void Dispose() { Objective.Dispose(); if (!ReferenceEquals(Train, Split.Train)) Train.Dispose(); Split.Dispose(); }
+        /// <summary>Total training examples over all ranks.</summary>
+        public long TrainExamples => Objective.Examples;
+        public void Dispose()
+        {
+            Objective.Dispose();
+            if (!ReferenceEquals(Train, Split.Train)) Train.Dispose();
+            if (Test is not null && !ReferenceEquals(Test, Split.Test)) Test.Dispose();
+            Split.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The setup of a command that writes into <paramref name="outDir"/>: the folder checked and locked (rank 0), data and model
+    /// loaded (every rank). Under MPI the ranks agree on the outcome, so a rank that fails (a missing shard, a locked folder)
+    /// makes every rank stop with the same one-line error instead of the others waiting for it forever.
+    /// </summary>
+    public (OutputLock? Lock, Context Context) Prepare(ParseResult p, string? outDir, bool shard = true)
+    {
+        var (lockFile, local) = Group.Agree<(OutputLock? Lock, LocalData Local)>(() =>
+        {
+            OutputLock? lk = null;
+            if (outDir is not null && Group.IsRoot())
+            {
+                AtomicFile.EnsureWritableFolder(outDir);
+                lk = OutputLock.Acquire(outDir);
+            }
+            try { return (lk, LoadLocal(p, shard)); }
+            catch { lk?.Dispose(); throw; }
+        }, r => { r.Local.Dispose(); r.Lock?.Dispose(); });
+        return (lockFile, Connect(p, local, shard));
     }
 
     /// <summary>The data split with the training subset applied (train may be the split's own training set).</summary>
@@ -61,40 +102,111 @@ public sealed class CommonOptions
         return (split, train);
     }
 
-    public Context Load(ParseResult p)
+    /// <summary>
+    /// Data and model. With <paramref name="shard"/> and several ranks, each rank keeps its contiguous share of the training
+    /// subset and of the test set (the same examples as one process would use, split), or, with {rank} in --data, opens its own
+    /// shard and draws its share of --subset from it. Without <paramref name="shard"/> every rank holds all the data.
+    /// </summary>
+    public Context Load(ParseResult p, bool shard = true) => Connect(p, LoadLocal(p, shard), shard);
+
+    /// <summary>What one rank loads on its own (no collective operation, so that ranks can agree on its failures).</summary>
+    sealed record LocalData(DataSplit Split, Dataset Train, Dataset? Test, nn.Module<Tensor, Tensor> Model, bool PerRank) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (!ReferenceEquals(Train, Split.Train)) Train.Dispose();
+            if (Test is not null && !ReferenceEquals(Test, Split.Test)) Test.Dispose();
+            Split.Dispose();
+        }
+    }
+
+    LocalData LoadLocal(ParseResult p, bool shard)
     {
         Setup(p);
-        var split = DataSources.Open(p.GetValue(Data), p.GetValue(Classes));
-        if (p.GetValue(Normalize) == "standardize") split = DataSources.Standardize(split);
+        var path = p.GetValue(Data);
+        bool perRank = path?.Contains("{rank}", StringComparison.Ordinal) == true;
+        if (perRank && !shard) throw new ValleyException($"--data {path}: {{rank}} shards are for the data-parallel commands (eval, hessian, sharpness); this command needs all the data on every rank");
+        if (perRank) path = path!.Replace("{rank}", Group.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
+        var split = DataSources.Open(path, p.GetValue(Classes));
+        // One data set: standardized with its own statistics before sharding. Shards: with all shards' statistics, in Connect.
+        if (p.GetValue(Normalize) == "standardize" && !perRank) split = DataSources.Standardize(split);
+        Dataset? train = null, test = split.Test;
         try
         {
             long subset = p.GetValue(Subset);
             if (subset < 0) throw new ValleyException($"--subset: must be 0 (all) or a positive number of examples, got {subset}");
-            var train = subset > 0 && subset < split.Train.Count ? split.Train.Subset(subset, p.GetValue(Seed)) : split.Train;
+            if (perRank)
+            {
+                long mine = subset > 0 ? Group.Share(subset).Count : split.Train.Count;
+                if (mine == 0) throw new ValleyException($"--subset {subset}: fewer examples than the {Group.Size} ranks");
+                train = mine < split.Train.Count ? split.Train.Subset(mine, p.GetValue(Seed) + Group.Rank) : split.Train;
+            }
+            else
+            {
+                train = subset > 0 && subset < split.Train.Count ? split.Train.Subset(subset, p.GetValue(Seed)) : split.Train;
+                if (shard && Group.Size > 1)
+                {
+                    var all = train;
+                    train = all.Shard(Group);
+                    if (!ReferenceEquals(all, split.Train)) all.Dispose();
+                    if (test is not null) test = test.Count >= Group.Size ? test.Shard(Group) : null;
+                }
+            }
             var model = new ModelSource(p.GetValue(Model)!, p.GetValue(Weights), p.GetValue(Seed)).Build(train);
             model.to(ParseDevice(p.GetValue(Device)!));
-            var objective = new Objective(model, Losses.For(train.Task), train, new ObjectiveOptions
+            return new LocalData(split, train, test, model, perRank);
+        }
+        catch
+        {
+            new LocalData(split, train ?? split.Train, test, null!, perRank).Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The collective part of loading: statistics of all shards, and the objective (which counts all ranks' examples).</summary>
+    Context Connect(ParseResult p, LocalData local, bool shard)
+    {
+        var (split, train, test) = (local.Split, local.Train, local.Test);
+        if (p.GetValue(Normalize) == "standardize" && local.PerRank)
+        {
+            var (mean, std) = DataSources.Statistics(split.Train, Group);
+            var normalized = train.Normalize(mean, std);
+            var normalizedTest = test?.Normalize(mean, std);
+            local.Dispose();
+            split = new DataSplit(normalized, normalizedTest);
+            (train, test) = (split.Train, split.Test);
+        }
+        try
+        {
+            var objective = new Objective(local.Model, Losses.For(train.Task), train, new ObjectiveOptions
             {
                 BatchSize = p.GetValue(BatchSize),
                 TrainMode = p.GetValue(TrainMode),
                 DType = p.GetValue(DType) == "float64" ? ScalarType.Float64 : ScalarType.Float32,
                 ParameterFilter = ParameterSet.PrefixFilter(p.GetValue(Layer)),
+                Group = shard ? Group : null,
             });
-            return new Context { Split = split, Train = train, Model = model, Objective = objective };
+            return new Context { Split = split, Train = train, Test = test, Model = local.Model, Objective = objective };
         }
         catch
         {
-            split.Dispose();
+            new LocalData(split, train, test, local.Model, local.PerRank).Dispose();
             throw;
         }
     }
 
     /// <summary>Load LibTorch (with a real diagnosis when it cannot load) and set the thread count.</summary>
-    public void Setup(ParseResult p)
+    public void Setup(ParseResult p) => SetThreads(p.GetValue(Threads));
+
+    /// <summary>
+    /// Loads LibTorch and sets its thread count: the given one, else LibTorch's default; under mpiexec the default is the
+    /// machine's cores divided by the ranks on it, so that ranks do not oversubscribe the cores.
+    /// </summary>
+    public static void SetThreads(int threads)
     {
         TorchRuntime.EnsureLoaded();
-        int threads = p.GetValue(Threads);
         if (threads < 0) throw new ValleyException($"--threads: must be 0 (default) or positive, got {threads}");
+        if (threads == 0 && Group.Size > 1) threads = Math.Max(1, Environment.ProcessorCount / MpiProcessGroup.LocalRanks);
         if (threads > 0) set_num_threads(threads);
     }
 
@@ -111,8 +223,15 @@ public sealed class CommonOptions
 
     public static bool Json(ParseResult p, CommonOptions o) => p.GetValue(o.Format) == "json";
 
-    /// <summary>Terminal for tables and progress; with --format json, progress goes to stderr so stdout is pure JSON.</summary>
-    public static IAnsiConsole Terminal(bool json) => json
-        ? AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) })
+    /// <summary>
+    /// Terminal for tables and progress; with --format json, progress goes to stderr so stdout is pure JSON. Ranks other than 0
+    /// get a terminal that shows nothing.
+    /// </summary>
+    public static IAnsiConsole Terminal(bool json) =>
+        !Group.IsRoot() ? AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null), Interactive = InteractionSupport.No, Ansi = AnsiSupport.No })
+        : json ? AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) })
         : AnsiConsole.Console;
+
+    /// <summary>Whether to draw progress bars: on rank 0, when a terminal shows them.</summary>
+    public static bool ShowProgress(bool json) => !json && Group.IsRoot() && !(Console.IsErrorRedirected && Console.IsOutputRedirected);
 }

@@ -17,10 +17,11 @@ public static class EvalCommand
         o.AddTo(cmd);
         cmd.SetAction((p, ct) =>
         {
-            using var ctx = o.Load(p);
+            var (_, ctx) = o.Prepare(p, outDir: null);
+            using var _ctx = ctx;
             var sw = System.Diagnostics.Stopwatch.StartNew();
             var train = ctx.Objective.Evaluate(ct);
-            var test = ctx.Split.Test is { } t ? ctx.Objective.Evaluate(t, ct) : null;
+            var test = ctx.Test is { } t ? ctx.Objective.Evaluate(t, ct) : null;
             var (_, grad) = ctx.Objective.LossAndGradient(ct);
             var result = new Result(p.GetValue(o.Model)!, ctx.Train.ToString(), ctx.Objective.Size, train.Loss, train.Accuracy, train.Examples,
                 test?.Loss, test?.Accuracy, test?.Examples, grad.norm().item<float>() is var g ? g : 0, sw.Elapsed.TotalSeconds);
@@ -29,9 +30,10 @@ public static class EvalCommand
             var table = new Table().AddColumns("split", "examples", "loss", "accuracy");
             table.AddRow("train", train.Examples.ToString(), $"{train.Loss:G6}", train.Accuracy is { } a ? $"{100 * a:F2}%" : "-");
             if (test is not null) table.AddRow("test", test.Examples.ToString(), $"{test.Loss:G6}", test.Accuracy is { } b ? $"{100 * b:F2}%" : "-");
-            AnsiConsole.MarkupLine($"[bold]{Markup.Escape(result.Model)}[/] ({result.Parameters:N0} parameters) on {Markup.Escape(result.Data)}");
-            AnsiConsole.Write(table);
-            AnsiConsole.MarkupLine($"full-data gradient norm ‖∇L‖ = {result.GradientNorm:G6}   ({result.Seconds:F1} s)");
+            var term = CommonOptions.Terminal(json: false);
+            term.MarkupLine($"[bold]{Markup.Escape(result.Model)}[/] ({result.Parameters:N0} parameters) on {Markup.Escape(result.Data)}");
+            term.Write(table);
+            term.MarkupLine($"full-data gradient norm ‖∇L‖ = {result.GradientNorm:G6}   ({result.Seconds:F1} s)");
             return Task.FromResult(0);
         });
         return cmd;

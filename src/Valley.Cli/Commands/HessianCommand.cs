@@ -50,32 +50,36 @@ public static class HessianCommand
                 Seed = p.GetValue(o.Seed),
             };
             var dir = p.GetValue(outDir)!;
-            AtomicFile.EnsureWritableFolder(dir);
-            using var lockFile = OutputLock.Acquire(dir);
-            using var ctx = o.Load(p);
+            var group = CommonOptions.Group;
+            var (lockFile, ctx) = o.Prepare(p, dir);
+            using var _lock = lockFile;
+            using var _ctx = ctx;
             var op = new HessianOperator(ctx.Objective) { Cancellation = ct };
-            SpectrumAnalysis.Validate(op, options);
+            group.Agree(() => SpectrumAnalysis.Validate(op, options));
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
-            Output Wrap(SpectrumReport r) => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.Train.Count, op.Size, p.GetValue(o.Layer),
+            Output Wrap(SpectrumReport r) => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
                 p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), r);
             var jsonPath = Path.Combine(dir, "hessian.json");
-            if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}");
-            // An interrupted run of the same inputs in this folder: keep its finished estimators.
+            if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
+                                       (group.Size > 1 ? $" on each of {group.Size} ranks ({ctx.TrainExamples} in all)" : ""));
+            // An interrupted run of the same inputs in this folder: keep its finished estimators. Rank 0 reads the file and
+            // every rank resumes from the same report.
             SpectrumReport? earlier = null;
-            if (File.Exists(jsonPath))
+            var previous = group.Broadcast(group.IsRoot() && File.Exists(jsonPath) ? File.ReadAllBytes(jsonPath) : []);
+            if (previous.Length > 0)
             {
                 try
                 {
-                    var prev = System.Text.Json.JsonSerializer.Deserialize<Output>(File.ReadAllText(jsonPath), AtomicFile.Json);
+                    var prev = System.Text.Json.JsonSerializer.Deserialize<Output>(previous, AtomicFile.Json);
                     if (prev is not null && prev with { Report = null! } == Wrap(null!) with { Threads = prev.Threads } && prev.Threads == TorchSharp.torch.get_num_threads()) earlier = prev.Report;
                 }
                 catch (System.Text.Json.JsonException) { /* not a hessian.json of ours: start afresh */ }
             }
             SpectrumReport report = null!;
             ProgressBars.Run(term, (reportProgress) =>
-                report = SpectrumAnalysis.Run(op, options, reportProgress, partial: r => AtomicFile.WriteJson(jsonPath, Wrap(r)), ct: ct, resumeFrom: earlier));
-            WriteFiles(dir, report, p.GetValue(o.Model)!);
+                report = SpectrumAnalysis.Run(op, options, reportProgress, partial: r => { if (group.IsRoot()) AtomicFile.WriteJson(jsonPath, Wrap(r)); }, ct: ct, resumeFrom: earlier));
+            if (group.IsRoot()) WriteFiles(dir, report, p.GetValue(o.Model)!);
             if (json) p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(Wrap(report)));
             else Render(term, report, dir);
             return Task.FromResult(0);

@@ -29,34 +29,39 @@ public static class SharpnessCommand
         foreach (var opt in new Option[] { measures, eps, rho, steps, samples, outDir }) cmd.Options.Add(opt);
         cmd.SetAction((p, ct) =>
         {
-            var epsilons = p.GetValue(eps)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s =>
-                double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) && v > 0 ? v
-                : throw new ValleyException($"--epsilon: '{s}' is not a positive number")).ToArray();
-            if (p.GetValue(rho) is { } r && !(r > 0)) throw new ValleyException($"--rho: must be positive, got {r}");
-            if (p.GetValue(steps) is { } st && st < 1) throw new ValleyException($"--steps: must be at least 1, got {st}");
-            if (p.GetValue(samples) is { } sa && sa < 1) throw new ValleyException($"--samples: must be at least 1, got {sa}");
+            var epsilons = CommonOptions.Group.Agree(() =>
+            {
+                var list = p.GetValue(eps)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s =>
+                    double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) && v > 0 ? v
+                    : throw new ValleyException($"--epsilon: '{s}' is not a positive number")).ToArray();
+                if (p.GetValue(rho) is { } r && !(r > 0)) throw new ValleyException($"--rho: must be positive, got {r}");
+                if (p.GetValue(steps) is { } st && st < 1) throw new ValleyException($"--steps: must be at least 1, got {st}");
+                if (p.GetValue(samples) is { } sa && sa < 1) throw new ValleyException($"--samples: must be at least 1, got {sa}");
+                return list;
+            });
             var dir = p.GetValue(outDir)!;
-            AtomicFile.EnsureWritableFolder(dir);
-            using var lockFile = OutputLock.Acquire(dir);
-            using var ctx = o.Load(p);
-            var names = SharpnessSuite.Resolve(p.GetValue(measures)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), ctx.Model);
+            var group = CommonOptions.Group;
+            var (lockFile, ctx) = o.Prepare(p, dir);
+            using var _lock = lockFile;
+            using var _ctx = ctx;
+            var names = group.Agree(() => SharpnessSuite.Resolve(p.GetValue(measures)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), ctx.Model));
             // w₀ for the "init" bounds: the architecture's initialization with the same seed (what valley train starts from).
             var init = ModelSpec.Parse(p.GetValue(o.Model)!).Build(ctx.Train, p.GetValue(o.Seed));
             using var w0 = TorchSharp.torch.cat(init.parameters().Select(q => q.detach().reshape(-1)).ToArray());
             var options = new SharpnessSuiteOptions
             {
                 Measures = names, Epsilons = epsilons, Rho = p.GetValue(rho), Steps = p.GetValue(steps), Samples = p.GetValue(samples), Seed = p.GetValue(o.Seed),
-                BatchSize = p.GetValue(o.BatchSize), Layer = p.GetValue(o.Layer),
+                BatchSize = p.GetValue(o.BatchSize), Layer = p.GetValue(o.Layer), Group = group,
             };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
             var results = new List<SharpnessResult>();
-            Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.Train.Count, p.GetValue(o.Seed), results);
+            Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.TrainExamples, p.GetValue(o.Seed), results);
             var path = Path.Combine(dir, "sharpness.json");
             void Work(Action<string> start)
                 => SharpnessSuite.Run(ctx.Model, ctx.Objective.Loss, ctx.Objective.Data, w0, options,
-                    start, r => { results.Add(r); AtomicFile.WriteJson(path, Wrap()); }, ct);
-            if (Console.IsErrorRedirected && Console.IsOutputRedirected || json) Work(_ => { });
+                    start, r => { results.Add(r); if (group.IsRoot()) AtomicFile.WriteJson(path, Wrap()); }, ct);
+            if (!CommonOptions.ShowProgress(json)) Work(_ => { });
             else
                 term.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new SpinnerColumn(), new ElapsedTimeColumn())
                     .Start(c =>
@@ -65,7 +70,7 @@ public static class SharpnessCommand
                         Work(name => { if (task is not null) { task.Value = task.MaxValue; task.StopTask(); } task = c.AddTask(Markup.Escape(name), maxValue: 1); });
                         if (task is not null) { task.Value = 1; task.StopTask(); }
                     });
-            AtomicFile.WriteJson(path, Wrap());
+            if (group.IsRoot()) AtomicFile.WriteJson(path, Wrap());
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(Wrap())); return Task.FromResult(0); }
             var t = new Table().AddColumns("measure", "parameters", "value", "max loss", "evaluations", "time");
             foreach (var res in results)

@@ -1,5 +1,6 @@
 using TorchSharp;
 using Valley.Data;
+using Valley.Distributed;
 using static TorchSharp.torch;
 
 namespace Valley.Curvature;
@@ -25,6 +26,13 @@ public sealed record ObjectiveOptions
     /// fingerprinted before every product and the graph is rebuilt when they changed. Costs the memory of one graph.
     /// </summary>
     public bool CacheGraph { get; init; } = true;
+
+    /// <summary>
+    /// Data-parallel ranks: the data set given to the objective is then this rank's shard, and every loss, gradient and
+    /// Hessian-vector product is the sum of the ranks' partial results (each batch still weighted by |B|/N with N the
+    /// examples of all shards), identical on every rank. Null: this process alone.
+    /// </summary>
+    public IProcessGroup? Group { get; init; }
 }
 
 /// <summary>Loss and accuracy of a model over a whole data set.</summary>
@@ -43,13 +51,19 @@ public sealed class Objective : IDisposable
     public Dataset Data { get; }
     public ParameterSet Parameters { get; }
     public ObjectiveOptions Options { get; }
+    /// <summary>The ranks the data are sharded over (the single process unless <see cref="ObjectiveOptions.Group"/> is set).</summary>
+    public IProcessGroup Group { get; }
+    /// <summary>N: examples over all ranks' shards (<see cref="Data"/> holds this rank's).</summary>
+    public long Examples { get; }
     readonly bool _ownsData;
 
     public Objective(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, ObjectiveOptions? options = null)
     {
         Options = options ?? new ObjectiveOptions();
         if (Options.BatchSize <= 0) throw new ValleyException($"--batch-size: must be positive, got {Options.BatchSize}");
-        if (data.Count == 0) throw new ValleyException($"{data.Name}: the data set is empty");
+        Group = Options.Group ?? SingleProcess.Instance;
+        Examples = Group.Size == 1 ? data.Count : (long)Group.Total(data.Count)[0];
+        if (Examples == 0) throw new ValleyException($"{data.Name}: the data set is empty");
         Model = model;
         Loss = loss;
         if (Options.DType is { } dt)
@@ -78,7 +92,7 @@ public sealed class Objective : IDisposable
     /// <summary>Full-data loss and accuracy (classification), no gradient.</summary>
     public Evaluation Evaluate(CancellationToken ct = default) => Evaluate(Data, ct);
 
-    /// <summary>Loss and accuracy of the model on another data set (e.g. the test set), same options.</summary>
+    /// <summary>Loss and accuracy of the model on another data set (e.g. the test set), same options; with a group, this rank's shard of it.</summary>
     public Evaluation Evaluate(Dataset data, CancellationToken ct = default)
     {
         using var mode = new ModeScope(Model, Options.TrainMode);
@@ -95,7 +109,14 @@ public sealed class Objective : IDisposable
             loss += Loss(output, yb).ToDouble() * size;
             if (classification) correct += output.argmax(1).eq(yb).sum().ToInt64();
         }
-        return new Evaluation(loss / data.Count, classification ? (double)correct / data.Count : null, data.Count);
+        var (sumLoss, sumCorrect, count) = (loss, (double)correct, (double)data.Count);
+        if (Group.Size > 1)
+        {
+            var totals = Group.Total(loss, correct, data.Count);
+            (sumLoss, sumCorrect, count) = (totals[0], totals[1], totals[2]);
+        }
+        if (count == 0) throw new ValleyException($"{data.Name}: the data set is empty");
+        return new Evaluation(sumLoss / count, classification ? sumCorrect / count : null, (long)count);
     }
 
     /// <summary>Full-data loss and gradient ∇L(w) as a flat vector.</summary>
@@ -105,7 +126,7 @@ public sealed class Objective : IDisposable
         var grad = Parameters.Zeros();
         var views = Parameters.Unflatten(grad);
         double loss = 0;
-        long n = Data.Count;
+        long n = Examples;
         foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
         {
             ct.ThrowIfCancellationRequested();
@@ -116,6 +137,15 @@ public sealed class Objective : IDisposable
             loss += l.ToDouble() * size;
         }
         foreach (var v in views) v.Dispose();
+        if (Group.Size > 1)
+        {
+            // One collective for the gradient and the loss together.
+            using var scope = NewDisposeScope();
+            var packed = cat([grad.to(ScalarType.Float64), tensor(new[] { loss }, dtype: ScalarType.Float64)]);
+            var total = Group.Sum(packed);
+            grad.copy_(total.narrow(0, 0, grad.shape[0]));
+            loss = total[grad.shape[0]].ToDouble();
+        }
         return (loss / n, grad);
     }
 
@@ -136,7 +166,7 @@ public sealed class Objective : IDisposable
             throw new ValleyException($"Hessian of size {Size} applied to a block of shape [{string.Join(", ", V.shape)}]");
         using var mode = new ModeScope(Model, Options.TrainMode);
         int k = (int)V.shape[1];
-        long n = Data.Count;
+        long n = Examples;
         // Rows of `result` are the k products, so each product's per-parameter views are contiguous.
         var result = zeros([k, Size], dtype: Parameters.DType, device: Parameters.Device);
         using (var outer = NewDisposeScope())
@@ -149,7 +179,7 @@ public sealed class Objective : IDisposable
                 vs[j] = Parameters.Unflatten(Vt[j]);
                 outs[j] = Parameters.Unflatten(result[j]);
             }
-            bool cached = Options.CacheGraph && Data.Count <= Options.BatchSize;
+            bool cached = Options.CacheGraph && Data.Count <= Options.BatchSize && Data.Count > 0;
             foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
             {
                 ct.ThrowIfCancellationRequested();
@@ -166,6 +196,11 @@ public sealed class Objective : IDisposable
                     for (int i = 0; i < hv.Length; i++) outs[j][i].add_(hv[i], alpha: weight);
                 }
             }
+        }
+        if (Group.Size > 1)
+        {
+            using var summed = Group.Sum(result);
+            result.copy_(summed);
         }
         var block = result.t();
         result.Dispose();

@@ -134,6 +134,22 @@ public static class DataSources
         return result;
     }
 
+    /// <summary>
+    /// Mean and standard deviation (scalars over all features) of all ranks' training shards together: the numbers one
+    /// process holding every shard would standardize with.
+    /// </summary>
+    public static (double Mean, double Std) Statistics(Dataset train, Distributed.IProcessGroup group)
+    {
+        using var x = train.X.to(ScalarType.Float64);
+        var first = Distributed.ProcessGroups.Total(group, x.sum().ToDouble(), x.numel());
+        double mean = first[0] / first[1];
+        // Second pass about the global mean: Σ(x − mean)² without the cancellation of Σx² − n·mean².
+        double ss = Distributed.ProcessGroups.Total(group, (x - mean).pow(2).sum().ToDouble())[0];
+        double std = Math.Sqrt(ss / (first[1] - 1));
+        if (!(std > 0)) throw new ValleyException($"{train.Name}: the inputs are constant; cannot standardize");
+        return (mean, std);
+    }
+
     /// <summary>Hold out a seeded random fraction of a data set as a test set.</summary>
     public static DataSplit HoldOut(Dataset all, double testFraction, long seed)
     {

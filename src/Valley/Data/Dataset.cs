@@ -60,6 +60,17 @@ public sealed class Dataset : IDisposable
         return new Dataset($"{Name}[subset {n}, seed {seed}]", x, y, Task, NumClasses);
     }
 
+    /// <summary>
+    /// This rank's contiguous share of the examples (a copy; the first Count mod size ranks hold one more), so that the ranks
+    /// together hold every example once, in order.
+    /// </summary>
+    public Dataset Shard(Distributed.IProcessGroup group)
+    {
+        if (Count < group.Size) throw new ValleyException($"{Name}: {Count} examples cannot be shared by {group.Size} ranks");
+        var (start, count) = Distributed.ProcessGroups.Share(Count, group.Rank, group.Size);
+        return new Dataset($"{Name}[shard {group.Rank + 1}/{group.Size}]", X.narrow(0, start, count).clone(), Y.narrow(0, start, count).clone(), Task, NumClasses);
+    }
+
     /// <summary>Examples [start, start + count) as a view.</summary>
     public Dataset Slice(long start, long count) =>
         new(Name, X.narrow(0, start, count), Y.narrow(0, start, count), Task, NumClasses);

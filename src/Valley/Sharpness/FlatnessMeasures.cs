@@ -71,7 +71,7 @@ public static class FlatnessSearch
         o.Validate();
         using var probe = new PerturbationProbe(objective);
         var acc0 = probe.EvaluateAt(null, ct: ct).Accuracy ?? throw new ValleyException("PAC-Bayes flatness needs a classification data set (accuracy)");
-        long m = objective.Data.Count;
+        long m = objective.Examples;
         var results = new List<SharpnessResult>();
         foreach (bool magnitude in new[] { false, true })
         {
@@ -164,7 +164,7 @@ public static class FlatnessSearch
 /// </summary>
 public static class RelativeFlatness
 {
-    public static SharpnessResult Compute(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, string? layer = null, long batchSize = 2048)
+    public static SharpnessResult Compute(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, string? layer = null, long batchSize = 2048, Distributed.IProcessGroup? group = null)
     {
         var weights = model.named_parameters().Where(p => p.parameter.dim() == 2).ToList();
         if (weights.Count == 0) throw new ValleyException("relative flatness: the model has no weight matrix (rank-2 parameter)");
@@ -173,7 +173,7 @@ public static class RelativeFlatness
         if (chosen.parameter is null || chosen.parameter.dim() != 2)
             throw new ValleyException($"--layer {name}: relative flatness needs a weight matrix; the model's are {string.Join(", ", weights.Select(w => w.name))}");
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        using var obj = new Objective(model, loss, data, new ObjectiveOptions { BatchSize = batchSize, ParameterFilter = n => n == name });
+        using var obj = new Objective(model, loss, data, new ObjectiveOptions { BatchSize = batchSize, ParameterFilter = n => n == name, Group = group });
         var H = ExactHessian.Compute(new HessianOperator(obj));
         using var W = chosen.parameter.detach().to(ScalarType.Float64).cpu();
         int k = (int)W.shape[0], d = (int)W.shape[1];
@@ -231,11 +231,11 @@ public static class FisherProxies
             }
         }
         finally { model.train(was); }
-        var (mean, se) = WorstCaseSharpness.MeanSe(sq);
+        var (mean, se) = WorstCaseSharpness.MeanSe(objective.Group.AllGather(sq.ToArray()));
         return new SharpnessResult
         {
-            Measure = "fisher-trace", Parameters = new() { ["examples"] = objective.Data.Count }, Value = mean, StandardError = se,
-            GradientEvaluations = objective.Data.Count, Seconds = sw.Elapsed.TotalSeconds,
+            Measure = "fisher-trace", Parameters = new() { ["examples"] = objective.Examples }, Value = mean, StandardError = se,
+            GradientEvaluations = objective.Examples, Seconds = sw.Elapsed.TotalSeconds,
         };
     }
 
@@ -267,11 +267,11 @@ public static class FisherProxies
             }
         }
         finally { mlp.train(was); }
-        var (mean, se) = WorstCaseSharpness.MeanSe(sq);
+        var (mean, se) = WorstCaseSharpness.MeanSe(objective.Group.AllGather(sq.ToArray()));
         return new SharpnessResult
         {
-            Measure = "fisher-trace", Parameters = new() { ["examples"] = objective.Data.Count }, Value = mean, StandardError = se,
-            GradientEvaluations = objective.Data.Count, Seconds = sw.Elapsed.TotalSeconds, Details = new() { ["batched"] = 1 },
+            Measure = "fisher-trace", Parameters = new() { ["examples"] = objective.Examples }, Value = mean, StandardError = se,
+            GradientEvaluations = objective.Examples, Seconds = sw.Elapsed.TotalSeconds, Details = new() { ["batched"] = 1 },
         };
     }
 
@@ -303,7 +303,7 @@ public static class FisherProxies
             }
         }
         finally { mlp.train(was); }
-        var (mean, se) = WorstCaseSharpness.MeanSe(values);
+        var (mean, se) = WorstCaseSharpness.MeanSe(objective.Group.AllGather(values.ToArray()));
         double k = (layers) * (double)layers;
         return new SharpnessResult
         {

@@ -1,3 +1,4 @@
+using Valley.Distributed;
 using MathNet.Numerics.LinearAlgebra;
 using MathNet.Numerics.Optimization;
 using TorchSharp;
@@ -125,6 +126,11 @@ public sealed record WorstCaseOptions
     /// <summary>Average-case: Gaussian samples per batch.</summary>
     public int Samples { get; init; } = 20;
     public long Seed { get; init; }
+    /// <summary>
+    /// Data-parallel ranks: the data are then this rank's shard; the N examples are split between the ranks (each draws its
+    /// share from its shard with its own seed) and the batch values of all ranks are averaged together.
+    /// </summary>
+    public Distributed.IProcessGroup? Group { get; init; }
 
     public double EffectiveRho => Rho ?? (Norm, Adaptive) switch
     {
@@ -145,7 +151,9 @@ public static class WorstCaseSharpness
         var o = options ?? new WorstCaseOptions();
         double rho = o.EffectiveRho;
         Validate(o, rho);
-        using var subset = data.Subset(Math.Min(o.Examples, data.Count), o.Seed);
+        var g = o.Group ?? Distributed.SingleProcess.Instance;
+        var (examples, subset) = ShareOf(data, o, g);
+        using var _ = subset;
         var values = new List<double>();
         double maxLossSum = 0, baseSum = 0, normSum = 0;
         long lossEvals = 0, gradEvals = 0;
@@ -158,17 +166,20 @@ public static class WorstCaseSharpness
             using var probe = new PerturbationProbe(obj);
             using var scope = NewDisposeScope();
             var c = o.Adaptive ? probe.Origin.abs() : ones_like(probe.Origin);
-            var (best, bestU, l0) = AutoPgd(probe, c, o.Norm, rho, o.Steps, new Generator((ulong)(o.Seed * 7919 + values.Count)), ct);
+            var (best, bestU, l0) = AutoPgd(probe, c, o.Norm, rho, o.Steps, new Generator((ulong)(o.Seed * 7919 + values.Count + 1_000_003L * g.Rank)), ct);
             values.Add(best - l0);
             maxLossSum += best; baseSum += l0; normSum += (c * bestU).norm().ToDouble();
             lossEvals += probe.LossEvaluations; gradEvals += probe.GradientEvaluations;
         }
-        var (mean, se) = MeanSe(values);
+        var (mean, se) = MeanSe(g.AllGather(values.ToArray()));
+        var sums = g.Total(maxLossSum, baseSum, normSum, values.Count, lossEvals, gradEvals);
+        (maxLossSum, baseSum, normSum, lossEvals, gradEvals) = (sums[0], sums[1], sums[2], (long)sums[4], (long)sums[5]);
+        double batches = sums[3];
         return new SharpnessResult
         {
             Measure = o.Name("worst-case"),
-            Parameters = new() { ["rho"] = rho, ["steps"] = o.Steps, ["batch_size"] = o.BatchSize, ["examples"] = Math.Min(o.Examples, data.Count) },
-            Value = mean, StandardError = se, BaseLoss = baseSum / values.Count, MaxLoss = maxLossSum / values.Count, PerturbationNorm = normSum / values.Count,
+            Parameters = new() { ["rho"] = rho, ["steps"] = o.Steps, ["batch_size"] = o.BatchSize, ["examples"] = examples },
+            Value = mean, StandardError = se, BaseLoss = baseSum / batches, MaxLoss = maxLossSum / batches, PerturbationNorm = normSum / batches,
             LossEvaluations = lossEvals, GradientEvaluations = gradEvals, Seconds = sw.Elapsed.TotalSeconds,
         };
     }
@@ -180,8 +191,10 @@ public static class WorstCaseSharpness
         double rho = o.Rho ?? (o.Adaptive ? 0.1 : 0.01);
         Validate(o, rho);
         if (o.Samples < 1) throw new ValleyException($"--samples: must be at least 1, got {o.Samples}");
-        using var subset = data.Subset(Math.Min(o.Examples, data.Count), o.Seed);
-        var gen = new Generator((ulong)o.Seed + 101);
+        var g = o.Group ?? Distributed.SingleProcess.Instance;
+        var (examples, subset) = ShareOf(data, o, g);
+        using var _ = subset;
+        var gen = new Generator((ulong)o.Seed + 101 + 1_000_003UL * (ulong)g.Rank);
         var diffs = new List<double>();
         long lossEvals = 0;
         double baseSum = 0;
@@ -205,13 +218,27 @@ public static class WorstCaseSharpness
             }
             lossEvals += probe.LossEvaluations;
         }
-        var (mean, se) = MeanSe(diffs);
+        var (mean, se) = MeanSe(g.AllGather(diffs.ToArray()));
+        var sums = g.Total(baseSum, batches, lossEvals);
         return new SharpnessResult
         {
             Measure = o.Name("average-case").Replace("-l2", "").Replace("-linf", ""),
-            Parameters = new() { ["rho"] = rho, ["samples"] = o.Samples, ["batch_size"] = o.BatchSize, ["examples"] = Math.Min(o.Examples, data.Count) },
-            Value = mean, StandardError = se, BaseLoss = baseSum / batches, LossEvaluations = lossEvals, Seconds = sw.Elapsed.TotalSeconds,
+            Parameters = new() { ["rho"] = rho, ["samples"] = o.Samples, ["batch_size"] = o.BatchSize, ["examples"] = examples },
+            Value = mean, StandardError = se, BaseLoss = sums[0] / sums[1], LossEvaluations = (long)sums[2], Seconds = sw.Elapsed.TotalSeconds,
         };
+    }
+
+    /// <summary>
+    /// The seeded subset of min(N, examples) points the measure averages over; with several ranks, this rank's share of it,
+    /// drawn from its shard with a seed of its own.
+    /// </summary>
+    static (long Examples, Dataset Subset) ShareOf(Dataset data, WorstCaseOptions o, Distributed.IProcessGroup g)
+    {
+        if (g.Size == 1) return (Math.Min(o.Examples, data.Count), data.Subset(Math.Min(o.Examples, data.Count), o.Seed));
+        long total = (long)g.Total(data.Count)[0];
+        long examples = Math.Min(o.Examples, total);
+        long mine = Math.Min(Distributed.ProcessGroups.Share(examples, g.Rank, g.Size).Count, data.Count);
+        return (examples, mine > 0 ? data.Subset(mine, o.Seed + g.Rank) : data.Slice(0, 0));
     }
 
     static void Validate(WorstCaseOptions o, double rho)

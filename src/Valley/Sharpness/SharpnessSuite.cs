@@ -18,6 +18,8 @@ public sealed record SharpnessSuiteOptions
     public long BatchSize { get; init; } = 1024;
     /// <summary>Relative flatness: the layer (default the last weight matrix).</summary>
     public string? Layer { get; init; }
+    /// <summary>Data-parallel ranks; the data set is then this rank's shard (see <see cref="ObjectiveOptions.Group"/>).</summary>
+    public Distributed.IProcessGroup? Group { get; init; }
 }
 
 /// <summary>Runs a list of sharpness measures on one model and data set, in order, reporting each result as it finishes.</summary>
@@ -43,7 +45,7 @@ public static class SharpnessSuite
         var measures = Resolve(o.Measures, model);
         var results = new List<SharpnessResult>();
         void Add(SharpnessResult r) { results.Add(r); finished?.Invoke(r); }
-        using var obj = new Objective(model, loss, data, new ObjectiveOptions { BatchSize = o.BatchSize });
+        using var obj = new Objective(model, loss, data, new ObjectiveOptions { BatchSize = o.BatchSize, Group = o.Group });
         foreach (var name in measures)
         {
             ct.ThrowIfCancellationRequested();
@@ -66,7 +68,7 @@ public static class SharpnessSuite
                     Add(FisherProxies.FisherRaoNorm(obj));
                     break;
                 case "relative-flatness":
-                    Add(RelativeFlatness.Compute(model, loss, data, o.Layer, o.BatchSize));
+                    Add(RelativeFlatness.Compute(model, loss, data, o.Layer, o.BatchSize, o.Group));
                     break;
                 case "pacbayes":
                     foreach (var r in FlatnessSearch.PacBayes(obj, initialWeights, new FlatnessSearchOptions { Seed = o.Seed, Samples = o.Samples ?? 10 }, ct)) Add(r);
@@ -80,7 +82,7 @@ public static class SharpnessSuite
                     var wc = new WorstCaseOptions
                     {
                         Norm = name.Contains("linf") ? PerturbationNorm.LInf : PerturbationNorm.L2,
-                        Adaptive = name.EndsWith("adaptive"), Rho = o.Rho, Steps = o.Steps ?? 20, Samples = o.Samples ?? 20, Seed = o.Seed,
+                        Adaptive = name.EndsWith("adaptive"), Rho = o.Rho, Steps = o.Steps ?? 20, Samples = o.Samples ?? 20, Seed = o.Seed, Group = o.Group,
                     };
                     Add(average ? WorstCaseSharpness.AverageCase(model, loss, data, wc, ct) : WorstCaseSharpness.Compute(model, loss, data, wc, ct));
                     break;
