@@ -26,11 +26,12 @@ public static class InfoCommand
                 ["libstdc++"] = lib is null ? "n/a" : $"{lib.Value.Path}: {(lib.Value.Ok ? "has GLIBCXX_3.4.32" : "too old (lacks GLIBCXX_3.4.32); run scripts/setup.sh")}",
                 ["fashion-mnist"] = Directory.Exists(DataSources.FashionMnistFolder) ? DataSources.FashionMnistFolder : "not installed (apt-get install dataset-fashion-mnist, or scripts/setup.sh)",
                 ["cores"] = Environment.ProcessorCount.ToString(),
+                ["mpi"] = CommonOptions.Group.Size > 1 ? $"{CommonOptions.Group.Size} ranks (MPICH)" : MpiProcessGroup.LaunchedSize > 1 ? "launched by mpiexec" : "single process (run under mpiexec.mpich -n N to share work)",
             };
             if (p.GetValue(format) == "json") { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(info)); return 0; }
             var table = new Table().AddColumn("component").AddColumn("status");
             foreach (var (k, v) in info) table.AddRow(Markup.Escape(k), Markup.Escape(v));
-            AnsiConsole.Write(table);
+            CommonOptions.Terminal(json: false).Write(table);
             return torchStatus.StartsWith("ok") ? 0 : ValleyCli.ExitBadInput;
         });
         return cmd;

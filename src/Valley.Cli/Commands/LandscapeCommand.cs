@@ -50,15 +50,16 @@ public static class LandscapeCommand
                 Weights = p.GetValue(o.Weights), From = p.GetValue(from), To = p.GetValue(to), Third = p.GetValue(third), Checkpoints = p.GetValue(checkpoints),
                 RecomputeBatchNorm = p.GetValue(recompute), BatchSize = p.GetValue(o.BatchSize), View = new LandscapeView(p.GetValue(clip) > 0 ? p.GetValue(clip) : null, p.GetValue(log)),
             };
-            AtomicFile.EnsureWritableFolder(request.OutDir);
-            using var lockFile = OutputLock.Acquire(request.OutDir);
-            using var ctx = o.Load(p);
+            var group = CommonOptions.Group;
+            var (lockFile, ctx) = o.Prepare(p, request.OutDir, shard: false);
+            using var _lock = lockFile;
+            using var _ctx = ctx;
             request = request with { DataName = ctx.Train.Name };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
-            var tst = p.GetValue(test) ? ctx.Split.Test : null;
+            var tst = p.GetValue(test) ? ctx.Test : null;
             GridResult result = null!;
-            if (json || (Console.IsErrorRedirected && Console.IsOutputRedirected)) result = LandscapeRunner.Run(ctx.Model, ctx.Objective.Data, tst, request, null, ct);
+            if (!CommonOptions.ShowProgress(json)) result = LandscapeRunner.Run(ctx.Model, ctx.Objective.Data, tst, request, null, ct, group);
             else
                 term.Progress().AutoClear(false)
                     .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
@@ -70,7 +71,7 @@ public static class LandscapeCommand
                             task.MaxValue = pr.Total;
                             task.Value = pr.Done;
                             task.Description = $"grid points {pr.Done}/{pr.Total}";
-                        }), ct);
+                        }), ct, group);
                     });
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(result)); return Task.FromResult(0); }
             var centre = result.Points.OrderBy(q => Math.Abs(q.X) + Math.Abs(q.Y)).First();

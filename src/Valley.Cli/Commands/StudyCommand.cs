@@ -26,27 +26,53 @@ public static class StudyCommand
             { preset, model, data, outDir, threads, format, verbose };
         cmd.SetAction((p, ct) =>
         {
-            TorchRuntime.EnsureLoaded();
-            if (p.GetValue(threads) is var t && t < 0) throw new ValleyException($"--threads: must be 0 or positive, got {t}");
-            if (p.GetValue(threads) > 0) TorchSharp.torch.set_num_threads(p.GetValue(threads));
-            var options = StudyOptions.For(p.GetValue(preset)!, p.GetValue(model)!);
-            Models.ModelSpec.Parse(options.Model);
+            var group = CommonOptions.Group;
+            var options = group.Agree(() =>
+            {
+                CommonOptions.SetThreads(p.GetValue(threads));
+                var opts = StudyOptions.For(p.GetValue(preset)!, p.GetValue(model)!);
+                Models.ModelSpec.Parse(opts.Model);
+                return opts;
+            });
             var dir = p.GetValue(outDir)!;
-            AtomicFile.EnsureWritableFolder(dir);
-            using var lockFile = OutputLock.Acquire(dir);
             var marker = Path.Combine(dir, "study.json");
             var key = AtomicFile.ToJson(new { options.Preset, options.Model, data = p.GetValue(data) });
-            if (File.Exists(marker) && File.ReadAllText(marker) != key)
-                throw new ValleyException($"--out {dir}: holds a study with other settings; choose another --out or remove it");
-            // Data are checked before anything is written into --out.
-            using var split = DataSources.Open(p.GetValue(data));
-            if (split.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
-            ModelSpecCheck(options.Model, split.Train);
-            AtomicFile.WriteAllText(marker, key);
+            // Data are checked before anything is written into --out. Every rank holds all the data (models are shared out).
+            var (lockFile, split) = group.Agree(() =>
+            {
+                OutputLock? lk = null;
+                if (group.IsRoot())
+                {
+                    AtomicFile.EnsureWritableFolder(dir);
+                    lk = OutputLock.Acquire(dir);
+                    if (File.Exists(marker) && File.ReadAllText(marker) != key)
+                    {
+                        lk.Dispose();
+                        throw new ValleyException($"--out {dir}: holds a study with other settings; choose another --out or remove it");
+                    }
+                }
+                DataSplit? sp = null;
+                try
+                {
+                    sp = DataSources.Open(p.GetValue(data));
+                    if (sp.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
+                    ModelSpecCheck(options.Model, sp.Train);
+                    return (lk, sp);
+                }
+                catch
+                {
+                    sp?.Dispose();
+                    lk?.Dispose();
+                    throw;
+                }
+            }, r => { r.sp.Dispose(); r.lk?.Dispose(); });
+            using var _lock = lockFile;
+            using var _split = split;
+            if (group.IsRoot()) AtomicFile.WriteAllText(marker, key);
             bool json = p.GetValue(format) == "json";
             var term = CommonOptions.Terminal(json);
             StudySummary summary = null!;
-            if (json || (Console.IsErrorRedirected && Console.IsOutputRedirected)) summary = StudyRunner.Run(options, split, dir, null, ct);
+            if (!CommonOptions.ShowProgress(json)) summary = StudyRunner.Run(options, split, dir, null, ct, group);
             else
                 term.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
                     .Start(c =>
@@ -57,7 +83,7 @@ public static class StudyCommand
                             task.MaxValue = pr.Total;
                             task.Value = pr.Done;
                             task.Description = Markup.Escape(pr.Stage);
-                        }), ct);
+                        }), ct, group);
                         task.Value = task.MaxValue;
                     });
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(summary)); return Task.FromResult(0); }

@@ -45,6 +45,9 @@ public static class TrainCommand
                 MonitorExamples = p.GetValue(monitorN), CheckpointEvery = p.GetValue(ckEvery), SavePyTorch = p.GetValue(savePt), Seed = p.GetValue(o.Seed),
             };
             var dir = p.GetValue(outDir)!;
+            // Identical on every rank, so every rank can stop on its own.
+            if (CommonOptions.Group.Size > 1)
+                throw new AgreedFailure($"train runs in one process (started here by mpiexec with {CommonOptions.Group.Size} ranks); 'valley study' trains several models in parallel across ranks");
             Reporting.AtomicFile.EnsureWritableFolder(dir);
             var (split, train) = o.LoadData(p);
             using var _s = split;

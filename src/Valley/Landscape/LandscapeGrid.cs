@@ -3,6 +3,7 @@ using System.Text;
 using TorchSharp;
 using Valley.Curvature;
 using Valley.Data;
+using Valley.Distributed;
 using Valley.Reporting;
 using Valley.Training;
 using static TorchSharp.torch;
@@ -56,12 +57,18 @@ public sealed record LandscapeOptions
     public long BatchSize { get; init; } = 10_000;
     /// <summary>Recompute BatchNorm running statistics at every point (one pass over the training data in train mode).</summary>
     public bool RecomputeBatchNorm { get; init; }
+    /// <summary>
+    /// Ranks that share the grid: each holds the model and all the data and evaluates every Size-th pending point; rank 0
+    /// gathers the points after each round and appends them to the points file. Null: this process alone.
+    /// </summary>
+    public IProcessGroup? Group { get; init; }
 }
 
 /// <summary>
 /// Evaluates loss and accuracy over a grid w(α, β) = w₀ + α d₁ + β d₂ in eval mode without gradients. Weights are set in
 /// place from the exact origin at every point (no accumulation, no per-point allocation) and restored bit-identically at
 /// the end. Each point is appended to a CSV file as it finishes; a rerun with the same file skips finished points.
+/// With a <see cref="LandscapeOptions.Group"/>, the pending points are dealt out to the ranks round by round.
 /// </summary>
 public sealed class LandscapeEvaluator
 {
@@ -94,7 +101,10 @@ public sealed class LandscapeEvaluator
         var all = new ParameterSet(_model.named_parameters().Select(p => (p.name, p.parameter)));
         if (d1.shape[0] != all.Size || (d2 is not null && d2.shape[0] != all.Size))
             throw new ValleyException($"landscape: directions have {d1.shape[0]} entries, the model {all.Size} parameters");
-        var done = pointsFile is null ? new Dictionary<(int, int), GridPoint>() : ReadPoints(pointsFile, spec);
+        var group = _o.Group ?? SingleProcess.Instance;
+        // Rank 0 reads the points file of an earlier run and every rank resumes from the same points.
+        var earlier = pointsFile is null ? [] : group.Broadcast(group.IsRoot() && File.Exists(pointsFile) ? File.ReadAllBytes(pointsFile) : []);
+        var done = group.Agree(() => ParsePoints(Encoding.UTF8.GetString(earlier), spec, pointsFile ?? ""));
         int resumed = done.Count;
         using var obj = new Objective(_model, _loss, _train, new ObjectiveOptions { BatchSize = _o.BatchSize, CacheGraph = false });
         using var snapshot = all.Snapshot();
@@ -106,41 +116,34 @@ public sealed class LandscapeEvaluator
         StreamWriter? writer = null;
         try
         {
-            if (pointsFile is not null)
+            if (pointsFile is not null && group.IsRoot())
             {
                 bool fresh = !File.Exists(pointsFile) || new FileInfo(pointsFile).Length == 0;
                 writer = new StreamWriter(new FileStream(pointsFile, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
                 if (fresh) { writer.WriteLine(PointsHeader); writer.Flush(); }
             }
             int ny = spec.Ys?.Length ?? 1;
-            int count = 0;
+            var pending = new List<(int I, int J)>();
             for (int j = 0; j < ny; j++)
                 for (int i = 0; i < spec.Xs.Length; i++)
+                    if (!done.ContainsKey((i, j))) pending.Add((i, j));
+            progress?.Report((done.Count, spec.Count));
+            // Round r: rank q evaluates pending point r·Size + q; then every rank learns every point of the round.
+            for (int start = 0; start < pending.Count; start += group.Size)
+            {
+                ct.ThrowIfCancellationRequested();
+                int mine = start + group.Rank;
+                GridPoint? p = mine < pending.Count ? Evaluate(pending[mine].I, pending[mine].J) : null;
+                var round = group.Size == 1 ? [p] : ShareRound(group, p, spec);
+                foreach (var q in round)
                 {
-                    ct.ThrowIfCancellationRequested();
-                    count++;
-                    if (done.ContainsKey((i, j))) { progress?.Report((count, spec.Count)); continue; }
-                    double x = spec.Xs[i], y = spec.Ys?[j] ?? 0;
-                    using (no_grad())
-                        for (int t = 0; t < origin.Length; t++)
-                        {
-                            all.Tensors[t].copy_(origin[t]);
-                            if (end is not null && dir2 is null) all.Tensors[t].mul_(1 - x).add_(end[t], alpha: x);
-                            else all.Tensors[t].add_(dir1[t], alpha: x);
-                            if (dir2 is not null) all.Tensors[t].add_(dir2[t], alpha: y);
-                        }
-                    bn?.Recompute(_model, _train, _o.BatchSize);
-                    var tr = obj.Evaluate(ct);
-                    var te = _test is null ? null : obj.Evaluate(_test, ct);
-                    var p = new GridPoint(i, j, x, y, tr.Loss, tr.Accuracy, te?.Loss, te?.Accuracy);
-                    done[(i, j)] = p;
-                    if (writer is not null)
-                    {
-                        writer.WriteLine(Format(p));
-                        writer.Flush();
-                    }
-                    progress?.Report((count, spec.Count));
+                    if (q is null) continue;
+                    done[(q.I, q.J)] = q;
+                    writer?.WriteLine(Format(q));
                 }
+                writer?.Flush();
+                progress?.Report((done.Count, spec.Count));
+            }
         }
         finally
         {
@@ -148,6 +151,23 @@ public sealed class LandscapeEvaluator
             snapshot.Restore();
             bn?.Restore(_model);
             foreach (var t in origin) t.Dispose();
+        }
+
+        GridPoint Evaluate(int i, int j)
+        {
+            double x = spec.Xs[i], y = spec.Ys?[j] ?? 0;
+            using (no_grad())
+                for (int t = 0; t < origin.Length; t++)
+                {
+                    all.Tensors[t].copy_(origin[t]);
+                    if (end is not null && dir2 is null) all.Tensors[t].mul_(1 - x).add_(end[t], alpha: x);
+                    else all.Tensors[t].add_(dir1[t], alpha: x);
+                    if (dir2 is not null) all.Tensors[t].add_(dir2[t], alpha: y);
+                }
+            bn?.Recompute(_model, _train, _o.BatchSize);
+            var tr = obj.Evaluate(ct);
+            var te = _test is null ? null : obj.Evaluate(_test, ct);
+            return new GridPoint(i, j, x, y, tr.Loss, tr.Accuracy, te?.Loss, te?.Accuracy);
         }
         return new GridResult
         {
@@ -159,12 +179,32 @@ public sealed class LandscapeEvaluator
 
     static string Format(GridPoint p) => $"{p.I},{p.J},{F(p.X)},{F(p.Y)},{F(p.TrainLoss)},{F(p.TrainAccuracy)},{F(p.TestLoss)},{F(p.TestAccuracy)}";
 
+    /// <summary>Every rank's point of one round (null where a rank had none), in rank order, on every rank.</summary>
+    static GridPoint?[] ShareRound(IProcessGroup group, GridPoint? p, GridSpec spec)
+    {
+        static double N(double? v) => v ?? double.NaN;
+        static double? V(double v) => double.IsNaN(v) ? null : v;
+        var mine = p is null ? new double[] { -1, -1, 0, 0, 0, 0 } : [p.I, p.J, p.TrainLoss, N(p.TrainAccuracy), N(p.TestLoss), N(p.TestAccuracy)];
+        var all = group.AllGather(mine);
+        var result = new GridPoint?[group.Size];
+        for (int r = 0; r < group.Size; r++)
+        {
+            var c = all.AsSpan(6 * r, 6);
+            if (c[0] < 0) continue;
+            int i = (int)c[0], j = (int)c[1];
+            result[r] = new GridPoint(i, j, spec.Xs[i], spec.Ys?[j] ?? 0, c[2], V(c[3]), V(c[4]), V(c[5]));
+        }
+        return result;
+    }
+
     /// <summary>Finished points of an interrupted run; a torn last line (killed mid-write) is ignored.</summary>
-    public static Dictionary<(int, int), GridPoint> ReadPoints(string path, GridSpec spec)
+    public static Dictionary<(int, int), GridPoint> ReadPoints(string path, GridSpec spec) =>
+        File.Exists(path) ? ParsePoints(File.ReadAllText(path), spec, path) : [];
+
+    static Dictionary<(int, int), GridPoint> ParsePoints(string text, GridSpec spec, string path)
     {
         var result = new Dictionary<(int, int), GridPoint>();
-        if (!File.Exists(path)) return result;
-        var text = File.ReadAllText(path);
+        if (text.Length == 0) return result;
         var lines = text.Split('\n');
         // Only lines terminated by a newline are complete.
         for (int k = 1; k < lines.Length - 1; k++)

@@ -2,6 +2,7 @@ using System.Text.Json;
 using TorchSharp;
 using Valley.Curvature;
 using Valley.Data;
+using Valley.Distributed;
 using Valley.Models;
 using Valley.Reporting;
 using static TorchSharp.torch;
@@ -34,14 +35,22 @@ public sealed record LandscapeRequest
     public string DataName { get; init; } = "";
 }
 
-/// <summary>Builds the directions for a mode, evaluates the grid (resumable), and writes every output file.</summary>
+/// <summary>
+/// Builds the directions for a mode, evaluates the grid (resumable), and writes every output file. With a group, every rank
+/// holds the model and all the data, builds the same directions, and evaluates its share of the points; rank 0 writes.
+/// </summary>
 public static class LandscapeRunner
 {
     public static GridResult Run(nn.Module<Tensor, Tensor> model, Dataset train, Dataset? test, LandscapeRequest r,
-        IProgress<(int Done, int Total)>? progress = null, CancellationToken ct = default)
+        IProgress<(int Done, int Total)>? progress = null, CancellationToken ct = default, IProcessGroup? group = null)
     {
-        Directory.CreateDirectory(r.OutDir);
-        CheckSameRun(r);
+        group ??= SingleProcess.Instance;
+        group.Agree(() =>
+        {
+            if (!group.IsRoot()) return;
+            Directory.CreateDirectory(r.OutDir);
+            CheckSameRun(r);
+        });
         var all = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
         using var scope = NewDisposeScope();
         Tensor d1;
@@ -92,7 +101,9 @@ public static class LandscapeRunner
             }
             default:
             {
-                using var obj = new Objective(model, Losses.For(train.Task), train, new ObjectiveOptions { BatchSize = r.BatchSize });
+                // Data-parallel over the ranks' shares of the data; the sums, and so the eigenvectors, are the same on every rank.
+                using var shard = group.Size > 1 ? train.Shard(group) : null;
+                using var obj = new Objective(model, Losses.For(train.Task), shard ?? train, new ObjectiveOptions { BatchSize = r.BatchSize, Group = group });
                 var (e1, e2, values) = Directions.HessianEigenvectors(obj, r.Seed);
                 d1 = e1; d2 = e2;
                 desc["eigenvalues"] = $"{values[0]:G6}, {values[1]:G6}";
@@ -103,13 +114,13 @@ public static class LandscapeRunner
         var pts = r.Points ?? (r.Mode == LandscapeMode.Interpolate && !twoD ? (401, 1) : (51, 51));
         var xs = GridSpec.Range(range.Item1, range.Item2, pts.Item1);
         var spec = new GridSpec(xs, twoD ? GridSpec.Range(range.Item1, range.Item2, pts.Item2) : null);
-        var evaluator = new LandscapeEvaluator(model, Losses.For(train.Task), train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm });
+        var evaluator = new LandscapeEvaluator(model, Losses.For(train.Task), train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm, Group = group });
         var result = evaluator.Run(r.Mode.ToString(), d1, d2, spec, Path.Combine(r.OutDir, "points.csv"), progress, ct, endpoint) with
         {
             Description = desc, TrajectoryX = tx, TrajectoryY = ty, ExplainedVariance = explained,
         };
         var title = $"{r.Model}: {Describe(r, twoD)}";
-        LandscapeFigures.WriteAll(result, r.OutDir, title, r.View);
+        if (group.IsRoot()) LandscapeFigures.WriteAll(result, r.OutDir, title, r.View);
         return result;
     }
 

@@ -4,6 +4,7 @@ using TorchSharp;
 using Valley.Curvature;
 using Valley.Curvature.Spectrum;
 using Valley.Data;
+using Valley.Distributed;
 using Valley.Landscape;
 using Valley.Models;
 using Valley.Reporting;
@@ -52,11 +53,15 @@ public readonly record struct StudyProgress(string Stage, int Done, int Total);
 /// <summary>
 /// The seed claim on real data (DESIGN.md §8): trains the study's models (resumable), measures every measure on each
 /// (cached per model), relates them to the generalization gap by Kendall τ, draws the figures and writes the report.
+/// With a group of ranks, model k is trained and measured by rank k mod Size (each rank holds all the data); rank 0 gathers
+/// the measurements and the trained weights, and writes the figures and the report. Every rank returns the same summary.
 /// </summary>
 public static class StudyRunner
 {
-    public static StudySummary Run(StudyOptions o, DataSplit data, string outDir, IProgress<StudyProgress>? progress = null, CancellationToken ct = default)
+    public static StudySummary Run(StudyOptions o, DataSplit data, string outDir, IProgress<StudyProgress>? progress = null, CancellationToken ct = default,
+        IProcessGroup? group = null)
     {
+        group ??= SingleProcess.Instance;
         if (o.Models.Count < 2) throw new ValleyException("study: at least two models are needed");
         if (data.Test is null) throw new ValleyException("study: the data have no test set (needed for the generalization gap)");
         var sw = Stopwatch.StartNew();
@@ -67,9 +72,10 @@ public static class StudyRunner
         var spec = ModelSpec.Parse(o.Model);
         var results = new List<ModelMeasurements>();
         var trained = new Dictionary<string, nn.Module<Tensor, Tensor>>();
-        int total = o.Models.Count * 2;
+        var mine = o.Models.Where((_, k) => k % group.Size == group.Rank).ToList();
+        int total = mine.Count * 2;
         int step = 0;
-        foreach (var m in o.Models)
+        foreach (var m in mine)
         {
             ct.ThrowIfCancellationRequested();
             var dir = Path.Combine(outDir, "models", m.Name);
@@ -93,15 +99,71 @@ public static class StudyRunner
             }
             results.Add(mm);
         }
+        if (group.Size > 1) results = Exchange(group, o, spec, train, results, trained);
         var tau = Correlations(results);
         var findings = Findings.Write(results, tau, o);
         var summary = new StudySummary { Options = o, Data = $"{train.Name} ({train.Count} training, {test.Count} test examples)", Models = results, Tau = tau, Findings = findings, Seconds = sw.Elapsed.TotalSeconds };
-        progress?.Report(new StudyProgress("figures and report", total, total));
-        StudyFigures.WriteAll(summary, trained, train, test, measureData, outDir, ct);
-        AtomicFile.WriteJson(Path.Combine(outDir, "summary.json"), summary);
-        WriteCsv(summary, Path.Combine(outDir, "results.csv"));
-        AtomicFile.WriteAllText(Path.Combine(outDir, "report.html"), StudyReport.Html(summary, outDir));
+        if (group.IsRoot())
+        {
+            progress?.Report(new StudyProgress("figures and report", total, total));
+            StudyFigures.WriteAll(summary, trained, train, test, measureData, outDir, ct);
+            AtomicFile.WriteJson(Path.Combine(outDir, "summary.json"), summary);
+            WriteCsv(summary, Path.Combine(outDir, "results.csv"));
+            AtomicFile.WriteAllText(Path.Combine(outDir, "report.html"), StudyReport.Html(summary, outDir));
+        }
+        group.Barrier();
         return summary;
+    }
+
+    /// <summary>
+    /// Brings every rank's models to rank 0 (measurements as JSON, weights and buffers as float64 in state_dict order, loaded
+    /// into a fresh model of the same spec) and every model's measurements to every rank, in the study's model order.
+    /// </summary>
+    static List<ModelMeasurements> Exchange(IProcessGroup group, StudyOptions o, ModelSpec spec, Dataset train, List<ModelMeasurements> mine,
+        Dictionary<string, nn.Module<Tensor, Tensor>> trained)
+    {
+        using var stream = new MemoryStream();
+        using (var w = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write(mine.Count);
+            foreach (var mm in mine)
+            {
+                w.Write(JsonSerializer.Serialize(mm, AtomicFile.Json));
+                var state = trained[mm.Name].state_dict().Values.Select(t => t.detach().to(ScalarType.Float64).cpu().reshape(-1).data<double>().ToArray()).ToList();
+                w.Write(state.Count);
+                foreach (var v in state) { w.Write(v.Length); foreach (var x in v) w.Write(x); }
+            }
+        }
+        var all = group.Gather(stream.ToArray());
+        var byName = new Dictionary<string, ModelMeasurements>();
+        if (all is not null)
+            for (int r = 0; r < all.Length; r++)
+            {
+                if (r == group.Rank) { foreach (var mm in mine) byName[mm.Name] = mm; continue; }
+                using var reader = new BinaryReader(new MemoryStream(all[r]));
+                int count = reader.ReadInt32();
+                for (int k = 0; k < count; k++)
+                {
+                    var mm = JsonSerializer.Deserialize<ModelMeasurements>(reader.ReadString(), AtomicFile.Json)!;
+                    var model = spec.Build(train, long.Parse(mm.Hyperparameters["seed"], System.Globalization.CultureInfo.InvariantCulture));
+                    var tensors = model.state_dict().Values.ToList();
+                    int n = reader.ReadInt32();
+                    if (n != tensors.Count) throw new ValleyException($"study: rank {r} sent {n} tensors for {mm.Name}, the model has {tensors.Count}");
+                    using (no_grad())
+                        foreach (var t in tensors)
+                        {
+                            var v = new double[reader.ReadInt32()];
+                            for (int i = 0; i < v.Length; i++) v[i] = reader.ReadDouble();
+                            using var src = tensor(v, dtype: ScalarType.Float64);
+                            t.copy_(src.reshape(t.shape).to(t.dtype));
+                        }
+                    trained[mm.Name] = model;
+                    byName[mm.Name] = mm;
+                }
+            }
+        // Rank 0 now has every model's measurements: every rank gets them, in the study's order.
+        var json = group.Broadcast(group.IsRoot() ? JsonSerializer.SerializeToUtf8Bytes(o.Models.Select(m => byName[m.Name]).ToList(), AtomicFile.Json) : []);
+        return JsonSerializer.Deserialize<List<ModelMeasurements>>(json, AtomicFile.Json)!;
     }
 
     static ModelMeasurements Measure(StudyModel m, nn.Module<Tensor, Tensor> model, TrainingLog log, Dataset measureData, ModelSpec spec, Dataset train, StudyOptions o, CancellationToken ct)
