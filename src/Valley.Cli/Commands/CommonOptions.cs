@@ -167,6 +167,16 @@ public sealed class CommonOptions
     Context Connect(ParseResult p, LocalData local, bool shard)
     {
         var (split, train, test) = (local.Split, local.Train, local.Test);
+        if (Group.Size > 1)
+        {
+            // Every rank must take the same steps: a test set on some shards only would make them call different collectives.
+            var withTest = Group.Total(test is null ? 0 : 1)[0];
+            if (withTest != 0 && withTest != Group.Size)
+            {
+                local.Dispose();
+                throw new AgreedFailure($"--data {p.GetValue(Data)}: {withTest:0} of {Group.Size} ranks have a test set; give every shard one or none");
+            }
+        }
         if (p.GetValue(Normalize) == "standardize" && local.PerRank)
         {
             var (mean, std) = DataSources.Statistics(split.Train, Group);

@@ -119,7 +119,12 @@ public sealed class LandscapeEvaluator
             if (pointsFile is not null && group.IsRoot())
             {
                 bool fresh = !File.Exists(pointsFile) || new FileInfo(pointsFile).Length == 0;
-                writer = new StreamWriter(new FileStream(pointsFile, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
+                var stream = new FileStream(pointsFile, FileMode.OpenOrCreate, FileAccess.Write, FileShare.Read);
+                // A line torn by a kill mid-write is cut off, so that the next point does not continue it.
+                if (!fresh) stream.SetLength(earlier.AsSpan().LastIndexOf((byte)'\n') + 1);
+                stream.Seek(0, SeekOrigin.End);
+                writer = new StreamWriter(stream, new UTF8Encoding(false));
+                fresh |= stream.Length == 0;
                 if (fresh) { writer.WriteLine(PointsHeader); writer.Flush(); }
             }
             int ny = spec.Ys?.Length ?? 1;
