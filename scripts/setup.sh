@@ -3,7 +3,7 @@
 # Fast path (everything present and the build up to date) finishes well under a second.
 #
 #   scripts/setup.sh            system packages + build
-#   VALLEY_SETUP_EXTRAS="mpich python3-torch chromium" scripts/setup.sh   also test extras
+#   VALLEY_SETUP_EXTRAS="python3-torch chromium" scripts/setup.sh   also test extras (MPICH is installed by default)
 #
 # Needs: the .NET 10 SDK on PATH. On Debian/Ubuntu, root (or sudo) for apt.
 set -euo pipefail
@@ -62,10 +62,14 @@ SRC
   fi
 fi
 
-# 2. Fashion-MNIST from Debian's package, plus optional extras for tests (MPI, PyTorch cross-checks, Chromium).
+# 2. Fashion-MNIST and MPICH from Debian's packages, plus optional extras for tests (PyTorch cross-checks, Chromium).
 want=()
 if have_apt; then
   [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
+  # MPICH for runs under mpiexec.mpich and the MPI tests (DESIGN.md §2); one process never needs it. VALLEY_SETUP_NO_MPI=1 skips.
+  if [ -z "${VALLEY_SETUP_NO_MPI:-}" ]; then
+    for p in mpich libmpich-dev; do pkg_installed "$p" || want+=("$p"); done
+  fi
   for p in ${VALLEY_SETUP_EXTRAS:-}; do pkg_installed "$p" || want+=("$p"); done
   if [ ${#want[@]} -gt 0 ]; then
     say "installing ${want[*]}"

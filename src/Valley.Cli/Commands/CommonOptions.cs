@@ -23,7 +23,7 @@ public sealed class CommonOptions
     public readonly Option<long> Seed = new("--seed") { Description = "Seed for subsets, initialization and random probes", DefaultValueFactory = _ => 0 };
     public readonly Option<string> DType = new Option<string>("--dtype") { Description = "Compute precision", DefaultValueFactory = _ => "float32" }.AcceptOnlyFromAmong("float32", "float64");
     public readonly Option<int> Threads = new("--threads") { Description = "CPU threads for LibTorch (0 = LibTorch's default)", DefaultValueFactory = _ => 0 };
-    public readonly Option<string> Device = new("--device") { Description = "cpu or cuda[:N] (CUDA needs the TorchSharp-cuda packages)", DefaultValueFactory = _ => "cpu" };
+    public readonly Option<string> Device = new("--device") { Description = "cpu or cuda[:N] (CUDA needs the TorchSharp-cuda packages); under mpiexec, cuda:{rank} gives each rank its own GPU", DefaultValueFactory = _ => "cpu" };
     public readonly Option<bool> TrainMode = new("--train-mode") { Description = "Evaluate in training mode (BatchNorm batch statistics); default is eval mode" };
     public readonly Option<string?> Layer = new("--layer") { Description = "Restrict to parameters whose names start with these comma-separated prefixes, e.g. '4' or '4.weight'" };
     public readonly Option<string> Format = new Option<string>("--format") { Description = "Terminal output", DefaultValueFactory = _ => "table" }.AcceptOnlyFromAmong("table", "json");
@@ -220,8 +220,10 @@ public sealed class CommonOptions
         if (threads > 0) set_num_threads(threads);
     }
 
-    static Device ParseDevice(string text)
+    /// <summary>cpu or cuda[:N]; under mpiexec, cuda:{rank} gives each rank on a machine its own GPU (N = its local rank).</summary>
+    public static Device ParseDevice(string text)
     {
+        text = text.Replace("{rank}", (int.TryParse(Environment.GetEnvironmentVariable("MPI_LOCALRANKID"), out int local) ? local : 0).ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
         if (text == "cpu") return CPU;
         if (text.StartsWith("cuda", StringComparison.Ordinal))
         {

@@ -59,6 +59,7 @@ public static class TrainCommand
             var spec = p.GetValue(o.Model)!;
             var model = new ModelSource(spec, p.GetValue(o.Weights), p.GetValue(o.Seed)).Build(train);
             if (f64) TorchSharp.ModuleExtensionMethods.to(model, TorchSharp.torch.ScalarType.Float64);
+            TorchSharp.ModuleExtensionMethods.to(model, CommonOptions.ParseDevice(p.GetValue(o.Device)!));
             using var lockFile = OutputLock.Acquire(dir);
             var trainer = new Trainer(model, spec, train64 ?? train, test64 ?? split.Test, options, dir);
             bool json = CommonOptions.Json(p, o);

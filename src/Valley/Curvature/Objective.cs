@@ -73,10 +73,11 @@ public sealed class Objective : IDisposable
         }
         var p0 = model.parameters().FirstOrDefault() ?? throw new ValleyException("the model has no parameters");
         var dtype = p0.dtype;
-        var device = p0.device;
-        if (data.X.dtype != dtype || data.X.device.type != device.type)
+        // The data stay where they are (host memory for a CUDA model) in the model's dtype; each batch moves to the model's
+        // device when it is used, so a GPU holds one batch, not the data set.
+        if (data.X.dtype != dtype)
         {
-            Data = data.To(device, dtype);
+            Data = data.To(data.X.device, dtype);
             _ownsData = true;
         }
         else Data = data;
@@ -260,12 +261,15 @@ public sealed class Objective : IDisposable
         return Loss(Model.call(xb), yb);
     }
 
-    (Tensor X, Tensor Y) Prepare(Tensor x, Tensor y, Dataset data)
+    (Tensor X, Tensor Y) Prepare(Tensor x, Tensor y, Dataset data) => ToModel(x, y, data.Task);
+
+    /// <summary>A batch in the dtype and on the device of the objective's parameters (labels stay int64).</summary>
+    public (Tensor X, Tensor Y) ToModel(Tensor x, Tensor y, TaskKind task)
     {
         var p = Parameters.Tensors[0];
-        if (x.dtype != p.dtype || x.device.type != p.device.type) x = x.to(p.dtype, p.device);
-        if (data.Task == TaskKind.Regression && (y.dtype != p.dtype || y.device.type != p.device.type)) y = y.to(p.dtype, p.device);
-        else if (y.device.type != p.device.type) y = y.to(p.device);
+        if (x.dtype != p.dtype || x.device != p.device) x = x.to(p.dtype, p.device);
+        if (task == TaskKind.Regression && (y.dtype != p.dtype || y.device != p.device)) y = y.to(p.dtype, p.device);
+        else if (y.device != p.device) y = y.to(p.device);
         return (x, y);
     }
 

@@ -110,9 +110,9 @@ public sealed class LandscapeEvaluator
         using var snapshot = all.Snapshot();
         using var bn = _o.RecomputeBatchNorm ? new BatchNormState(_model) : null;
         var origin = all.Tensors.Select(t => t.detach().clone()).ToArray();
-        var dir1 = all.Unflatten(d1.to(all.DType).contiguous());
-        var dir2 = d2 is null ? null : all.Unflatten(d2.to(all.DType).contiguous());
-        var end = endpoint is null ? null : all.Unflatten(endpoint.to(all.DType).contiguous());
+        var dir1 = all.Unflatten(d1.to(all.DType, all.Device).contiguous());
+        var dir2 = d2 is null ? null : all.Unflatten(d2.to(all.DType, all.Device).contiguous());
+        var end = endpoint is null ? null : all.Unflatten(endpoint.to(all.DType, all.Device).contiguous());
         StreamWriter? writer = null;
         try
         {

@@ -220,9 +220,7 @@ public static class FisherProxies
             {
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
-                var x = objective.Data.X.narrow(0, i, 1).to(dtype);
-                var y = objective.Data.Y.narrow(0, i, 1);
-                if (objective.Data.Task == TaskKind.Regression) y = y.to(dtype);
+                var (x, y) = objective.ToModel(objective.Data.X.narrow(0, i, 1), objective.Data.Y.narrow(0, i, 1), objective.Data.Task);
                 var l = objective.Loss(model.call(x), y);
                 var g = autograd.grad([l], ps, allow_unused: true);
                 double n2 = g.Where(t => t.Handle != IntPtr.Zero).Sum(t => t.pow(2).sum().ToDouble());
@@ -251,19 +249,19 @@ public static class FisherProxies
             {
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
-                var (f, taps) = mlp.ForwardWithLinearActivations(x.to(objective.Parameters.DType));
-                var yy = objective.Data.Task == TaskKind.Regression ? y.to(objective.Parameters.DType) : y;
+                var (xx, yy) = objective.ToModel(x, y, objective.Data.Task);
+                var (f, taps) = mlp.ForwardWithLinearActivations(xx);
                 // Σ_i ℓ_i: its gradient with respect to z_k holds every example's δ_ik in row i.
                 var total = objective.Loss(f, yy) * size;
                 var deltas = autograd.grad([total], taps.Select(t => t.Output).ToList());
-                var perExample = zeros(size, dtype: ScalarType.Float64);
+                var perExample = zeros(size, dtype: ScalarType.Float64, device: xx.device);
                 for (int k = 0; k < taps.Count; k++)
                 {
                     var d2 = deltas[k].to(ScalarType.Float64).pow(2).sum(1);
                     var a2 = taps[k].Input.detach().to(ScalarType.Float64).pow(2).sum(1);
                     perExample += d2 * (mlp.Bias ? a2 + 1 : a2);
                 }
-                sq.AddRange(perExample.data<double>().ToArray());
+                sq.AddRange(perExample.cpu().data<double>().ToArray());
             }
         }
         finally { mlp.train(was); }
@@ -293,13 +291,13 @@ public static class FisherProxies
             foreach (var (x, y, _) in objective.Data.Batches(objective.Options.BatchSize))
             {
                 using var scope = NewDisposeScope();
-                var f = mlp.call(x.to(objective.Parameters.DType)).detach().requires_grad_(true);
-                var yy = objective.Data.Task == TaskKind.Regression ? y.to(objective.Parameters.DType) : y;
+                var (xx, yy) = objective.ToModel(x, y, objective.Data.Task);
+                var f = mlp.call(xx).detach().requires_grad_(true);
                 // Per-example ∂ℓ_i/∂f_i: gradient of the summed per-example losses (the mean loss times the batch size).
                 var l = objective.Loss(f, yy) * x.shape[0];
                 var df = autograd.grad([l], [f])[0];
                 var inner = (df * f).sum(1);
-                values.AddRange(inner.pow(2).to(ScalarType.Float64).data<double>().ToArray());
+                values.AddRange(inner.pow(2).to(ScalarType.Float64).cpu().data<double>().ToArray());
             }
         }
         finally { mlp.train(was); }

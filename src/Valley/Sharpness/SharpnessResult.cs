@@ -40,14 +40,17 @@ public sealed class PerturbationProbe : IDisposable
     public long GradientEvaluations { get; private set; }
     public ParameterSet Parameters => _obj.Parameters;
     public Objective Objective => _obj;
-    /// <summary>The unperturbed weights w as a flat vector (float64 for bookkeeping).</summary>
+    /// <summary>
+    /// The unperturbed weights w as a flat vector, float64 in host memory: the measures' bookkeeping (random directions from
+    /// seeded CPU generators, projections, searches) happens there whatever the model's device; only evaluations run on it.
+    /// </summary>
     public Tensor Origin { get; }
 
     public PerturbationProbe(Objective objective)
     {
         _obj = objective;
         _origin = objective.Parameters.Snapshot();
-        Origin = objective.Parameters.GetFlat().to(ScalarType.Float64).DetachFromDisposeScope();
+        Origin = objective.Parameters.GetFlat().to(ScalarType.Float64).cpu().DetachFromDisposeScope();
     }
 
     public double Seconds => _sw.Elapsed.TotalSeconds;
@@ -57,7 +60,7 @@ public sealed class PerturbationProbe : IDisposable
     {
         try
         {
-            if (delta is not null) _obj.Parameters.AddInPlace(delta.to(_obj.Parameters.DType));
+            if (delta is not null) _obj.Parameters.AddInPlace(delta.to(_obj.Parameters.DType, _obj.Parameters.Device));
             LossEvaluations++;
             return data is null ? _obj.Evaluate(ct) : _obj.Evaluate(data, ct);
         }
@@ -69,10 +72,10 @@ public sealed class PerturbationProbe : IDisposable
     {
         try
         {
-            if (delta is not null) _obj.Parameters.AddInPlace(delta.to(_obj.Parameters.DType));
+            if (delta is not null) _obj.Parameters.AddInPlace(delta.to(_obj.Parameters.DType, _obj.Parameters.Device));
             GradientEvaluations++;
             var (l, g) = _obj.LossAndGradient(ct);
-            return (l, g.to(ScalarType.Float64));
+            return (l, g.to(ScalarType.Float64).cpu());
         }
         finally { _origin.Restore(); }
     }

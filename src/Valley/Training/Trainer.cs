@@ -152,6 +152,7 @@ public sealed class Trainer
         long totalSteps = _o.Steps > 0 ? _o.Steps : stepsPerEpoch * _o.Epochs;
         int epochs = _o.Steps > 0 ? (int)((totalSteps + stepsPerEpoch - 1) / stepsPerEpoch) : _o.Epochs;
         var loss = Losses.For(_train.Task);
+        var device = _model.parameters().First().device;
         using var monitorData = _o.MonitorEvery > 0 ? _train.Subset(Math.Min(_o.MonitorExamples, _train.Count), _o.Seed + 17) : null;
         var sw = Stopwatch.StartNew();
         double? lastLambda = log.Monitor.LastOrDefault()?.LambdaMax;
@@ -170,8 +171,9 @@ public sealed class Trainer
                 foreach (var g in opt.ParamGroups) g.LearningRate = lr;
                 long size = Math.Min(batch, _train.Count - s);
                 var idx = perm.narrow(0, s, size);
-                var x = _train.X.index_select(0, idx);
-                var y = _train.Y.index_select(0, idx);
+                // The data stay in host memory; each batch moves to the model's device (a no-op on the CPU).
+                var x = _train.X.index_select(0, idx).to(device);
+                var y = _train.Y.index_select(0, idx).to(device);
                 double l;
                 if (sam is not null)
                 {

@@ -70,7 +70,8 @@ public sealed class WeightAverage : IDisposable
             foreach (var (x, _, _) in data.Batches(batchSize))
             {
                 using var scope = NewDisposeScope();
-                model.call(x.to(model.parameters().First().dtype));
+                var p0 = model.parameters().First();
+                model.call(x.to(p0.dtype, p0.device));
             }
         for (int i = 0; i < norms.Length; i++) norms[i].momentum = momenta[i];
         model.train(was);
