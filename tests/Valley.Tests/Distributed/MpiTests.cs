@@ -265,3 +265,24 @@ public class ShardingTests
         Assert.Throws<ValleyException>(() => g.Agree(() => throw new ValleyException("x")));
     }
 }
+
+/// <summary>--device under mpiexec: cuda:{rank} names the GPU of the rank's local index.</summary>
+public class DeviceOptionTests
+{
+    public DeviceOptionTests() => TestUtil.Init();
+
+    [Fact]
+    public void CudaRankPlaceholderIsTheLocalRankAndCpuIsUnchanged()
+    {
+        var saved = Environment.GetEnvironmentVariable("MPI_LOCALRANKID");
+        try
+        {
+            Environment.SetEnvironmentVariable("MPI_LOCALRANKID", "1");
+            Assert.Equal(TorchSharp.DeviceType.CPU, Valley.Cli.Commands.CommonOptions.ParseDevice("cpu").type);
+            // This build has no CUDA: the error names the device the placeholder became.
+            var e = Assert.Throws<ValleyException>(() => Valley.Cli.Commands.CommonOptions.ParseDevice("cuda:{rank}"));
+            Assert.Contains("--device cuda:1:", e.Message);
+        }
+        finally { Environment.SetEnvironmentVariable("MPI_LOCALRANKID", saved); }
+    }
+}
