@@ -117,6 +117,24 @@ public class MpiTests
     }
 
     [Fact]
+    public void SharpnessMeasuresOnTwoRanksEqualOneProcess()
+    {
+        var data = TestUtil.CsvFolder("mpi-sharp", 240, 6, 3, seed: 7);
+        var root = TestUtil.TempDir("mpi-sharpness");
+        string[] Args(string dir) => ["sharpness", "--data", data, "--model", "mlp:6-10-3:tanh", "--subset", "0", "--batch-size", "64", "--threads", "1",
+            "--measures", "keskar,sam,pacbayes,fisher-trace,relative-flatness", "--epsilon", "1e-3", "--out", dir, "--format", "json"];
+        InProcess(Args(Path.Combine(root, "one")));
+        var run = Exec(2, Cli, Args(Path.Combine(root, "two")));
+        Assert.True(run.Code == 0, run.Stderr);
+        var one = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "one", "sharpness.json"))).RootElement.GetProperty("results").EnumerateArray().ToList();
+        var two = JsonDocument.Parse(run.Stdout).RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(one.Select(r => r.GetProperty("measure").GetString()), two.Select(r => r.GetProperty("measure").GetString()));
+        Assert.Contains("fisher-trace", two.Select(r => r.GetProperty("measure").GetString()));
+        for (int k = 0; k < one.Count; k++)
+            Close(one[k].GetProperty("value").GetDouble(), two[k].GetProperty("value").GetDouble(), 1e-4, one[k].GetProperty("measure").GetString()!);
+    }
+
+    [Fact]
     public void ARankWithAMissingShardStopsEveryRankWithOneClearError()
     {
         var shard0 = TestUtil.CsvFolder("mpi-shard", 100, 6, 3, seed: 5);
