@@ -105,7 +105,7 @@ public sealed class Objective : IDisposable
         {
             ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
-            var (xb, yb) = Prepare(x, y, data);
+            var (xb, yb) = ToModel(x, y, data.Task);
             var output = Model.call(xb);
             loss += Loss(output, yb).ToDouble() * size;
             if (classification) correct += output.argmax(1).eq(yb).sum().ToInt64();
@@ -257,21 +257,23 @@ public sealed class Objective : IDisposable
 
     Tensor BatchLoss(Tensor x, Tensor y)
     {
-        var (xb, yb) = Prepare(x, y, Data);
+        var (xb, yb) = ToModel(x, y, Data.Task);
         return Loss(Model.call(xb), yb);
     }
-
-    (Tensor X, Tensor Y) Prepare(Tensor x, Tensor y, Dataset data) => ToModel(x, y, data.Task);
 
     /// <summary>A batch in the dtype and on the device of the objective's parameters (labels stay int64).</summary>
     public (Tensor X, Tensor Y) ToModel(Tensor x, Tensor y, TaskKind task)
     {
         var p = Parameters.Tensors[0];
-        if (x.dtype != p.dtype || x.device != p.device) x = x.to(p.dtype, p.device);
-        if (task == TaskKind.Regression && (y.dtype != p.dtype || y.device != p.device)) y = y.to(p.dtype, p.device);
-        else if (y.device != p.device) y = y.to(p.device);
+        bool xThere = Same(x.device, p.device), yThere = Same(y.device, p.device);
+        if (x.dtype != p.dtype || !xThere) x = x.to(p.dtype, p.device);
+        if (task == TaskKind.Regression && (y.dtype != p.dtype || !yThere)) y = y.to(p.dtype, p.device);
+        else if (!yThere) y = y.to(p.device);
         return (x, y);
     }
+
+    // TorchSharp's Device has no value equality.
+    static bool Same(Device a, Device b) => a.type == b.type && (a.type == DeviceType.CPU || a.index == b.index);
 
     /// <summary>
     /// Gradient of a scalar with respect to the selected parameters. TorchSharp does not turn errors inside
