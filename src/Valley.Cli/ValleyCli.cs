@@ -66,6 +66,7 @@ public static class ValleyCli
             {
                 // Only this rank failed, the others wait for it at their next collective: say why and end the whole job.
                 int code = inner switch { ValleyException => ExitBadInput, OperationCanceledException => ExitInterrupted, _ => ExitInternal };
+                // Ctrl-C reaches every rank through mpiexec; each says so, since the first to abort ends the others.
                 rootError.WriteLine(inner is OperationCanceledException ? $"interrupted (rank {group.Rank} of {group.Size}): finished results were kept"
                     : $"{(code == ExitBadInput ? "error" : "internal error")}: rank {group.Rank} of {group.Size}: {(code == ExitInternal ? inner.GetType().Name + ": " : "")}{inner.Message.Split('\n')[0]}");
                 if (verbose) rootError.WriteLine(inner);

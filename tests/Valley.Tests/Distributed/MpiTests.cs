@@ -177,6 +177,34 @@ public class MpiTests
         Same(onePoints, Points(Path.Combine(partial, "points.csv")));
     }
 
+    [Fact]
+    public void CtrlCUnderMpiexecStopsEveryRankWithExitCode3AndTheGridResumes()
+    {
+        var outDir = Path.Combine(TestUtil.TempDir("mpi-ctrlc"), "l");
+        string[] args = ["landscape", "2d", "--points", "31x31", "--subset", "10000", "--out", outDir, "--format", "json"];
+        var psi = new ProcessStartInfo(Mpiexec, new[] { "-n", "2", "dotnet", Cli }.Concat(args)) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        _ = p.StandardOutput.ReadToEndAsync();
+        var points = Path.Combine(outDir, "points.csv");
+        var sw = Stopwatch.StartNew();
+        while ((!File.Exists(points) || File.ReadAllLines(points).Length < 40) && !p.HasExited && sw.Elapsed.TotalSeconds < 120) Thread.Sleep(100);
+        Assert.False(p.HasExited, "the grid finished before it could be interrupted");
+        Process.Start("kill", ["-INT", p.Id.ToString()])!.WaitForExit();
+        if (!p.WaitForExit(60_000)) { p.Kill(entireProcessTree: true); Assert.Fail("mpiexec did not end within 60 s of Ctrl-C"); }
+        Assert.Equal(ValleyCli.ExitInterrupted, p.ExitCode);
+        Assert.Matches(@"interrupted \(rank [01] of 2\): finished results were kept", stderr.Result);
+        int kept = File.ReadAllLines(points).Length - 1;
+
+        var run = Exec(2, Cli, args);
+        Assert.True(run.Code == 0, run.Stderr);
+        var json = JsonDocument.Parse(run.Stdout).RootElement;
+        Assert.True(json.GetProperty("resumed").GetInt32() >= Math.Min(kept, 39), $"resumed {json.GetProperty("resumed").GetInt32()} of {kept} kept points");
+        var keys = File.ReadAllLines(points).Skip(1).Select(l => string.Join(',', l.Split(',').Take(2))).ToList();
+        Assert.Equal(31 * 31, keys.Count);
+        Assert.Equal(keys.Count, keys.Distinct().Count());
+    }
+
     static Dictionary<(int, int), double[]> Points(string path) => File.ReadAllLines(path).Skip(1)
         .Select(l => l.Split(',')).Where(c => c.Length == 8 && c[4].Length > 0)
         .ToDictionary(c => (int.Parse(c[0]), int.Parse(c[1])), c => c.Skip(2).Take(4).Select(s => double.Parse(s, System.Globalization.CultureInfo.InvariantCulture)).ToArray());
