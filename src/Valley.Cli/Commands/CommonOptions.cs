@@ -102,14 +102,7 @@ public sealed class CommonOptions
         return (split, train);
     }
 
-    /// <summary>
-    /// Data and model. With <paramref name="shard"/> and several ranks, each rank keeps its contiguous share of the training
-    /// subset and of the test set (the same examples as one process would use, split), or, with {rank} in --data, opens its own
-    /// shard and draws its share of --subset from it. Without <paramref name="shard"/> every rank holds all the data.
-    /// </summary>
-    public Context Load(ParseResult p, bool shard = true) => Connect(p, LoadLocal(p, shard), shard);
-
-    /// <summary>What one rank loads on its own (no collective operation, so that ranks can agree on its failures).</summary>
+    /// <summary>What one rank loads on its own: its data (split, training and test examples) and the model.</summary>
     sealed record LocalData(DataSplit Split, Dataset Train, Dataset? Test, nn.Module<Tensor, Tensor> Model, bool PerRank) : IDisposable
     {
         public void Dispose()
@@ -120,6 +113,12 @@ public sealed class CommonOptions
         }
     }
 
+    /// <summary>
+    /// Data and model. With <paramref name="shard"/> and several ranks, each rank keeps its contiguous share of the training
+    /// subset and of the test set (the same examples as one process would use, split), or, with {rank} in --data, opens its own
+    /// shard and draws its share of --subset from it. Without <paramref name="shard"/> every rank holds all the data.
+    /// </summary>
+    /// <remarks>This is the local part of loading: no collective operation, so that ranks can agree on its failures.</remarks>
     LocalData LoadLocal(ParseResult p, bool shard)
     {
         Setup(p);
