@@ -58,6 +58,8 @@ public sealed class CommonOptions
         public required Dataset? Test { get; init; }
         public required nn.Module<Tensor, Tensor> Model { get; init; }
         public required Objective Objective { get; init; }
+        /// <summary>The training examples' name before they were shared out between ranks (rank 0's shard file with {rank}).</summary>
+        public required string TrainName { get; init; }
         /// <summary>Total training examples over all ranks.</summary>
         public long TrainExamples => Objective.Examples;
         public void Dispose()
@@ -103,7 +105,7 @@ public sealed class CommonOptions
     }
 
     /// <summary>What one rank loads on its own: its data (split, training and test examples) and the model.</summary>
-    sealed record LocalData(DataSplit Split, Dataset Train, Dataset? Test, nn.Module<Tensor, Tensor> Model, bool PerRank) : IDisposable
+    sealed record LocalData(DataSplit Split, Dataset Train, Dataset? Test, nn.Module<Tensor, Tensor> Model, bool PerRank, string TrainName) : IDisposable
     {
         public void Dispose()
         {
@@ -130,6 +132,7 @@ public sealed class CommonOptions
         // One data set: standardized with its own statistics before sharding. Shards: with all shards' statistics, in Connect.
         if (p.GetValue(Normalize) == "standardize" && !perRank) split = DataSources.Standardize(split);
         Dataset? train = null, test = split.Test;
+        string? name = null;
         try
         {
             long subset = p.GetValue(Subset);
@@ -143,6 +146,7 @@ public sealed class CommonOptions
             else
             {
                 train = subset > 0 && subset < split.Train.Count ? split.Train.Subset(subset, p.GetValue(Seed)) : split.Train;
+                name = train.Name;
                 if (shard && Group.Size > 1)
                 {
                     var all = train;
@@ -153,11 +157,11 @@ public sealed class CommonOptions
             }
             var model = new ModelSource(p.GetValue(Model)!, p.GetValue(Weights), p.GetValue(Seed)).Build(train);
             model.to(ParseDevice(p.GetValue(Device)!));
-            return new LocalData(split, train, test, model, perRank);
+            return new LocalData(split, train, test, model, perRank, name ?? train.Name);
         }
         catch
         {
-            new LocalData(split, train ?? split.Train, test, null!, perRank).Dispose();
+            new LocalData(split, train ?? split.Train, test, null!, perRank, "").Dispose();
             throw;
         }
     }
@@ -195,11 +199,11 @@ public sealed class CommonOptions
                 ParameterFilter = ParameterSet.PrefixFilter(p.GetValue(Layer)),
                 Group = shard ? Group : null,
             });
-            return new Context { Split = split, Train = train, Test = test, Model = local.Model, Objective = objective };
+            return new Context { Split = split, Train = train, Test = test, Model = local.Model, Objective = objective, TrainName = local.TrainName };
         }
         catch
         {
-            new LocalData(split, train, test, local.Model, local.PerRank).Dispose();
+            new LocalData(split, train, test, local.Model, local.PerRank, local.TrainName).Dispose();
             throw;
         }
     }

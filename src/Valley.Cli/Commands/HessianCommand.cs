@@ -58,24 +58,15 @@ public static class HessianCommand
             group.Agree(() => SpectrumAnalysis.Validate(op, options));
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
-            Output Wrap(SpectrumReport r) => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
+            Output Wrap(SpectrumReport r) => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
                 p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), r);
             var jsonPath = Path.Combine(dir, "hessian.json");
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
                                        (group.Size > 1 ? $" on each of {group.Size} ranks ({ctx.TrainExamples} in all)" : ""));
             // An interrupted run of the same inputs in this folder: keep its finished estimators. Rank 0 reads the file and
-            // every rank resumes from the same report.
-            SpectrumReport? earlier = null;
-            var previous = group.Broadcast(group.IsRoot() && File.Exists(jsonPath) ? File.ReadAllBytes(jsonPath) : []);
-            if (previous.Length > 0)
-            {
-                try
-                {
-                    var prev = System.Text.Json.JsonSerializer.Deserialize<Output>(previous, AtomicFile.Json);
-                    if (prev is not null && prev with { Report = null! } == Wrap(null!) with { Threads = prev.Threads } && prev.Threads == TorchSharp.torch.get_num_threads()) earlier = prev.Report;
-                }
-                catch (System.Text.Json.JsonException) { /* not a hessian.json of ours: start afresh */ }
-            }
+            // decides; every rank resumes from the report it sends.
+            var accepted = group.Broadcast(group.IsRoot() ? Resumable(jsonPath, Wrap(null!)) : []);
+            var earlier = accepted.Length > 0 ? System.Text.Json.JsonSerializer.Deserialize<SpectrumReport>(accepted, AtomicFile.Json) : null;
             SpectrumReport report = null!;
             ProgressBars.Run(term, (reportProgress) =>
                 report = SpectrumAnalysis.Run(op, options, reportProgress, partial: r => { if (group.IsRoot()) AtomicFile.WriteJson(jsonPath, Wrap(r)); }, ct: ct, resumeFrom: earlier));
@@ -85,6 +76,19 @@ public static class HessianCommand
             return Task.FromResult(0);
         });
         return cmd;
+    }
+
+    /// <summary>The report of an earlier run of the same inputs and thread count in hessian.json, as JSON; empty when there is none.</summary>
+    static byte[] Resumable(string jsonPath, Output current)
+    {
+        if (!File.Exists(jsonPath)) return [];
+        try
+        {
+            var prev = System.Text.Json.JsonSerializer.Deserialize<Output>(File.ReadAllBytes(jsonPath), AtomicFile.Json);
+            bool same = prev is not null && prev.Report is not null && prev with { Report = null! } == current with { Threads = prev.Threads } && prev.Threads == current.Threads;
+            return same ? System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(prev!.Report, AtomicFile.Json) : [];
+        }
+        catch (System.Text.Json.JsonException) { return []; /* not a hessian.json of ours: start afresh */ }
     }
 
     static void WriteFiles(string dir, SpectrumReport r, string model)

@@ -56,7 +56,7 @@ public static class SharpnessCommand
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
             var results = new List<SharpnessResult>();
-            Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.Train.Name, ctx.TrainExamples, p.GetValue(o.Seed), results);
+            Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, p.GetValue(o.Seed), results);
             var path = Path.Combine(dir, "sharpness.json");
             void Work(Action<string> start)
                 => SharpnessSuite.Run(ctx.Model, ctx.Objective.Loss, ctx.Objective.Data, w0, options,

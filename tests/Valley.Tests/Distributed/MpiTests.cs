@@ -114,6 +114,13 @@ public class MpiTests
         for (int i = 0; i < 2; i++) Close(t1[i], t2[i], 1e-5, $"λ{i + 1}");
         Close(one.GetProperty("report").GetProperty("trace").GetProperty("trace").GetDouble(),
             two.GetProperty("report").GetProperty("trace").GetProperty("trace").GetDouble(), 1e-5, "trace (Hutch++, same seed)");
+
+        // A rerun in the same folder resumes from rank 0's hessian.json on every rank (ranks deciding apart would hang).
+        var again = Exec(2, Cli, Args(Path.Combine(root, "two")), timeoutSeconds: 120);
+        Assert.True(again.Code == 0, again.Stderr);
+        var report = JsonDocument.Parse(again.Stdout).RootElement.GetProperty("report");
+        Assert.Equal(two.GetProperty("report").GetProperty("top").GetRawText(), report.GetProperty("top").GetRawText());
+        Assert.Equal(two.GetProperty("report").GetProperty("trace").GetRawText(), report.GetProperty("trace").GetRawText());
     }
 
     [Fact]
