@@ -339,3 +339,20 @@ public class DeviceOptionTests
         finally { Environment.SetEnvironmentVariable("MPI_LOCALRANKID", saved); }
     }
 }
+
+/// <summary>Standardization statistics over shards: with one process, the data set's own mean and standard deviation.</summary>
+public class ShardStatisticsTests
+{
+    public ShardStatisticsTests() => TestUtil.Init();
+
+    [Fact]
+    public void StatisticsOfOneProcessAreTheMeanAndUnbiasedStandardDeviationOfAllInputs()
+    {
+        using var data = Valley.Data.Synthetic.GaussianMixture(50, 4, 2, seed: 9);
+        var x = data.X.data<float>().ToArray().Select(v => (double)v).ToArray();
+        double mean = x.Average(), std = Math.Sqrt(x.Sum(v => (v - mean) * (v - mean)) / (x.Length - 1));
+        var (m, s) = Valley.Data.DataSources.Statistics(data, SingleProcess.Instance);
+        Assert.Equal(mean, m, 10);
+        Assert.Equal(std, s, 10);
+    }
+}
