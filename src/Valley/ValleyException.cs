@@ -33,3 +33,9 @@ public sealed class WeightsException : ValleyException
     public WeightsException(string path, string problem) : base($"{path}: {problem}") => Path = path;
     public WeightsException(string path, string problem, Exception inner) : base($"{path}: {problem}", inner) => Path = path;
 }
+
+/// <summary>
+/// A loss, gradient or operator-vector product with NaN or infinite values: the computation cannot go on meaningfully, so it
+/// stops with a message that says where the values arose (rather than passing them on into an eigen-solver or a result file).
+/// </summary>
+public sealed class NonFiniteException(string message) : ValleyException(message);

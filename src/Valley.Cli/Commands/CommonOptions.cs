@@ -6,6 +6,7 @@ using Valley.Data;
 using Valley.Distributed;
 using Valley.Models;
 using Valley.Reporting;
+using Valley.Runs;
 using static TorchSharp.torch;
 
 namespace Valley.Cli.Commands;
@@ -208,6 +209,37 @@ public sealed class CommonOptions
         }
     }
 
+    /// <summary>Options that say where results go or how they are shown, never change a number, and so are no input of a run.</summary>
+    static readonly HashSet<string> NotInputs = ["--out", "--format", "--verbose", "--resume"];
+
+    /// <summary>
+    /// What a curvature command computes from, by content: every option of the command (file paths replaced by digests of what
+    /// they hold: the data as loaded, subset and normalized, on all ranks, and the model's weights and buffers), the number of
+    /// ranks, and Valley's version. A rerun into the same --out reuses results only when these are identical.
+    /// </summary>
+    public static RunInputs Inputs(ParseResult p, Context ctx)
+    {
+        var inputs = new RunInputs()
+            .With("valley", typeof(RunInputs).Assembly.GetName().Version)
+            .With("command", string.Join(' ', CommandNames(p)))
+            .With("ranks", Group.Size)
+            .With("data", RunInputs.AcrossRanks(Group, RunInputs.Digest(ctx.Train)))
+            .With("model state", RunInputs.Digest(ctx.Model));
+        foreach (var option in p.CommandResult.Command.Options)
+        {
+            if (NotInputs.Contains(option.Name) || option.Name is "--data" or "--weights") continue;
+            inputs = inputs.With(option.Name, p.GetValue<object?>(option.Name));
+        }
+        return inputs;
+    }
+
+    static IEnumerable<string> CommandNames(ParseResult p)
+    {
+        var names = new List<string>();
+        for (var r = p.CommandResult; r.Parent is System.CommandLine.Parsing.CommandResult parent; r = parent) names.Insert(0, r.Command.Name);
+        return names;
+    }
+
     /// <summary>Load LibTorch (with a real diagnosis when it cannot load) and set the thread count.</summary>
     public void Setup(ParseResult p) => SetThreads(p.GetValue(Threads));
 
@@ -219,6 +251,8 @@ public sealed class CommonOptions
     {
         TorchRuntime.EnsureLoaded();
         if (threads < 0) throw new ValleyException($"--threads: must be 0 (default) or positive, got {threads}");
+        if (threads > MachineLimits.MaxThreads)
+            throw new ValleyException($"--threads {threads}: this machine has {Environment.ProcessorCount} cores; at most {MachineLimits.MaxThreads} threads (4 per core)");
         if (threads == 0 && Group.Size > 1) threads = Math.Max(1, Environment.ProcessorCount / MpiProcessGroup.LocalRanks);
         if (threads > 0) set_num_threads(threads);
     }

@@ -3,14 +3,22 @@ using Spectre.Console;
 using Valley.Curvature;
 using Valley.Curvature.Spectrum;
 using Valley.Reporting;
+using Valley.Runs;
 
 namespace Valley.Cli.Commands;
 
 /// <summary><c>valley hessian</c>: top/bottom eigenvalues (Lanczos), trace (Hutch++/Hutchinson), spectral density (SLQ), exact spectrum.</summary>
 public static class HessianCommand
 {
-    /// <summary>What hessian.json holds: the run's inputs and the report.</summary>
-    public sealed record Output(string Model, string? Weights, string Data, long Examples, long Parameters, string? Layer, string DType, long Seed, int Threads, SpectrumReport Report);
+    /// <summary>
+    /// What hessian.json holds: a description of the run, its inputs by content (<see cref="RunInputs"/>: a rerun into the same
+    /// folder resumes only from a report of identical inputs) and the report.
+    /// </summary>
+    public sealed record Output(string Model, string? Weights, string Data, long Examples, long Parameters, string? Layer, string DType, long Seed, int Threads,
+        RunInputs Inputs, SpectrumReport Report);
+
+    /// <summary>The files a run writes besides hessian.json; an earlier run's are removed when a run of other inputs starts.</summary>
+    static readonly string[] DensityFiles = ["density.csv", "density-nodes.csv", "density.png"];
 
     public static Command Build()
     {
@@ -58,15 +66,22 @@ public static class HessianCommand
             group.Agree(() => SpectrumAnalysis.Validate(op, options));
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
+            var inputs = CommonOptions.Inputs(p, ctx);
             Output Wrap(SpectrumReport r) => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
-                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), r);
+                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), inputs, r);
             var jsonPath = Path.Combine(dir, "hessian.json");
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
                                        (group.Size > 1 ? $" on each of {group.Size} ranks ({ctx.TrainExamples} in all)" : ""));
             // An interrupted run of the same inputs in this folder: keep its finished estimators. Rank 0 reads the file and
-            // decides; every rank resumes from the report it sends.
-            var accepted = group.Broadcast(group.IsRoot() ? Resumable(jsonPath, Wrap(null!)) : []);
+            // decides; every rank resumes from the report it sends. Results of other inputs are replaced: the run starts afresh.
+            string? replaced = null;
+            var accepted = group.Broadcast(group.IsRoot() ? Resumable(jsonPath, inputs, out replaced) : []);
             var earlier = accepted.Length > 0 ? System.Text.Json.JsonSerializer.Deserialize<SpectrumReport>(accepted, AtomicFile.Json) : null;
+            if (group.IsRoot() && earlier is null)
+            {
+                foreach (var f in DensityFiles.Append("hessian.json")) File.Delete(Path.Combine(dir, f));
+                if (replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(replaced)}): starting afresh[/]");
+            }
             SpectrumReport report = null!;
             ProgressBars.Run(term, (reportProgress) =>
                 report = SpectrumAnalysis.Run(op, options, reportProgress, partial: r => { if (group.IsRoot()) AtomicFile.WriteJson(jsonPath, Wrap(r)); }, ct: ct, resumeFrom: earlier));
@@ -78,17 +93,20 @@ public static class HessianCommand
         return cmd;
     }
 
-    /// <summary>The report of an earlier run of the same inputs and thread count in hessian.json, as JSON; empty when there is none.</summary>
-    static byte[] Resumable(string jsonPath, Output current)
+    /// <summary>
+    /// The report of an earlier run of identical inputs in hessian.json, as JSON; empty when there is none. When the file holds
+    /// a run of other inputs, <paramref name="replaced"/> says what differs.
+    /// </summary>
+    static byte[] Resumable(string jsonPath, RunInputs inputs, out string? replaced)
     {
+        replaced = null;
         if (!File.Exists(jsonPath)) return [];
-        try
-        {
-            var prev = System.Text.Json.JsonSerializer.Deserialize<Output>(File.ReadAllBytes(jsonPath), AtomicFile.Json);
-            bool same = prev is not null && prev.Report is not null && prev with { Report = null! } == current with { Threads = prev.Threads } && prev.Threads == current.Threads;
-            return same ? System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(prev!.Report, AtomicFile.Json) : [];
-        }
-        catch (System.Text.Json.JsonException) { return []; /* not a hessian.json of ours: start afresh */ }
+        Output? prev = null;
+        try { prev = System.Text.Json.JsonSerializer.Deserialize<Output>(File.ReadAllBytes(jsonPath), AtomicFile.Json); }
+        catch (System.Text.Json.JsonException) { /* not a hessian.json of this version: start afresh */ }
+        if (prev?.Report is not null && inputs.SameAs(prev.Inputs)) return System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(prev.Report, AtomicFile.Json);
+        replaced = inputs.DifferencesFrom(prev?.Inputs);
+        return [];
     }
 
     static void WriteFiles(string dir, SpectrumReport r, string model)

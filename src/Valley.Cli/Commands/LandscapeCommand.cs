@@ -96,6 +96,9 @@ public static class LandscapeCommand
         if (parts.Length != 2 || !double.TryParse(parts[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var a) ||
             !double.TryParse(parts[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var b) || !(b > a))
             throw new ValleyException($"--range: expected a:b with a < b, e.g. -1:1, got '{s}'");
+        // The grid's coordinates are a + (b − a)·i/(n − 1): b − a must be a finite number too.
+        if (!double.IsFinite(a) || !double.IsFinite(b) || !double.IsFinite(b - a))
+            throw new ValleyException($"--range {s}: the ends and their distance must be finite numbers");
         return (a, b);
     }
 
@@ -106,6 +109,8 @@ public static class LandscapeCommand
         if (parts.Length > 2 || parts.Any(x => !int.TryParse(x, out var n) || n < 1))
             throw new ValleyException($"--points: expected a positive count such as 51 or 51x51, got '{s}'");
         int nx = int.Parse(parts[0]);
-        return (nx, parts.Length == 2 ? int.Parse(parts[1]) : nx);
+        var points = (nx, parts.Length == 2 ? int.Parse(parts[1]) : nx);
+        GridSpec.EnsureFits(points.Item1, mode is LandscapeMode.OneD || (mode is LandscapeMode.Interpolate && parts.Length == 1) ? 1 : points.Item2, $"--points {s}");
+        return points;
     }
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using Spectre.Console;
 using Valley.Models;
 using Valley.Reporting;
+using Valley.Runs;
 using Valley.Sharpness;
 
 namespace Valley.Cli.Commands;
@@ -9,7 +10,13 @@ namespace Valley.Cli.Commands;
 /// <summary><c>valley sharpness</c>: the published sharpness and flatness measures, each with its parameters and uncertainty.</summary>
 public static class SharpnessCommand
 {
-    public sealed record Output(string Model, string? Weights, string Data, long Examples, long Seed, List<SharpnessResult> Results);
+    /// <summary>
+    /// What sharpness.json holds, written after every result: the run, its inputs by content, the results so far, and which
+    /// measures have finished (their results are the first <see cref="FinishedResults"/>). A rerun of identical inputs into
+    /// the same folder keeps the finished measures and runs the rest; a run of other inputs starts afresh.
+    /// </summary>
+    public sealed record Output(string Model, string? Weights, string Data, long Examples, long Seed, RunInputs Inputs, List<string> Finished, int FinishedResults,
+        List<SharpnessResult> Results);
 
     // Shown in sharpness.json, left out of the terminal table to keep it readable.
     static readonly HashSet<string> Hidden = ["tolerance", "depth", "target_drop", "batch_size", "examples", "subspace_dimension", "inputs", "neurons"];
@@ -32,9 +39,9 @@ public static class SharpnessCommand
             var epsilons = CommonOptions.Group.Agree(() =>
             {
                 var list = p.GetValue(eps)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s =>
-                    double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) && v > 0 ? v
-                    : throw new ValleyException($"--epsilon: '{s}' is not a positive number")).ToArray();
-                if (p.GetValue(rho) is { } r && !(r > 0)) throw new ValleyException($"--rho: must be positive, got {r}");
+                    double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) && v > 0 && double.IsFinite(v) ? v
+                    : throw new ValleyException($"--epsilon: '{s}' is not a positive finite number")).ToArray();
+                if (p.GetValue(rho) is { } r && (!(r > 0) || !double.IsFinite(r))) throw new ValleyException($"--rho: must be a positive finite number, got {r}");
                 if (p.GetValue(steps) is { } st && st < 1) throw new ValleyException($"--steps: must be at least 1, got {st}");
                 if (p.GetValue(samples) is { } sa && sa < 1) throw new ValleyException($"--samples: must be at least 1, got {sa}");
                 return list;
@@ -55,12 +62,23 @@ public static class SharpnessCommand
             };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
-            var results = new List<SharpnessResult>();
-            Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, p.GetValue(o.Seed), results);
+            var inputs = CommonOptions.Inputs(p, ctx);
             var path = Path.Combine(dir, "sharpness.json");
+            // Rank 0 decides what an earlier run of identical inputs left finished; every rank skips the same measures.
+            string? replaced = null;
+            var accepted = group.Broadcast(group.IsRoot() ? Resumable(path, inputs, out replaced) : []);
+            var earlier = accepted.Length > 0 ? System.Text.Json.JsonSerializer.Deserialize<Output>(accepted, AtomicFile.Json) : null;
+            var results = earlier?.Results.Take(earlier.FinishedResults).ToList() ?? [];
+            var finished = earlier?.Finished.ToList() ?? [];
+            int finishedResults = results.Count;
+            if (replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(replaced)}): starting afresh[/]");
+            Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, p.GetValue(o.Seed), inputs, finished, finishedResults, results);
+            void Save() { if (group.IsRoot()) AtomicFile.WriteJson(path, Wrap()); }
+            Save();
             void Work(Action<string> start)
                 => SharpnessSuite.Run(ctx.Model, ctx.Objective.Loss, ctx.Objective.Data, w0, options,
-                    start, r => { results.Add(r); if (group.IsRoot()) AtomicFile.WriteJson(path, Wrap()); }, ct);
+                    start, r => { results.Add(r); Save(); }, ct,
+                    measureDone: name => { finished.Add(name); finishedResults = results.Count; Save(); }, skip: finished.ToHashSet());
             if (!CommonOptions.ShowProgress(json)) Work(_ => { });
             else
                 term.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new SpinnerColumn(), new ElapsedTimeColumn())
@@ -70,7 +88,7 @@ public static class SharpnessCommand
                         Work(name => { if (task is not null) { task.Value = task.MaxValue; task.StopTask(); } task = c.AddTask(Markup.Escape(name), maxValue: 1); });
                         if (task is not null) { task.Value = 1; task.StopTask(); }
                     });
-            if (group.IsRoot()) AtomicFile.WriteJson(path, Wrap());
+            Save();
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(Wrap())); return Task.FromResult(0); }
             var t = new Table().AddColumns("measure", "parameters", "value", "max loss", "evaluations", "time");
             foreach (var res in results)
@@ -78,9 +96,23 @@ public static class SharpnessCommand
                     res.StandardError is { } se && double.IsFinite(se) ? $"{res.Value:G5} ± {se:G2}" : $"{res.Value:G5}",
                     res.MaxLoss is { } ml ? $"{ml:G5}" : "", $"{res.LossEvaluations} L, {res.GradientEvaluations} ∇", $"{res.Seconds:F1} s");
             term.Write(t);
-            term.MarkupLine($"Results in [blue]{Markup.Escape(path)}[/]");
+            term.MarkupLine($"Results in [blue]{Markup.Escape(path)}[/]" + (earlier is null ? "" : $" ({earlier.Finished.Count} measures reused from an earlier run of the same inputs)"));
             return Task.FromResult(0);
         });
         return cmd;
+    }
+
+    /// <summary>An earlier sharpness.json of identical inputs, as JSON (empty when there is none); <paramref name="replaced"/> says what differs otherwise.</summary>
+    static byte[] Resumable(string path, RunInputs inputs, out string? replaced)
+    {
+        replaced = null;
+        if (!File.Exists(path)) return [];
+        Output? prev = null;
+        try { prev = System.Text.Json.JsonSerializer.Deserialize<Output>(File.ReadAllBytes(path), AtomicFile.Json); }
+        catch (System.Text.Json.JsonException) { /* not a sharpness.json of this version: start afresh */ }
+        if (prev?.Results is not null && prev.Finished is not null && inputs.SameAs(prev.Inputs) && prev.FinishedResults <= prev.Results.Count)
+            return System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(prev, AtomicFile.Json);
+        replaced = inputs.DifferencesFrom(prev?.Inputs);
+        return [];
     }
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using Spectre.Console;
 using Valley.Data;
 using Valley.Reporting;
+using Valley.Runs;
 using Valley.Study;
 
 namespace Valley.Cli.Commands;
@@ -36,27 +37,33 @@ public static class StudyCommand
             });
             var dir = p.GetValue(outDir)!;
             var marker = Path.Combine(dir, "study.json");
-            var key = AtomicFile.ToJson(new { options.Preset, options.Model, data = p.GetValue(data) });
+            RunInputs inputs = null!;
             // Data are checked before anything is written into --out. Every rank holds all the data (models are shared out).
             var (lockFile, split) = group.Agree(() =>
             {
                 OutputLock? lk = null;
-                if (group.IsRoot())
-                {
-                    AtomicFile.EnsureWritableFolder(dir);
-                    lk = OutputLock.Acquire(dir);
-                    if (File.Exists(marker) && File.ReadAllText(marker) != key)
-                    {
-                        lk.Dispose();
-                        throw new ValleyException($"--out {dir}: holds a study with other settings; choose another --out or remove it");
-                    }
-                }
                 DataSplit? sp = null;
                 try
                 {
+                    if (group.IsRoot())
+                    {
+                        AtomicFile.EnsureWritableFolder(dir);
+                        lk = OutputLock.Acquire(dir);
+                    }
                     sp = DataSources.Open(p.GetValue(data));
                     if (sp.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
                     ModelSpecCheck(options.Model, sp.Train);
+                    // A study folder is continued only by a study of identical inputs: the data by content, not by name.
+                    inputs = new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version).With("--preset", options.Preset).With("--model", options.Model)
+                        .With("data", RunInputs.Digest(sp.Train)).With("test data", RunInputs.Digest(sp.Test));
+                    if (group.IsRoot() && File.Exists(marker))
+                    {
+                        RunInputs? earlier = null;
+                        try { earlier = System.Text.Json.JsonSerializer.Deserialize<RunInputs>(File.ReadAllText(marker), AtomicFile.Json); }
+                        catch (System.Text.Json.JsonException) { /* another version's marker: unknown inputs */ }
+                        if (!inputs.SameAs(earlier))
+                            throw new ValleyException($"--out {dir}: holds a study of other inputs ({inputs.DifferencesFrom(earlier)}); choose another --out or remove it");
+                    }
                     return (lk, sp);
                 }
                 catch
@@ -68,7 +75,7 @@ public static class StudyCommand
             }, r => { r.sp.Dispose(); r.lk?.Dispose(); });
             using var _lock = lockFile;
             using var _split = split;
-            if (group.IsRoot()) AtomicFile.WriteAllText(marker, key);
+            if (group.IsRoot()) AtomicFile.WriteJson(marker, inputs);
             bool json = p.GetValue(format) == "json";
             var term = CommonOptions.Terminal(json);
             StudySummary summary = null!;

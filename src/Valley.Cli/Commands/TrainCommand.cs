@@ -48,14 +48,14 @@ public static class TrainCommand
             // Identical on every rank, so every rank can stop on its own.
             if (CommonOptions.Group.Size > 1)
                 throw new AgreedFailure($"train runs in one process (started here by mpiexec with {CommonOptions.Group.Size} ranks); 'valley study' trains several models in parallel across ranks");
-            Reporting.AtomicFile.EnsureWritableFolder(dir);
             var (split, train) = o.LoadData(p);
             using var _s = split;
             using var _t = ReferenceEquals(train, split.Train) ? null : train;
+            options.Validate(train.Count);
+            Reporting.AtomicFile.EnsureWritableFolder(dir);
             bool f64 = p.GetValue(o.DType) == "float64";
             using var train64 = f64 ? train.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
             using var test64 = f64 ? split.Test?.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
-            options.Validate(train.Count);
             var spec = p.GetValue(o.Model)!;
             var model = new ModelSource(spec, p.GetValue(o.Weights), p.GetValue(o.Seed)).Build(train);
             if (f64) TorchSharp.ModuleExtensionMethods.to(model, TorchSharp.torch.ScalarType.Float64);

@@ -41,7 +41,7 @@ public static class ExactHessian
             long k = Math.Min(blockSize, n - start);
             var E = zeros([n, k], dtype: op.DType, device: op.Device);
             for (long j = 0; j < k; j++) E[start + j, j] = 1;
-            var cols = op.ApplyBlock(E).to(ScalarType.Float64).cpu().contiguous();
+            var cols = Spectrum.SpectrumMath.Apply(op, E, "exact Hessian").cpu().contiguous();
             var data = cols.data<double>().ToArray();
             for (long i = 0; i < n; i++)
                 for (long j = 0; j < k; j++)

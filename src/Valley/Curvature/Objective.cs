@@ -33,6 +33,12 @@ public sealed record ObjectiveOptions
     /// examples of all shards), identical on every rank. Null: this process alone.
     /// </summary>
     public IProcessGroup? Group { get; init; }
+
+    /// <summary>
+    /// Let <see cref="Objective.Evaluate(CancellationToken)"/> return a NaN or infinite loss instead of stopping with a <see cref="NonFiniteException"/>:
+    /// for loss landscapes, whose far points may overflow and are recorded as they are. Gradients and products are always checked.
+    /// </summary>
+    public bool AllowNonFiniteLoss { get; init; }
 }
 
 /// <summary>Loss and accuracy of a model over a whole data set.</summary>
@@ -101,13 +107,17 @@ public sealed class Objective : IDisposable
         double loss = 0;
         long correct = 0;
         bool classification = data.Task == TaskKind.Classification;
+        long start = 0;
         foreach (var (x, y, size) in data.Batches(Options.BatchSize))
         {
             ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
             var (xb, yb) = ToModel(x, y, data.Task);
             var output = Model.call(xb);
-            loss += Loss(output, yb).ToDouble() * size;
+            double batchLoss = Loss(output, yb).ToDouble();
+            if (!Options.AllowNonFiniteLoss) CheckFinite(batchLoss, data, start, size);
+            loss += batchLoss * size;
+            start += size;
             if (classification) correct += output.argmax(1).eq(yb).sum().ToInt64();
         }
         var (sumLoss, sumCorrect, count) = (loss, (double)correct, (double)data.Count);
@@ -127,17 +137,25 @@ public sealed class Objective : IDisposable
         var grad = Parameters.Zeros();
         var views = Parameters.Unflatten(grad);
         double loss = 0;
-        long n = Examples;
+        long n = Examples, start = 0;
         foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
         {
             ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
             var l = BatchLoss(x, y);
+            double batchLoss = l.ToDouble();
+            CheckFinite(batchLoss, Data, start, size);
             var g = Grad(l, createGraph: false, retainGraph: false);
             for (int i = 0; i < g.Length; i++) views[i].add_(g[i], alpha: (double)size / n);
-            loss += l.ToDouble() * size;
+            loss += batchLoss * size;
+            start += size;
         }
         foreach (var v in views) v.Dispose();
+        if (!isfinite(grad).all().ToBoolean())
+        {
+            grad.Dispose();
+            throw new NonFiniteException($"{Data.Name}: the gradient has NaN or infinite entries at these weights although the loss is finite (an overflow in the backward pass; compute in float64)");
+        }
         if (Group.Size > 1)
         {
             // One collective for the gradient and the loss together.
@@ -206,6 +224,14 @@ public sealed class Objective : IDisposable
         var block = result.t();
         result.Dispose();
         return block;
+    }
+
+    /// <summary>A NaN or infinite loss stops the computation here, naming the examples, rather than flowing into gradients and estimators.</summary>
+    static void CheckFinite(double batchLoss, Dataset data, long start, long size)
+    {
+        if (double.IsFinite(batchLoss)) return;
+        throw new NonFiniteException($"{data.Name}: the loss is {batchLoss} on examples {start}–{start + size - 1} at these weights; " +
+                                     "the model's outputs overflow (rescale very large inputs, e.g. standardize them, or compute in float64)");
     }
 
     Tensor[]? _cachedGrad;

@@ -16,11 +16,25 @@ public sealed record GridSpec(double[] Xs, double[]? Ys)
     public bool Is2D => Ys is not null;
     public int Count => Xs.Length * (Ys?.Length ?? 1);
 
+    /// <summary>
+    /// Memory a grid point takes while a grid is evaluated and written (its record, its line in points.csv and grid.json, the
+    /// plots' matrices and the HTML surface): about a kilobyte, generously.
+    /// </summary>
+    public const int BytesPerPoint = 1024;
+
+    /// <summary>Refuses a grid of nx × ny points that this machine cannot hold (before anything is allocated).</summary>
+    public static void EnsureFits(long nx, long ny, string what)
+    {
+        double points = (double)nx * ny;
+        MachineLimits.EnsureMemory(points * BytesPerPoint, $"{what}: a grid of {points:G4} points");
+    }
+
     /// <summary>n evenly spaced values from a to b inclusive.</summary>
     public static double[] Range(double a, double b, int n)
     {
         if (n < 1) throw new ValleyException($"--points: must be at least 1, got {n}");
         if (!(b >= a)) throw new ValleyException($"--range: the end {b} is below the start {a}");
+        if (!double.IsFinite(b - a)) throw new ValleyException($"--range {a}:{b}: the ends and their distance must be finite numbers");
         return n == 1 ? [a] : Enumerable.Range(0, n).Select(i => a + (b - a) * i / (n - 1)).ToArray();
     }
 }
@@ -101,12 +115,13 @@ public sealed class LandscapeEvaluator
         var all = new ParameterSet(_model.named_parameters().Select(p => (p.name, p.parameter)));
         if (d1.shape[0] != all.Size || (d2 is not null && d2.shape[0] != all.Size))
             throw new ValleyException($"landscape: directions have {d1.shape[0]} entries, the model {all.Size} parameters");
+        EnsureFiniteWeights(all, d1, d2, endpoint, spec);
         var group = _o.Group ?? SingleProcess.Instance;
         // Rank 0 reads the points file of an earlier run and every rank resumes from the same points.
         var earlier = pointsFile is null ? [] : group.Broadcast(group.IsRoot() && File.Exists(pointsFile) ? File.ReadAllBytes(pointsFile) : []);
         var done = group.Agree(() => ParsePoints(Encoding.UTF8.GetString(earlier), spec, pointsFile ?? ""));
         int resumed = done.Count;
-        using var obj = new Objective(_model, _loss, _train, new ObjectiveOptions { BatchSize = _o.BatchSize, CacheGraph = false });
+        using var obj = new Objective(_model, _loss, _train, new ObjectiveOptions { BatchSize = _o.BatchSize, CacheGraph = false, AllowNonFiniteLoss = true });
         using var snapshot = all.Snapshot();
         using var bn = _o.RecomputeBatchNorm ? new BatchNormState(_model) : null;
         var origin = all.Tensors.Select(t => t.detach().clone()).ToArray();
@@ -178,6 +193,26 @@ public sealed class LandscapeEvaluator
         {
             Kind = kind, Spec = spec, Points = done.Values.OrderBy(p => p.J).ThenBy(p => p.I).ToList(), Seconds = sw.Elapsed.TotalSeconds, Resumed = resumed,
         };
+    }
+
+    /// <summary>
+    /// Refuses a grid whose weights would overflow the parameters' dtype somewhere (e.g. --range -1e308:1e308): the largest
+    /// |w| over the grid is at most ‖w₀‖∞·max|1 − α| + max|α|·‖w_b‖∞ for an interpolation, ‖w₀‖∞ + max|α|·‖d₁‖∞ + max|β|·‖d₂‖∞
+    /// otherwise. Losses at finite weights far from the minimum may still overflow; those are recorded as they are.
+    /// </summary>
+    static void EnsureFiniteWeights(ParameterSet all, Tensor d1, Tensor? d2, Tensor? endpoint, GridSpec spec)
+    {
+        static double Inf(Tensor t) => t.abs().max().to(ScalarType.Float64).ToDouble();
+        using var scope = NewDisposeScope();
+        double w0 = Inf(all.GetFlat());
+        double ax = spec.Xs.Max(Math.Abs), ay = spec.Ys?.Max(Math.Abs) ?? 0;
+        double bound = endpoint is not null && d2 is null
+            ? w0 * spec.Xs.Max(x => Math.Abs(1 - x)) + ax * Inf(endpoint)
+            : w0 + ax * Inf(d1) + (d2 is null ? 0 : ay * Inf(d2));
+        double limit = all.DType == ScalarType.Float64 ? double.MaxValue : all.DType == ScalarType.Float32 ? float.MaxValue : 65504;
+        if (!(bound <= limit))
+            throw new ValleyException($"--range {spec.Xs[0]:G4}:{spec.Xs[^1]:G4}: the weights at the grid's edge overflow {all.DType.ToString().ToLowerInvariant()} " +
+                                      $"(|w| up to {bound:G3}); choose a smaller range");
     }
 
     static string F(double? v) => v is { } d ? d.ToString("R", CultureInfo.InvariantCulture) : "";

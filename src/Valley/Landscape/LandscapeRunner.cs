@@ -5,6 +5,7 @@ using Valley.Data;
 using Valley.Distributed;
 using Valley.Models;
 using Valley.Reporting;
+using Valley.Runs;
 using static TorchSharp.torch;
 
 namespace Valley.Landscape;
@@ -49,7 +50,7 @@ public static class LandscapeRunner
         {
             if (!group.IsRoot()) return;
             Directory.CreateDirectory(r.OutDir);
-            CheckSameRun(r);
+            CheckSameRun(r, Inputs(r, model, train, test));
         });
         var all = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
         using var scope = NewDisposeScope();
@@ -85,7 +86,7 @@ public static class LandscapeRunner
             {
                 var dir = r.Checkpoints ?? throw new ValleyException("landscape trajectory: --checkpoints DIR is required");
                 if (!Directory.Exists(dir)) throw new ValleyException($"--checkpoints {dir}: no such folder");
-                var files = Directory.EnumerateFiles(dir).Where(f => f.EndsWith(".dat") || f.EndsWith(".pt") || f.EndsWith(".safetensors")).Order(StringComparer.Ordinal).ToList();
+                var files = CheckpointFiles(dir);
                 if (files.Count < 2) throw new ValleyException($"--checkpoints {dir}: needs at least two weight files, found {files.Count}");
                 var final = r.Weights is not null ? all.GetFlat() : Load(model, all, files[^1]);
                 var cps = files.Select(f => Load(model, all, f)).ToList();
@@ -112,6 +113,7 @@ public static class LandscapeRunner
         }
         bool twoD = d2 is not null;
         var pts = r.Points ?? (r.Mode == LandscapeMode.Interpolate && !twoD ? (401, 1) : (51, 51));
+        GridSpec.EnsureFits(pts.Item1, twoD ? pts.Item2 : 1, "--points");
         var xs = GridSpec.Range(range.Item1, range.Item2, pts.Item1);
         var spec = new GridSpec(xs, twoD ? GridSpec.Range(range.Item1, range.Item2, pts.Item2) : null);
         var evaluator = new LandscapeEvaluator(model, Losses.For(train.Task), train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm, Group = group });
@@ -141,17 +143,58 @@ public static class LandscapeRunner
         return w;
     }
 
-    /// <summary>A rerun in the same folder must be the same run (then finished points are reused); anything else is refused.</summary>
-    static void CheckSameRun(LandscapeRequest r)
+    /// <summary>
+    /// What the grid's numbers are computed from, by content: the model's weights and buffers, the data (and test data), the
+    /// files of the interpolation end points and checkpoints, every setting that changes a number, the thread count (which
+    /// changes rounding) and Valley's version. The plot settings and the folder are not inputs.
+    /// </summary>
+    public static RunInputs Inputs(LandscapeRequest r, nn.Module model, Dataset train, Dataset? test)
+    {
+        string? Checkpoints()
+        {
+            if (r.Checkpoints is null) return null;
+            if (!Directory.Exists(r.Checkpoints)) return "missing";
+            var lines = CheckpointFiles(r.Checkpoints).Select(f => $"{Path.GetFileName(f)} {RunInputs.FileDigest(f)}");
+            return "sha256:" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(string.Join("\n", lines))));
+        }
+        return new RunInputs()
+            .With("valley", typeof(RunInputs).Assembly.GetName().Version)
+            .With("threads", get_num_threads())
+            .With("model state", RunInputs.Digest(model))
+            .With("data", RunInputs.Digest(train))
+            .With("test data", test is null ? "none" : RunInputs.Digest(test))
+            .With("--from", r.From is null ? null : RunInputs.FileDigest(r.From))
+            .With("--to", r.To is null ? null : RunInputs.FileDigest(r.To))
+            .With("--third", r.Third is null ? null : RunInputs.FileDigest(r.Third))
+            .With("--checkpoints", Checkpoints())
+            .With("mode", r.Mode).With("--model", r.Model)
+            .With("--range", r.Range is { } g ? FormattableString.Invariant($"{g.From:R}:{g.To:R}") : null)
+            .With("--points", r.Points is { } q ? $"{q.X}x{q.Y}" : null)
+            .With("--normalization", r.Normalization).With("--include-bias-bn", r.IncludeBiasBn).With("--seed", r.Seed)
+            .With("--recompute-bn", r.RecomputeBatchNorm).With("--batch-size", r.BatchSize);
+    }
+
+    /// <summary>The weight files of a checkpoint folder, in the order of their names.</summary>
+    static List<string> CheckpointFiles(string dir) =>
+        Directory.EnumerateFiles(dir).Where(f => f.EndsWith(".dat") || f.EndsWith(".pt") || f.EndsWith(".safetensors")).Order(StringComparer.Ordinal).ToList();
+
+    /// <summary>
+    /// A rerun into the same folder must be a run of identical inputs (then finished points are reused); a folder that holds a
+    /// run of other inputs, or points of a run whose inputs are unknown, is refused: a grid can take hours.
+    /// </summary>
+    static void CheckSameRun(LandscapeRequest r, RunInputs inputs)
     {
         var path = Path.Combine(r.OutDir, "run.json");
-        var key = JsonSerializer.Serialize(new
+        if (File.Exists(path))
         {
-            mode = r.Mode.ToString(), r.Model, rangeFrom = r.Range?.From, rangeTo = r.Range?.To, px = r.Points?.X, py = r.Points?.Y, normalization = r.Normalization.ToString(),
-            r.IncludeBiasBn, r.Seed, r.Weights, r.From, r.To, r.Third, r.Checkpoints, r.RecomputeBatchNorm, r.DataName,
-        });
-        if (File.Exists(path) && File.ReadAllText(path) != key)
-            throw new ValleyException($"--out {r.OutDir}: holds a different landscape run; choose another --out or remove it");
-        if (!File.Exists(path)) AtomicFile.WriteAllText(path, key);
+            RunInputs? earlier = null;
+            try { earlier = JsonSerializer.Deserialize<RunInputs>(File.ReadAllText(path), AtomicFile.Json); }
+            catch (JsonException) { /* written by another version: unknown inputs */ }
+            if (inputs.SameAs(earlier)) return;
+            throw new ValleyException($"--out {r.OutDir}: holds a landscape run of other inputs ({inputs.DifferencesFrom(earlier)}); choose another --out or remove it");
+        }
+        if (File.Exists(Path.Combine(r.OutDir, "points.csv")))
+            throw new ValleyException($"--out {r.OutDir}: holds landscape points of a run whose inputs are unknown (no run.json); choose another --out or remove it");
+        AtomicFile.WriteJson(path, inputs);
     }
 }

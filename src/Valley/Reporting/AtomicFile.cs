@@ -43,6 +43,7 @@ public static class AtomicFile
     /// <summary>Fail early with a clear message when an output folder cannot be created or written.</summary>
     public static void EnsureWritableFolder(string dir, string option = "--out")
     {
+        if (string.IsNullOrWhiteSpace(dir)) throw new ValleyException($"{option}: must name a folder, got '{dir}'");
         try
         {
             Directory.CreateDirectory(dir);

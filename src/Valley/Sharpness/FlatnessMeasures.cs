@@ -28,7 +28,7 @@ public sealed record FlatnessSearchOptions
     public void Validate()
     {
         if (!(TargetDrop > 0 && TargetDrop < 1)) throw new ValleyException($"flatness: the target accuracy drop must be in (0, 1), got {TargetDrop}");
-        if (!(Tolerance > 0)) throw new ValleyException($"flatness: the tolerance must be positive, got {Tolerance}");
+        if (!(Tolerance > 0) || !double.IsFinite(Tolerance)) throw new ValleyException($"flatness: the tolerance must be positive, got {Tolerance}");
         if (Depth < 1 || Samples < 1 || AscentSteps < 1) throw new ValleyException("flatness: depth, samples and ascent steps must be at least 1");
     }
 }

@@ -32,7 +32,7 @@ public static class KeskarSharpness
     public static SharpnessResult Compute(Objective objective, KeskarOptions? options = null, CancellationToken ct = default)
     {
         var o = options ?? new KeskarOptions();
-        if (!(o.Epsilon > 0)) throw new ValleyException($"--epsilon: must be positive, got {o.Epsilon}");
+        if (!(o.Epsilon > 0) || !double.IsFinite(o.Epsilon)) throw new ValleyException($"--epsilon: must be a positive finite number, got {o.Epsilon}");
         if (o.Steps < 1) throw new ValleyException($"--steps: must be at least 1, got {o.Steps}");
         using var probe = new PerturbationProbe(objective);
         using var scope = NewDisposeScope();
@@ -92,7 +92,7 @@ public static class SamSharpness
 {
     public static SharpnessResult Compute(Objective objective, double rho = 0.05, CancellationToken ct = default)
     {
-        if (!(rho > 0)) throw new ValleyException($"--rho: must be positive, got {rho}");
+        if (!(rho > 0) || !double.IsFinite(rho)) throw new ValleyException($"--rho: must be a positive finite number, got {rho}");
         using var probe = new PerturbationProbe(objective);
         using var scope = NewDisposeScope();
         var (l0, g) = probe.GradientAt(null, ct);
@@ -243,7 +243,7 @@ public static class WorstCaseSharpness
 
     static void Validate(WorstCaseOptions o, double rho)
     {
-        if (!(rho > 0)) throw new ValleyException($"--rho: must be positive, got {rho}");
+        if (!(rho > 0) || !double.IsFinite(rho)) throw new ValleyException($"--rho: must be a positive finite number, got {rho}");
         if (o.Steps < 1) throw new ValleyException($"--steps: must be at least 1, got {o.Steps}");
         if (o.BatchSize < 1 || o.Examples < 1) throw new ValleyException("worst-case sharpness: batch size and examples must be positive");
     }

@@ -39,8 +39,16 @@ public static class SharpnessSuite
         return list;
     }
 
+    /// <param name="starting">Called with a measure's name before it runs.</param>
+    /// <param name="finished">Called with every result as it comes (a measure may give several, e.g. one per ε).</param>
+    /// <param name="measureDone">Called with a measure's name once all of its results have been reported.</param>
+    /// <param name="skip">
+    /// Measures not to run (finished by an earlier, interrupted run of the same inputs). Every measure draws from its own seeded
+    /// generator, so skipping some does not change the others.
+    /// </param>
     public static List<SharpnessResult> Run(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, Tensor? initialWeights, SharpnessSuiteOptions o,
-        Action<string>? starting = null, Action<SharpnessResult>? finished = null, CancellationToken ct = default)
+        Action<string>? starting = null, Action<SharpnessResult>? finished = null, CancellationToken ct = default,
+        Action<string>? measureDone = null, IReadOnlySet<string>? skip = null)
     {
         var measures = Resolve(o.Measures, model);
         var results = new List<SharpnessResult>();
@@ -49,6 +57,7 @@ public static class SharpnessSuite
         foreach (var name in measures)
         {
             ct.ThrowIfCancellationRequested();
+            if (skip?.Contains(name) == true) continue;
             starting?.Invoke(name);
             switch (name)
             {
@@ -88,6 +97,7 @@ public static class SharpnessSuite
                     break;
                 }
             }
+            measureDone?.Invoke(name);
         }
         return results;
     }

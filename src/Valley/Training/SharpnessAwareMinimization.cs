@@ -36,8 +36,8 @@ public sealed class SharpnessAwareMinimization
 
     public SharpnessAwareMinimization(nn.Module model, optim.Optimizer baseOptimizer, SamOptions options)
     {
-        if (!(options.Rho >= 0)) throw new ValleyException($"--rho: must be non-negative, got {options.Rho}");
-        if (options.Adaptive && !(options.Eta >= 0)) throw new ValleyException($"--eta: must be non-negative, got {options.Eta}");
+        if (!(options.Rho >= 0) || !double.IsFinite(options.Rho)) throw new ValleyException($"--rho: must be a non-negative finite number, got {options.Rho}");
+        if (options.Adaptive && (!(options.Eta >= 0) || !double.IsFinite(options.Eta))) throw new ValleyException($"--eta: must be a non-negative finite number, got {options.Eta}");
         _model = model;
         _base = baseOptimizer;
         Options = options;

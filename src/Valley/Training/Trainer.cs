@@ -7,6 +7,7 @@ using Valley.Curvature.Spectrum;
 using Valley.Data;
 using Valley.Models;
 using Valley.Reporting;
+using Valley.Runs;
 using static TorchSharp.torch;
 
 namespace Valley.Training;
@@ -48,20 +49,27 @@ public sealed record TrainOptions
     {
         if (Optimizer is not ("sgd" or "adam" or "sam" or "asam")) throw new ValleyException($"--optimizer: sgd, adam, sam or asam, got '{Optimizer}'");
         if (BaseOptimizer is not ("sgd" or "adam")) throw new ValleyException($"--base-optimizer: sgd or adam, got '{BaseOptimizer}'");
-        if (!(LearningRate > 0)) throw new ValleyException($"--lr: must be positive, got {LearningRate}");
+        if (!(LearningRate > 0) || !double.IsFinite(LearningRate)) throw new ValleyException($"--lr: must be a positive finite number, got {LearningRate}");
         if (!(Momentum >= 0 && Momentum < 1)) throw new ValleyException($"--momentum: must be in [0, 1), got {Momentum}");
-        if (!(WeightDecay >= 0)) throw new ValleyException($"--weight-decay: must be non-negative, got {WeightDecay}");
-        if (Rho is { } r && !(r >= 0)) throw new ValleyException($"--rho: must be non-negative, got {r}");
-        if (!(Eta >= 0)) throw new ValleyException($"--eta: must be non-negative, got {Eta}");
+        if (!(WeightDecay >= 0) || !double.IsFinite(WeightDecay)) throw new ValleyException($"--weight-decay: must be a non-negative finite number, got {WeightDecay}");
+        if (Rho is { } r && (!(r >= 0) || !double.IsFinite(r))) throw new ValleyException($"--rho: must be a non-negative finite number, got {r}");
+        if (!(Eta >= 0) || !double.IsFinite(Eta)) throw new ValleyException($"--eta: must be a non-negative finite number, got {Eta}");
         if (BatchSize < 0) throw new ValleyException($"--batch-size: must be positive, or 0 for full batch, got {BatchSize}");
         if (MicroBatch < 0) throw new ValleyException($"--m: must be positive (or 0 = whole batch), got {MicroBatch}");
         if (Epochs < 1 && Steps <= 0) throw new ValleyException($"--epochs: must be at least 1, got {Epochs}");
         if (Steps < 0) throw new ValleyException($"--steps: must be non-negative, got {Steps}");
-        if (StopAtLoss is { } s && !(s > 0)) throw new ValleyException($"--stop-at-loss: must be positive, got {s}");
+        if (StopAtLoss is { } s && (!(s > 0) || !double.IsFinite(s))) throw new ValleyException($"--stop-at-loss: must be a positive finite number, got {s}");
         if (SwaStart is { } w && w < 1) throw new ValleyException($"--swa-start: epochs count from 1, got {w}");
         if (MonitorEvery < 0) throw new ValleyException($"--monitor-every: must be non-negative, got {MonitorEvery}");
+        if (MonitorEvery > 0 && MonitorExamples < 1) throw new ValleyException($"--monitor-examples: must be at least 1, got {MonitorExamples}");
+        if (EvalBatchSize < 1) throw new ValleyException($"evaluation batch size: must be at least 1, got {EvalBatchSize}");
         if (CheckpointEvery < 1) throw new ValleyException($"--checkpoint-every: must be at least 1, got {CheckpointEvery}");
         if (trainCount == 0) throw new ValleyException("the training set is empty");
+        // Epochs are counted in an int: a step count beyond int.MaxValue epochs is no plan anyone can wait for.
+        long batch = BatchSize == 0 ? trainCount : Math.Min(BatchSize, trainCount);
+        long stepsPerEpoch = (trainCount + batch - 1) / batch;
+        if (Steps / stepsPerEpoch >= int.MaxValue)
+            throw new ValleyException($"--steps: {Steps} steps are {Steps / stepsPerEpoch} epochs of {stepsPerEpoch} steps; at most {int.MaxValue - 1} epochs");
     }
 
     public double EffectiveRho => Rho ?? (Optimizer == "asam" ? 0.5 : 0.05);
@@ -78,6 +86,11 @@ public sealed record TrainingLog
 {
     public required string Model { get; init; }
     public required TrainOptions Options { get; init; }
+    /// <summary>
+    /// The data (training and test sets) and the initial weights by content: <c>--resume</c> continues only a run of identical
+    /// inputs. Null in a log written by an older version (such a run cannot be resumed).
+    /// </summary>
+    public RunInputs? Inputs { get; init; }
     public List<EpochRecord> Epochs { get; init; } = [];
     public List<MonitorRecord> Monitor { get; init; } = [];
     public int CompletedEpochs { get; set; }
@@ -141,8 +154,12 @@ public sealed class Trainer
             ? new SharpnessAwareMinimization(_model, opt, new SamOptions { Rho = _o.EffectiveRho, Adaptive = _o.Optimizer == "asam", Eta = _o.Eta })
             : null;
         using var swa = _o.SwaStart is null ? null : new WeightAverage(_model);
-        var log = new TrainingLog { Model = _modelName, Options = _o };
-        if (resume) log = Restore(opt, swa) ?? log;
+        var inputs = new RunInputs()
+            .With("initial weights", RunInputs.Digest(_model))
+            .With("data", RunInputs.Digest(_train))
+            .With("test data", _test is null ? "none" : RunInputs.Digest(_test));
+        var log = new TrainingLog { Model = _modelName, Options = _o, Inputs = inputs };
+        if (resume) log = Restore(opt, swa, inputs) ?? log;
         else if (File.Exists(Path.Combine(_dir, StateFile)))
             throw new ValleyException($"--out {_dir}: holds a training run already; pass --resume to continue it or choose another folder");
         if (log.Finished) return log;
@@ -150,7 +167,7 @@ public sealed class Trainer
         long batch = _o.BatchSize == 0 ? _train.Count : Math.Min(_o.BatchSize, _train.Count);
         long stepsPerEpoch = (_train.Count + batch - 1) / batch;
         long totalSteps = _o.Steps > 0 ? _o.Steps : stepsPerEpoch * _o.Epochs;
-        int epochs = _o.Steps > 0 ? (int)((totalSteps + stepsPerEpoch - 1) / stepsPerEpoch) : _o.Epochs;
+        int epochs = _o.Steps > 0 ? (int)(totalSteps / stepsPerEpoch + (totalSteps % stepsPerEpoch != 0 ? 1 : 0)) : _o.Epochs;
         var loss = Losses.For(_train.Task);
         var device = _model.parameters().First().device;
         using var monitorData = _o.MonitorEvery > 0 ? _train.Subset(Math.Min(_o.MonitorExamples, _train.Count), _o.Seed + 17) : null;
@@ -198,11 +215,11 @@ public sealed class Trainer
                 }
                 if (!double.IsFinite(l))
                 {
-                    log.StopReason = $"diverged at step {log.CompletedSteps + 1} (epoch {epoch}): loss is {l}";
-                    AtomicFile.WriteJson(Path.Combine(_dir, StateFile), log);
-                    WritePlot(log);
-                    throw new DivergenceException($"training diverged at step {log.CompletedSteps + 1} (epoch {epoch}): the loss is {l}. " +
-                                                  $"The last good checkpoint is {Path.Combine(_dir, LastWeights)}; lower --lr.");
+                    // Before any step the learning rate is not to blame: the model's outputs overflow on these data.
+                    if (log.CompletedSteps == 0)
+                        throw new NonFiniteException($"{_train.Name}: the loss is {l} at the initial weights, before any step; the model's outputs overflow " +
+                                                     "(rescale very large inputs, e.g. standardize them, or compute in float64)");
+                    throw Diverged(log, $"at step {log.CompletedSteps + 1} (epoch {epoch}): the loss is {l}");
                 }
                 log.CompletedSteps++;
                 running += l * size;
@@ -216,8 +233,12 @@ public sealed class Trainer
                 }
                 progress?.Report(new TrainProgress(epoch, epochs, log.CompletedSteps, stepsPerEpoch, running / seen, lastLambda));
             }
+            // The last step of an epoch can blow the weights up although its loss (taken before the step) was finite.
+            if (!WeightsFinite()) throw Diverged(log, $"at step {log.CompletedSteps} (epoch {epoch}): the weights became NaN or infinite");
             if (swa is not null && epoch >= _o.SwaStart) swa.Update(_model);
-            var rec2 = EvaluateEpoch(epoch, log.CompletedSteps, opt, sw.Elapsed.TotalSeconds);
+            EpochRecord rec2;
+            try { rec2 = EvaluateEpoch(epoch, log.CompletedSteps, opt, sw.Elapsed.TotalSeconds); }
+            catch (NonFiniteException) { throw Diverged(log, $"after epoch {epoch}: the training loss is not finite"); }
             log.Epochs.Add(rec2);
             progress?.Report(new TrainProgress(epoch, epochs, log.CompletedSteps, stepsPerEpoch, running / Math.Max(seen, 1), lastLambda, rec2));
             log.CompletedEpochs = epoch;
@@ -243,6 +264,24 @@ public sealed class Trainer
         WriteLogFiles(log);
         WritePlot(log);
         return log;
+    }
+
+    /// <summary>Records why training stopped (the last good checkpoint stays as it is) and makes the exception to throw.</summary>
+    DivergenceException Diverged(TrainingLog log, string what)
+    {
+        log.StopReason = $"diverged {what}";
+        AtomicFile.WriteJson(Path.Combine(_dir, StateFile), log);
+        WritePlot(log);
+        return new DivergenceException($"training diverged {what}. " + (log.CompletedEpochs > 0
+            ? $"The last good checkpoint is {Path.Combine(_dir, LastWeights)} (epoch {log.CompletedEpochs}); lower --lr."
+            : "No checkpoint had been written yet; lower --lr."));
+    }
+
+    bool WeightsFinite()
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        return _model.parameters().All(p => isfinite(p).all().ToBoolean());
     }
 
     MonitorRecord MonitorNow(Dataset data, long step, int epoch, double batchLoss)
@@ -292,7 +331,7 @@ public sealed class Trainer
         File.Move(tmp, path, overwrite: true);
     }
 
-    TrainingLog? Restore(TorchSharp.Modules.OptimizerHelper opt, WeightAverage? swa)
+    TrainingLog? Restore(TorchSharp.Modules.OptimizerHelper opt, WeightAverage? swa, RunInputs inputs)
     {
         var state = Path.Combine(_dir, StateFile);
         if (!File.Exists(state)) return null;
@@ -302,6 +341,8 @@ public sealed class Trainer
         if (log.Model != _modelName) throw new ValleyException($"--resume: {state} is a run of {log.Model}, not {_modelName}");
         if (log.Options with { Epochs = _o.Epochs, Steps = _o.Steps, StopAtLoss = _o.StopAtLoss } != _o with { })
             throw new ValleyException($"--resume: the options differ from those of the run in {_dir} (only --epochs, --steps and --stop-at-loss may change)");
+        if (!inputs.SameAs(log.Inputs))
+            throw new ValleyException($"--resume: the run in {_dir} was trained from other inputs ({inputs.DifferencesFrom(log.Inputs)}); choose another --out to train afresh");
         log = log with { Options = _o };
         if (log.CompletedEpochs == 0) return null;
         if (log.Finished && (_o.Steps > log.CompletedSteps || _o.Epochs > log.CompletedEpochs)) log.Finished = false;

@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using TorchSharp;
 using MathNet.Numerics.LinearAlgebra;
 using static TorchSharp.torch;
 
@@ -44,6 +45,22 @@ public sealed record Eigenpairs
 
 internal static class SpectrumMath
 {
+    /// <summary>
+    /// A·V for columns V [n, k] (any dtype), in float64: the one way estimators ask an operator for products. A product with
+    /// NaN or infinite entries stops the estimator here, with a message, instead of flowing into an eigen-solver.
+    /// </summary>
+    public static Tensor Apply(ICurvatureOperator op, Tensor V, string estimator)
+    {
+        var result = op.ApplyBlock(V.to(op.DType)).to(ScalarType.Float64);
+        if (!isfinite(result).all().ToBoolean())
+        {
+            result.Dispose();
+            throw new NonFiniteException($"{estimator}: an operator-vector product has NaN or infinite entries; the loss or its curvature overflows " +
+                                         "at these weights (compute in float64, or rescale inputs that are very large)");
+        }
+        return result;
+    }
+
     /// <summary>Symmetric eigendecomposition of a small dense matrix (float64): ascending values and column eigenvectors.</summary>
     public static (double[] Values, Matrix<double> Vectors) SymmetricEigen(double[,] t)
     {

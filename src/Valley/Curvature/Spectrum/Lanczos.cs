@@ -50,6 +50,10 @@ public static class Lanczos
         if (!(o.Tolerance > 0)) throw new ValleyException($"Lanczos: tolerance must be positive, got {o.Tolerance}");
         if (o.BlockSize < 1) throw new ValleyException($"Lanczos: block size must be at least 1, got {o.BlockSize}");
         if (o.MaxProducts < Math.Min(n, o.K + 1)) throw new ValleyException($"Lanczos: max products {o.MaxProducts} is too small for k = {o.K}");
+        // The basis grows to at most min(n, budget) rows of n float64 values; it doubles as it grows, so the old and the new
+        // one coexist for a moment. Refused up front when that cannot fit, instead of failing after hours.
+        double rows = Math.Min(n, (double)o.MaxProducts + o.K + o.BlockSize);
+        MachineLimits.EnsureMemory((Math.Min(n, 2 * rows) + rows) * n * sizeof(double), $"Lanczos with a budget of {o.MaxProducts} products on {n} parameters");
         var sw = Stopwatch.StartNew();
         long start = op.Products;
 
@@ -111,7 +115,7 @@ public static class Lanczos
     public static double[] ResidualNorms(ICurvatureOperator op, double[] values, Tensor rows)
     {
         using var scope = NewDisposeScope();
-        var Av = op.ApplyBlock(rows.t().to(op.DType)).to(ScalarType.Float64).t();
+        var Av = SpectrumMath.Apply(op, rows.t(), "Lanczos").t();
         var theta = tensor(values, ScalarType.Float64).to(rows.device).unsqueeze(1);
         return (Av - theta * rows).norm(1).cpu().data<double>().ToArray();
     }
@@ -210,7 +214,7 @@ internal sealed class BlockLanczosProcess : IDisposable
         using var scope = NewDisposeScope();
         long j0 = _rows - _b;
         var Q = _basis.narrow(0, j0, _b);
-        var W = _op.ApplyBlock(Q.t().to(_op.DType)).to(ScalarType.Float64).t().contiguous(); // rows: A q_i
+        var W = SpectrumMath.Apply(_op, Q.t(), "Lanczos").t().contiguous(); // rows: A q_i
         var A = Q.matmul(W.t());
         A = (A + A.t()) / 2;
         _diag.Add(SpectrumMath.ToArray(A));

@@ -48,7 +48,7 @@ public static class PowerIteration
                 using var scope = NewDisposeScope();
                 foreach (var u in vectors) v = v - u.dot(v) * u;
                 v = v / v.norm();
-                var hv = op.Apply(v.to(op.DType)).to(ScalarType.Float64);
+                var hv = SpectrumMath.Apply(op, v.unsqueeze(1), "power iteration").squeeze(1);
                 double tmp = hv.dot(v).ToDouble();
                 v = (hv / hv.norm()).MoveToOuterDisposeScope();
                 iterations++;

@@ -80,6 +80,9 @@ public static class StochasticLanczosQuadrature
         if (o.Steps < 2) throw new ValleyException($"density: steps must be at least 2, got {o.Steps}");
         if (o.GridPoints < 10) throw new ValleyException($"density: grid points must be at least 10, got {o.GridPoints}");
         if (!(o.Sigma2 > 0)) throw new ValleyException($"density: σ² must be positive, got {o.Sigma2}");
+        // All runs' Lanczos bases [runs, steps, n] are kept for full reorthogonalization.
+        MachineLimits.EnsureMemory((double)o.Runs * Math.Min(o.Steps, op.Size) * op.Size * op.DType.ElementSize() + 4.0 * o.Runs * op.Size * sizeof(double),
+            $"density with {o.Runs} runs × {o.Steps} steps on {op.Size} parameters");
         var sw = Stopwatch.StartNew();
         long start = op.Products;
         int m = (int)Math.Min(o.Steps, op.Size);
@@ -162,7 +165,7 @@ public static class StochasticLanczosQuadrature
             o.Cancellation.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
             var V = basis[.., j, ..].to(ScalarType.Float64);                      // [r, n]
-            var W = op.ApplyBlock(V.t().to(op.DType)).to(ScalarType.Float64).t();  // [r, n]
+            var W = SpectrumMath.Apply(op, V.t(), "density (SLQ)").t();  // [r, n]
             var a = (W * V).sum(1);
             W = W - a.unsqueeze(1) * V;
             if (j > 0) W = W - tensor(beta.Select(b => b[j - 1]).ToArray(), ScalarType.Float64).to(op.Device).unsqueeze(1) * basis[.., j - 1, ..].to(ScalarType.Float64);

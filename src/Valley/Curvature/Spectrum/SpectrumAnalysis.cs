@@ -109,7 +109,7 @@ public static class SpectrumAnalysis
         if (o.Top < 0 || o.Top > op.Size) throw new ValleyException($"--top: must be between 0 and the number of parameters ({op.Size}), got {o.Top}");
         if (o.Bottom < 0 || o.Bottom > op.Size) throw new ValleyException($"--bottom: must be between 0 and the number of parameters ({op.Size}), got {o.Bottom}");
         if (!(o.Tolerance > 0) || o.Tolerance >= 1) throw new ValleyException($"--tol: must be in (0, 1), got {o.Tolerance}");
-        if (!(o.TraceRelativeError > 0)) throw new ValleyException($"--trace-error: must be positive, got {o.TraceRelativeError}");
+        if (!(o.TraceRelativeError > 0) || !double.IsFinite(o.TraceRelativeError)) throw new ValleyException($"--trace-error: must be a positive finite number, got {o.TraceRelativeError}");
         if (o.MaxProducts < 10) throw new ValleyException($"--max-products: must be at least 10, got {o.MaxProducts}");
         if (o.TraceMethod is not ("hutchinson" or "hutch++")) throw new ValleyException($"--trace-method: hutchinson or hutch++, got '{o.TraceMethod}'");
         if (o.DensityRuns < 1 || o.DensitySteps < 2) throw new ValleyException($"--density-runs must be ≥ 1 and --density-steps ≥ 2, got {o.DensityRuns} and {o.DensitySteps}");

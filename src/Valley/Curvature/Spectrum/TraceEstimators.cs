@@ -65,7 +65,7 @@ public static class Hutchinson
         using var scope = NewDisposeScope();
         var z = probes.to(op.Device);
         if (q is not null) z = z - q.matmul(z.t()).t().matmul(q);
-        var Az = op.ApplyBlock(z.t().to(op.DType)).to(ScalarType.Float64).t();
+        var Az = SpectrumMath.Apply(op, z.t(), "trace").t();
         return (z * Az).sum(1).cpu().data<double>().ToArray();
     }
 
@@ -79,7 +79,7 @@ public static class Hutchinson
 
     internal static void Validate(double rse, int minProbes, long maxProducts, int block)
     {
-        if (!(rse > 0)) throw new ValleyException($"trace: relative standard error target must be positive, got {rse}");
+        if (!(rse > 0) || !double.IsFinite(rse)) throw new ValleyException($"trace: relative standard error target must be positive, got {rse}");
         if (minProbes < 2) throw new ValleyException($"trace: at least 2 probes are needed for a standard error, got {minProbes}");
         if (maxProducts < minProbes) throw new ValleyException($"trace: max products {maxProducts} is below the minimum of {minProbes} probes");
         if (block < 1) throw new ValleyException($"trace: block size must be at least 1, got {block}");
@@ -116,11 +116,11 @@ public static class HutchPlusPlus
         // 1. Sketch: Q = orth(A S), S Rademacher [n, s].
         using var scope = NewDisposeScope();
         var S = SpectrumMath.Rademacher(s, op.Size, gen, ScalarType.Float64).to(op.Device);
-        var AS = op.ApplyBlock(S.t().to(op.DType)).to(ScalarType.Float64);
+        var AS = SpectrumMath.Apply(op, S.t(), "Hutch++");
         var (qc, _) = linalg.qr(AS);
         var Q = qc.t().contiguous(); // rows
         // 2. Exact trace of the low-rank part: tr(Qᵀ A Q).
-        var AQ = op.ApplyBlock(Q.t().to(op.DType)).to(ScalarType.Float64);
+        var AQ = SpectrumMath.Apply(op, Q.t(), "Hutch++");
         double low = (Q.t() * AQ).sum().ToDouble();
         o.Progress?.Report(new EstimatorProgress("hutch++ sketch", op.Products - start, o.MaxProducts, null));
         // 3. Hutchinson on (I − QQᵀ) A (I − QQᵀ).
