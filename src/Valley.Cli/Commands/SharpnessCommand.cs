@@ -73,8 +73,8 @@ public static class SharpnessCommand
             int finishedResults = results.Count;
             if (replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(replaced)}): starting afresh[/]");
             Output Wrap() => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, p.GetValue(o.Seed), inputs, finished, finishedResults, results);
+            // Written with the first result, not before: a run that fails at once leaves the folder as it was.
             void Save() { if (group.IsRoot()) AtomicFile.WriteJson(path, Wrap()); }
-            Save();
             void Work(Action<string> start)
                 => SharpnessSuite.Run(ctx.Model, ctx.Objective.Loss, ctx.Objective.Data, w0, options,
                     start, r => { results.Add(r); Save(); }, ct,

@@ -165,7 +165,7 @@ public class LandscapeCommandTests
         // A different run in the same folder is refused; bad options are one-line errors.
         var err = new StringWriter();
         Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["landscape", "2d", "--data", data, "--model", "mlp:4-8-3", "--out", outDir], new StringWriter(), err).GetAwaiter().GetResult());
-        Assert.Contains("holds a landscape run of other inputs (mode (TwoD → Trajectory)", err.ToString());
+        Assert.Contains("holds a landscape run of other inputs (--checkpoints contents", err.ToString());
         foreach (var (opt, val) in new[] { ("--range", "1:-1"), ("--points", "0"), ("--points", "5y5") })
         {
             var e2 = new StringWriter();
