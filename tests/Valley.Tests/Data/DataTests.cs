@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
 using TorchSharp;
 using Valley.Data;
 using Xunit;
@@ -104,6 +106,65 @@ public class DataTests
         IdxReader.WriteBytes(p, [20], Enumerable.Range(0, 20).Select(i => (byte)(i == 5 ? 200 : i % 10)).ToArray(), gzip: true);
         return p;
     }, "label 5 is 200, out of range for 10 classes");
+
+    /// <summary>The header of an IDX file of the given element type and dimensions.</summary>
+    static byte[] IdxHeader(byte type, params int[] dims)
+    {
+        var h = new byte[4 + 4 * dims.Length];
+        h[2] = type;
+        h[3] = (byte)dims.Length;
+        for (int i = 0; i < dims.Length; i++) BinaryPrimitives.WriteInt32BigEndian(h.AsSpan(4 + 4 * i), dims[i]);
+        return h;
+    }
+
+    /// <summary>A gzip file holding an IDX header, <paramref name="body"/>, then <paramref name="zeros"/> zero bytes (small on disk).</summary>
+    static void WriteGzipIdx(string path, byte[] header, byte[] body, long zeros)
+    {
+        using var gz = new GZipStream(File.Create(path), CompressionLevel.Fastest);
+        gz.Write(header);
+        gz.Write(body);
+        var chunk = new byte[1 << 20];
+        for (long written = 0; written < zeros; written += chunk.Length) gz.Write(chunk, 0, (int)Math.Min(chunk.Length, zeros - written));
+    }
+
+    /// <summary>Reads the file and returns the error and the bytes this thread allocated meanwhile.</summary>
+    static (DataException Error, long Allocated) ReadFailing(string path)
+    {
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var e = Assert.Throws<DataException>(() => IdxReader.Read(path));
+        return (e, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    [Fact]
+    public void GzipIdxDeclaringMoreThanAnArrayHoldsIsRefusedBeforeInflating()
+    {
+        var p = Path.Combine(TestUtil.TempDir("idx-huge"), "train-images-idx3-ubyte.gz");
+        WriteGzipIdx(p, IdxHeader(0x08, 2, 1024, 1024, 1024), [], zeros: 64 << 20); // declares 2 GiB, holds 64 MiB
+        Assert.True(new FileInfo(p).Length < 1 << 20);
+        var (e, allocated) = ReadFailing(p);
+        Assert.Contains("header declares 2×1024×1024×1024 values (2147483648 bytes), more than", e.Message);
+        Assert.True(allocated < 8 << 20, $"allocated {allocated} bytes");
+    }
+
+    [Fact]
+    public void GzipIdxInflatesOnlyWhatTheHeaderDeclares()
+    {
+        var p = Path.Combine(TestUtil.TempDir("idx-trailing"), "train-labels-idx1-ubyte.gz");
+        WriteGzipIdx(p, IdxHeader(0x08, 10, 4), new byte[40], zeros: 64 << 20);
+        var (e, allocated) = ReadFailing(p);
+        Assert.Contains("trailing data after the 10×4 values declared in the header", e.Message);
+        Assert.True(allocated < 8 << 20, $"allocated {allocated} bytes");
+    }
+
+    [Fact]
+    public void IdxLargerThanTheMemoryBudgetIsRefusedBeforeReading()
+    {
+        var p = Path.Combine(TestUtil.TempDir("idx-budget"), "images");
+        IdxReader.WriteBytes(p, [1000, 1000], new byte[1000 * 1000], gzip: false);
+        Assert.Equal([1000, 1000], IdxReader.Read(p, memoryBudget: 5_000_000).Shape);
+        var e = Assert.Throws<DataException>(() => IdxReader.Read(p, memoryBudget: 4_000_000));
+        Assert.Contains("header declares 1000×1000 values, which need 5 MB to load; 4 MB of memory is available", e.Message);
+    }
 
     [Fact]
     public void LabelCountMismatchIsReported() => CorruptCase(dir =>
