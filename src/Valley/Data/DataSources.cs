@@ -96,11 +96,12 @@ public static class DataSources
         Tensor x;
         if (images.Bytes is { } bytes)
         {
-            using var u8 = tensor(bytes, [bytes.LongLength], ScalarType.Byte);
-            x = u8.to(ScalarType.Float32).div_(255f).reshape(shape.ToArray());
+            using var u8 = OwnedTensor.From(bytes);
+            using var scaled = u8.to(ScalarType.Float32).div_(255f);
+            x = scaled.reshape(shape.ToArray());
         }
-        else x = tensor(images.Floats!, shape.ToArray());
-        return new Dataset(name, x, tensor(y), TaskKind.Classification, k);
+        else x = OwnedTensor.From(images.Floats!, shape.ToArray());
+        return new Dataset(name, x, OwnedTensor.From(y), TaskKind.Classification, k);
     }
 
     /// <summary>Read a CSV file (see <see cref="CsvReader"/>).</summary>
@@ -109,16 +110,16 @@ public static class DataSources
         var t = CsvReader.Read(path);
         if (expectFeatures > 0 && t.Columns != expectFeatures)
             throw new DataException(path, $"{t.Columns} feature columns, the training data has {expectFeatures}");
-        var x = tensor(t.Features, [t.Rows, t.Columns]);
+        var x = OwnedTensor.From(t.Features, t.Rows, t.Columns);
         var name = System.IO.Path.GetFileName(path);
         if (t.Labels is { } l)
         {
             int k = numClasses > 0 ? numClasses : (int)(l.Max() + 1);
             var bad = Array.FindIndex(l, v => v >= k);
             if (bad >= 0) { x.Dispose(); throw new DataException(path, $"row {bad + 1}: label {l[bad]} out of range for {k} classes"); }
-            return new Dataset(name, x, tensor(l), TaskKind.Classification, Math.Max(k, 2));
+            return new Dataset(name, x, OwnedTensor.From(l), TaskKind.Classification, Math.Max(k, 2));
         }
-        return new Dataset(name, x, tensor(t.Targets!), TaskKind.Regression, 1);
+        return new Dataset(name, x, OwnedTensor.From(t.Targets!), TaskKind.Regression, 1);
     }
 
     /// <summary>

@@ -227,6 +227,40 @@ public class DataTests
         Assert.StartsWith(p, e.Message);
     }
 
+    /// <summary>Where a float32 or int64 tensor's storage starts.</summary>
+    static long Address(Tensor t) => (long)(t.dtype == ScalarType.Int64 ? t.storage<long>().data_ptr() : t.storage<float>().data_ptr());
+
+    [Fact]
+    public void LoadedTensorsLiveInLibTorchMemoryNotInManagedArrays()
+    {
+        // A tensor backed by a pinned .NET array starts wherever the array does; LibTorch aligns its own allocations to 64 bytes.
+        var csv = Csv("a,b,label\n0.5,1,0\n2,-1e-3,2\n");
+        var idx = IdxFolder(gzip: false, withTest: false);
+        var odd = new List<byte[]>();
+        for (int i = 0; i < 8; i++)
+        {
+            odd.Add(new byte[8 * i + 1]); // moves where the next managed arrays start
+            using var c = DataSources.OpenCsv(csv);
+            using var m = DataSources.Open(idx);
+            foreach (var (what, t) in new[] { ("csv X", c.X), ("csv Y", c.Y), ("idx X", m.Train.X), ("idx Y", m.Train.Y) })
+                Assert.True(Address(t) % 64 == 0, $"load {i}: {what} starts at 0x{Address(t):x}");
+        }
+        GC.KeepAlive(odd);
+    }
+
+    [Fact]
+    public void OwnedTensorCopiesTheArrayInChunks()
+    {
+        var values = Enumerable.Range(0, 10).Select(i => (float)i).ToArray();
+        using var t = OwnedTensor.From(values, 2, 5);
+        values[0] = 99f; // the tensor holds a copy
+        Assert.Equal(0f, t[0, 0].ToSingle());
+        Assert.Equal([2L, 5L], t.shape);
+        using var chunked = OwnedTensor.From<long>(Enumerable.Range(0, 10).Select(i => (long)i).ToArray(), [10], chunkBytes: 24); // 3 values a step
+        Assert.Equal(Enumerable.Range(0, 10).Select(i => (long)i), chunked.data<long>().ToArray());
+        Assert.Throws<ArgumentException>(() => OwnedTensor.From(values, 3, 3));
+    }
+
     [Fact]
     public void SubsetIsSeededAndFixed()
     {
