@@ -117,6 +117,21 @@ public class DataTests
         return h;
     }
 
+    [Fact]
+    public void HugeFloatLabelIsReportedAsWrittenInTheFile() => CorruptCase(dir =>
+    {
+        File.Delete(Path.Combine(dir, "train-labels-idx1-ubyte.gz"));
+        var p = Path.Combine(dir, "train-labels-idx1-ubyte");
+        var bytes = IdxHeader(0x0D, 20).Concat(Enumerable.Range(0, 20).SelectMany(i =>
+        {
+            var f = new byte[4];
+            BinaryPrimitives.WriteSingleBigEndian(f, i == 5 ? 1e30f : i % 10);
+            return f;
+        })).ToArray();
+        File.WriteAllBytes(p, bytes);
+        return p;
+    }, "label 5 is 1E+30, out of range for 10 classes");
+
     /// <summary>A gzip file holding an IDX header, <paramref name="body"/>, then <paramref name="zeros"/> zero bytes (small on disk).</summary>
     static void WriteGzipIdx(string path, byte[] header, byte[] body, long zeros)
     {
@@ -216,6 +231,10 @@ public class DataTests
     [InlineData("a,b,label\n1,inf,0\n", "not finite")]
     [InlineData("a,b,label\n1,x,0\n", "'x' is not a number")]
     [InlineData("a,b,label\n1,2,-1\n", "not a non-negative integer")]
+    [InlineData("a,b,label\n1,2,2147483647\n", "line 2: label 2147483647 is too large; at most 1000000 classes")]
+    [InlineData("a,b,label\n1,2,0\n1,2,4294967296\n", "line 3: label 4294967296 is too large")]
+    [InlineData("a,b,label\n1,2,99999999999999999999\n", "line 2: label 99999999999999999999 is too large")]
+    [InlineData("a,b,label\n1,2,1000000\n", "line 2: label 1000000 is too large")]
     [InlineData("a,b,c\n1,2,3\n", "neither a 'label' nor a 'target'")]
     [InlineData("", "empty file")]
     [InlineData("a,label\n", "no data rows")]
@@ -225,6 +244,35 @@ public class DataTests
         var e = Assert.Throws<DataException>(() => DataSources.Open(p));
         Assert.Contains(expected, e.Message);
         Assert.StartsWith(p, e.Message);
+    }
+
+    [Fact]
+    public void NegativeClassCountIsRefusedNotInferred()
+    {
+        foreach (var path in new[] { Csv("a,label\n1,0\n"), IdxFolder() })
+        {
+            var e = Assert.Throws<ValleyException>(() => DataSources.Open(path, classes: -3));
+            Assert.Equal("--classes: must be positive (omit it to infer the count from the labels), got -3", e.Message);
+        }
+        using var inferred = DataSources.Open(Csv("a,label\n1,0\n2,4\n"), classes: 0);
+        Assert.Equal(5, inferred.Train.NumClasses);
+    }
+
+    [Fact]
+    public void DatasetRefusesBadLabelsAndInputsInOneLineNamingIt()
+    {
+        using var x = zeros(4, 2);
+        string Refused(Tensor inputs, Tensor targets, TaskKind task = TaskKind.Classification, int classes = 3) =>
+            Assert.Throws<ValleyException>(() => new Dataset("toy", inputs, targets, task, classes)).Message;
+        Assert.Equal("toy: label 5 is out of range for 3 classes (labels must be in [0, 3))", Refused(x, tensor(new long[] { 0, 1, 5, 0 })));
+        Assert.StartsWith("toy: label -1 is out of range", Refused(x, tensor(new long[] { 0, -1, 2, 0 })));
+        Assert.Contains("toy: classification labels must be int64", Refused(x, tensor(new int[] { 0, 1, 2, 0 })));
+        Assert.Contains("toy: classification labels must have shape [N]", Refused(x, zeros([4, 1], ScalarType.Int64)));
+        Assert.Contains("toy: inputs must be floating point", Refused(zeros([4, 2], ScalarType.Int64), tensor(new long[] { 0, 1, 2, 0 })));
+        Assert.Contains("toy: regression targets must be floating point", Refused(x, tensor(new long[] { 0, 1, 2, 0 }), TaskKind.Regression, 1));
+        Assert.Contains("toy: 0 classes", Refused(x, tensor(new long[] { 0, 0, 0, 0 }), classes: 0));
+        using var ok = new Dataset("toy", x.clone(), tensor(new long[] { 0, 1, 2, 0 }), TaskKind.Classification, 3);
+        Assert.Equal(3, ok.NumClasses);
     }
 
     /// <summary>Where a float32 or int64 tensor's storage starts.</summary>
