@@ -18,7 +18,11 @@ public sealed class CommonOptions
     public readonly Option<string?> Weights = new("--weights", "-w") { Description = "Weights file: TorchSharp .dat, PyTorch state_dict .pt/.pth/.bin, or .safetensors (default: freshly initialized with --seed)" };
     public readonly Option<string?> Data = new("--data", "-d") { Description = "Data: an MNIST-format IDX folder, a CSV file, or a folder with train.csv/test.csv (default: Fashion-MNIST from /usr/share/datasets/fashion-mnist). " +
                                                                               "Under mpiexec, a path with {rank} gives each rank its own shard" };
-    public readonly Option<int> Classes = new("--classes") { Description = "Number of classes (default: 10 for IDX data, inferred from CSV labels)" };
+    public readonly Option<int> Classes = new("--classes")
+    {
+        Description = "Number of classes (default or 0: 10 for IDX data, inferred from CSV labels)",
+        Validators = { r => { if (DataSources.ClassCountProblem(r.GetValueOrDefault<int>()) is { } problem) r.AddError(problem); } },
+    };
     public readonly Option<long> Subset;
     public readonly Option<long> BatchSize;
     public readonly Option<long> Seed = new("--seed") { Description = "Seed for subsets, initialization and random probes", DefaultValueFactory = _ => 0 };

@@ -44,16 +44,13 @@ public static class CsvReader
             var cells = Split(lines[li]);
             if (cells.Length != header.Length)
                 throw new DataException(path, $"line {li + 1}: {cells.Length} columns, the header has {header.Length}");
+            if (feats.Count > Array.MaxLength - nf)
+                throw new DataException(path, $"line {li + 1}: more than {Array.MaxLength} feature values, too many to load");
             for (int c = 0; c < cells.Length; c++)
             {
                 if (c == yCol)
                 {
-                    if (labelCol >= 0)
-                    {
-                        if (!long.TryParse(cells[c], NumberStyles.Integer, CultureInfo.InvariantCulture, out var l) || l < 0)
-                            throw new DataException(path, $"line {li + 1}: label '{cells[c]}' is not a non-negative integer class index");
-                        labels.Add(l);
-                    }
+                    if (labelCol >= 0) labels.Add(ParseLabel(path, li, cells[c]));
                     else targets.Add(ParseFloat(path, li, header[c], cells[c]));
                 }
                 else feats.Add(ParseFloat(path, li, header[c], cells[c]));
@@ -62,6 +59,18 @@ public static class CsvReader
         }
         if (rows == 0) throw new DataException(path, "no data rows after the header");
         return new CsvTable(feats.ToArray(), rows, nf, labelCol >= 0 ? labels.ToArray() : null, targetCol >= 0 ? targets.ToArray() : null, names);
+    }
+
+    static long ParseLabel(string path, int li, string cell)
+    {
+        bool parsed = long.TryParse(cell, NumberStyles.Integer, CultureInfo.InvariantCulture, out var l);
+        bool beyondLong = !parsed && cell.TrimStart('+') is { Length: > 0 } d && d.All(char.IsAsciiDigit);
+        if (!parsed && !beyondLong || l < 0)
+            throw new DataException(path, $"line {li + 1}: label '{cell}' is not a non-negative integer class index");
+        // Checked here, where the line is known: a larger label would overflow the class count (see Dataset.MaxClasses).
+        if (beyondLong || l >= Dataset.MaxClasses)
+            throw new DataException(path, $"line {li + 1}: label {cell} is too large; at most {Dataset.MaxClasses} classes are supported");
+        return l;
     }
 
     static float ParseFloat(string path, int li, string col, string cell)

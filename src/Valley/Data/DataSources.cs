@@ -1,3 +1,4 @@
+using System.Globalization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -26,6 +27,7 @@ public static class DataSources
     /// </summary>
     public static DataSplit Open(string? path, int classes = 0)
     {
+        CheckClassCount(classes);
         if (string.IsNullOrEmpty(path) || path == "fashion-mnist")
         {
             path = Environment.GetEnvironmentVariable("VALLEY_FASHION_MNIST") ?? FashionMnistFolder;
@@ -52,6 +54,7 @@ public static class DataSources
     /// <summary>Open an MNIST-format IDX folder.</summary>
     public static DataSplit OpenIdxFolder(string folder, int classes = 0)
     {
+        CheckClassCount(classes);
         string? Find(params string[] prefixes) =>
             Directory.EnumerateFiles(folder)
                 .Where(f => prefixes.Any(p => System.IO.Path.GetFileName(f).StartsWith(p, StringComparison.OrdinalIgnoreCase)))
@@ -75,50 +78,67 @@ public static class DataSources
     /// <summary>Read an image file and a label file in IDX format; pixels are scaled by 1/255 into [0, 1].</summary>
     public static Dataset FromIdx(string name, string imagesPath, string labelsPath, int numClasses = 0)
     {
+        CheckClassCount(numClasses);
         var images = IdxReader.Read(imagesPath);
         var labels = IdxReader.Read(labelsPath);
         if (images.Shape.Length < 2) throw new DataException(imagesPath, $"expected images of shape [N, H, W] or [N, C, H, W], got [{string.Join("×", images.Shape)}]");
         if (labels.Shape.Length != 1) throw new DataException(labelsPath, $"expected labels of shape [N], got [{string.Join("×", labels.Shape)}]");
         if (labels.Count != images.Count)
             throw new DataException(labelsPath, $"{labels.Count} labels but {imagesPath} has {images.Count} images");
+        int k = numClasses > 0 ? numClasses : 10;
         var y = new long[labels.Count];
         for (int i = 0; i < y.Length; i++)
         {
+            // Checked as read (a float), before the cast, so that the message shows the value in the file.
             double v = labels.Bytes is { } b ? b[i] : labels.Floats![i];
-            if (v < 0 || v != Math.Floor(v)) throw new DataException(labelsPath, $"label {i} is {v}, not a class index");
+            if (v < 0 || v != Math.Floor(v)) throw new DataException(labelsPath, $"label {i} is {LabelText(labels, i)}, not a class index");
+            if (v >= k) throw new DataException(labelsPath, $"label {i} is {LabelText(labels, i)}, out of range for {k} classes (MNIST-format data has 10; pass --classes for more)");
             y[i] = (long)v;
         }
-        int k = numClasses > 0 ? numClasses : 10;
-        for (int i = 0; i < y.Length; i++)
-            if (y[i] >= k) throw new DataException(labelsPath, $"label {i} is {y[i]}, out of range for {k} classes (MNIST-format data has 10; pass --classes for more)");
         var shape = images.Shape.Select(d => (long)d).ToList();
         if (shape.Count == 3) shape.Insert(1, 1); // [N, H, W] -> [N, 1, H, W]
         Tensor x;
         if (images.Bytes is { } bytes)
         {
-            using var u8 = tensor(bytes, [bytes.LongLength], ScalarType.Byte);
-            x = u8.to(ScalarType.Float32).div_(255f).reshape(shape.ToArray());
+            using var u8 = OwnedTensor.From(bytes);
+            using var scaled = u8.to(ScalarType.Float32).div_(255f);
+            x = scaled.reshape(shape.ToArray());
         }
-        else x = tensor(images.Floats!, shape.ToArray());
-        return new Dataset(name, x, tensor(y), TaskKind.Classification, k);
+        else x = OwnedTensor.From(images.Floats!, shape.ToArray());
+        return new Dataset(name, x, OwnedTensor.From(y), TaskKind.Classification, k);
+    }
+
+    static string LabelText(IdxReader.IdxArray labels, int i) =>
+        labels.Bytes is { } b ? b[i].ToString(CultureInfo.InvariantCulture) : labels.Floats![i].ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>The problem with a class count (0 means: infer it from the labels), or null if there is none.</summary>
+    public static string? ClassCountProblem(int classes) =>
+        classes < 0 ? $"--classes: must be positive (omit it to infer the count from the labels), got {classes}"
+        : classes > Dataset.MaxClasses ? $"--classes: at most {Dataset.MaxClasses}, got {classes}"
+        : null;
+
+    static void CheckClassCount(int classes)
+    {
+        if (ClassCountProblem(classes) is { } problem) throw new ValleyException(problem);
     }
 
     /// <summary>Read a CSV file (see <see cref="CsvReader"/>).</summary>
     public static Dataset OpenCsv(string path, int numClasses = 0, long expectFeatures = 0)
     {
+        CheckClassCount(numClasses);
         var t = CsvReader.Read(path);
         if (expectFeatures > 0 && t.Columns != expectFeatures)
             throw new DataException(path, $"{t.Columns} feature columns, the training data has {expectFeatures}");
-        var x = tensor(t.Features, [t.Rows, t.Columns]);
         var name = System.IO.Path.GetFileName(path);
         if (t.Labels is { } l)
         {
+            // The reader refuses labels of Dataset.MaxClasses or more, so the inferred count fits an int.
             int k = numClasses > 0 ? numClasses : (int)(l.Max() + 1);
             var bad = Array.FindIndex(l, v => v >= k);
-            if (bad >= 0) { x.Dispose(); throw new DataException(path, $"row {bad + 1}: label {l[bad]} out of range for {k} classes"); }
-            return new Dataset(name, x, tensor(l), TaskKind.Classification, Math.Max(k, 2));
+            if (bad >= 0) throw new DataException(path, $"row {bad + 1}: label {l[bad]} out of range for {k} classes");
+            return new Dataset(name, OwnedTensor.From(t.Features, t.Rows, t.Columns), OwnedTensor.From(l), TaskKind.Classification, Math.Max(k, 2));
         }
-        return new Dataset(name, x, tensor(t.Targets!), TaskKind.Regression, 1);
+        return new Dataset(name, OwnedTensor.From(t.Features, t.Rows, t.Columns), OwnedTensor.From(t.Targets!), TaskKind.Regression, 1);
     }
 
     /// <summary>

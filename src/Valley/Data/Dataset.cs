@@ -33,15 +33,42 @@ public sealed class Dataset : IDisposable
     /// <summary>Number of input features of one example (product of <see cref="ExampleShape"/>).</summary>
     public long Features => ExampleShape.Aggregate(1L, (a, b) => a * b);
 
+    /// <summary>
+    /// Most classes a data set may have. A class count sizes the model's output layer and the cross-entropy over it, so a label
+    /// such as 2^31 − 1 or 2^32 (a typo, an ID column, a count taken for a label) would ask for billions of outputs per example;
+    /// a million is far more than real classification data sets have (ImageNet-21k has about 21,000).
+    /// </summary>
+    public const int MaxClasses = 1_000_000;
+
+    /// <summary>
+    /// Checks the tensors so that bad data gives one line naming the data set here rather than a native exception in LibTorch:
+    /// floating-point inputs of shape [N, ...]; for classification, int64 labels of shape [N] in [0, <paramref name="numClasses"/>)
+    /// (one min/max reduction); for regression, floating-point targets.
+    /// </summary>
     public Dataset(string name, Tensor x, Tensor y, TaskKind task, int numClasses)
     {
         if (x.shape.Length < 2) throw new ValleyException($"{name}: inputs must have shape [N, ...], got [{string.Join(", ", x.shape)}]");
-        if (y.shape[0] != x.shape[0]) throw new ValleyException($"{name}: {x.shape[0]} inputs but {y.shape[0]} targets");
+        if (!x.is_floating_point()) throw new ValleyException($"{name}: inputs must be floating point, got {x.dtype}");
+        if (y.shape.Length == 0 || y.shape[0] != x.shape[0]) throw new ValleyException($"{name}: {x.shape[0]} inputs but targets of shape [{string.Join(", ", y.shape)}]");
+        if (task == TaskKind.Classification) CheckLabels(name, y, numClasses);
+        else if (!y.is_floating_point()) throw new ValleyException($"{name}: regression targets must be floating point, got {y.dtype}");
         Name = name;
         X = x;
         Y = y;
         Task = task;
         NumClasses = numClasses;
+    }
+
+    static void CheckLabels(string name, Tensor y, int numClasses)
+    {
+        if (numClasses < 1 || numClasses > MaxClasses) throw new ValleyException($"{name}: {numClasses} classes; expected 1 to {MaxClasses}");
+        if (y.dtype != ScalarType.Int64) throw new ValleyException($"{name}: classification labels must be int64 class indices, got {y.dtype}");
+        if (y.shape.Length != 1) throw new ValleyException($"{name}: classification labels must have shape [N], got [{string.Join(", ", y.shape)}]");
+        if (y.numel() == 0) return;
+        var (min, max) = y.aminmax();
+        long lo, hi;
+        using (min) using (max) (lo, hi) = (min.ToInt64(), max.ToInt64());
+        if (lo < 0 || hi >= numClasses) throw new ValleyException($"{name}: label {(lo < 0 ? lo : hi)} is out of range for {numClasses} classes (labels must be in [0, {numClasses}))");
     }
 
     /// <summary>

@@ -1,3 +1,5 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
 using TorchSharp;
 using Valley.Data;
 using Xunit;
@@ -105,6 +107,80 @@ public class DataTests
         return p;
     }, "label 5 is 200, out of range for 10 classes");
 
+    /// <summary>The header of an IDX file of the given element type and dimensions.</summary>
+    static byte[] IdxHeader(byte type, params int[] dims)
+    {
+        var h = new byte[4 + 4 * dims.Length];
+        h[2] = type;
+        h[3] = (byte)dims.Length;
+        for (int i = 0; i < dims.Length; i++) BinaryPrimitives.WriteInt32BigEndian(h.AsSpan(4 + 4 * i), dims[i]);
+        return h;
+    }
+
+    [Fact]
+    public void HugeFloatLabelIsReportedAsWrittenInTheFile() => CorruptCase(dir =>
+    {
+        File.Delete(Path.Combine(dir, "train-labels-idx1-ubyte.gz"));
+        var p = Path.Combine(dir, "train-labels-idx1-ubyte");
+        var bytes = IdxHeader(0x0D, 20).Concat(Enumerable.Range(0, 20).SelectMany(i =>
+        {
+            var f = new byte[4];
+            BinaryPrimitives.WriteSingleBigEndian(f, i == 5 ? 1e30f : i % 10);
+            return f;
+        })).ToArray();
+        File.WriteAllBytes(p, bytes);
+        return p;
+    }, "label 5 is 1E+30, out of range for 10 classes");
+
+    /// <summary>A gzip file holding an IDX header, <paramref name="body"/>, then <paramref name="zeros"/> zero bytes (small on disk).</summary>
+    static void WriteGzipIdx(string path, byte[] header, byte[] body, long zeros)
+    {
+        using var gz = new GZipStream(File.Create(path), CompressionLevel.Fastest);
+        gz.Write(header);
+        gz.Write(body);
+        var chunk = new byte[1 << 20];
+        for (long written = 0; written < zeros; written += chunk.Length) gz.Write(chunk, 0, (int)Math.Min(chunk.Length, zeros - written));
+    }
+
+    /// <summary>Reads the file and returns the error and the bytes this thread allocated meanwhile.</summary>
+    static (DataException Error, long Allocated) ReadFailing(string path)
+    {
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var e = Assert.Throws<DataException>(() => IdxReader.Read(path));
+        return (e, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    [Fact]
+    public void GzipIdxDeclaringMoreThanAnArrayHoldsIsRefusedBeforeInflating()
+    {
+        var p = Path.Combine(TestUtil.TempDir("idx-huge"), "train-images-idx3-ubyte.gz");
+        WriteGzipIdx(p, IdxHeader(0x08, 2, 1024, 1024, 1024), [], zeros: 64 << 20); // declares 2 GiB, holds 64 MiB
+        Assert.True(new FileInfo(p).Length < 1 << 20);
+        var (e, allocated) = ReadFailing(p);
+        Assert.Contains("header declares 2×1024×1024×1024 values (2147483648 bytes), more than", e.Message);
+        Assert.True(allocated < 8 << 20, $"allocated {allocated} bytes");
+    }
+
+    [Fact]
+    public void GzipIdxInflatesOnlyWhatTheHeaderDeclares()
+    {
+        var p = Path.Combine(TestUtil.TempDir("idx-trailing"), "train-labels-idx1-ubyte.gz");
+        WriteGzipIdx(p, IdxHeader(0x08, 10, 4), new byte[40], zeros: 64 << 20);
+        var (e, allocated) = ReadFailing(p);
+        Assert.Contains("trailing data after the 10×4 values declared in the header", e.Message);
+        Assert.True(allocated < 8 << 20, $"allocated {allocated} bytes");
+    }
+
+    [Fact]
+    public void IdxLargerThanTheMemoryBudgetIsRefusedBeforeReading()
+    {
+        var p = Path.Combine(TestUtil.TempDir("idx-budget"), "images");
+        IdxReader.WriteBytes(p, [1000, 1000], new byte[1000 * 1000], gzip: false);
+        Assert.Equal([1000, 1000], IdxReader.Read(p, memoryBudget: 5_000_000).Shape);
+        var e = Assert.Throws<DataException>(() => IdxReader.Read(p, memoryBudget: 4_000_000));
+        Assert.Contains("header declares 1000×1000 values, which need 5 MB to load; 4 MB of memory is available", e.Message);
+    }
+
     [Fact]
     public void LabelCountMismatchIsReported() => CorruptCase(dir =>
     {
@@ -155,6 +231,10 @@ public class DataTests
     [InlineData("a,b,label\n1,inf,0\n", "not finite")]
     [InlineData("a,b,label\n1,x,0\n", "'x' is not a number")]
     [InlineData("a,b,label\n1,2,-1\n", "not a non-negative integer")]
+    [InlineData("a,b,label\n1,2,2147483647\n", "line 2: label 2147483647 is too large; at most 1000000 classes")]
+    [InlineData("a,b,label\n1,2,0\n1,2,4294967296\n", "line 3: label 4294967296 is too large")]
+    [InlineData("a,b,label\n1,2,99999999999999999999\n", "line 2: label 99999999999999999999 is too large")]
+    [InlineData("a,b,label\n1,2,1000000\n", "line 2: label 1000000 is too large")]
     [InlineData("a,b,c\n1,2,3\n", "neither a 'label' nor a 'target'")]
     [InlineData("", "empty file")]
     [InlineData("a,label\n", "no data rows")]
@@ -164,6 +244,69 @@ public class DataTests
         var e = Assert.Throws<DataException>(() => DataSources.Open(p));
         Assert.Contains(expected, e.Message);
         Assert.StartsWith(p, e.Message);
+    }
+
+    [Fact]
+    public void NegativeClassCountIsRefusedNotInferred()
+    {
+        foreach (var path in new[] { Csv("a,label\n1,0\n"), IdxFolder() })
+        {
+            var e = Assert.Throws<ValleyException>(() => DataSources.Open(path, classes: -3));
+            Assert.Equal("--classes: must be positive (omit it to infer the count from the labels), got -3", e.Message);
+        }
+        using var inferred = DataSources.Open(Csv("a,label\n1,0\n2,4\n"), classes: 0);
+        Assert.Equal(5, inferred.Train.NumClasses);
+    }
+
+    [Fact]
+    public void DatasetRefusesBadLabelsAndInputsInOneLineNamingIt()
+    {
+        using var x = zeros(4, 2);
+        string Refused(Tensor inputs, Tensor targets, TaskKind task = TaskKind.Classification, int classes = 3) =>
+            Assert.Throws<ValleyException>(() => new Dataset("toy", inputs, targets, task, classes)).Message;
+        Assert.Equal("toy: label 5 is out of range for 3 classes (labels must be in [0, 3))", Refused(x, tensor(new long[] { 0, 1, 5, 0 })));
+        Assert.StartsWith("toy: label -1 is out of range", Refused(x, tensor(new long[] { 0, -1, 2, 0 })));
+        Assert.Contains("toy: classification labels must be int64", Refused(x, tensor(new int[] { 0, 1, 2, 0 })));
+        Assert.Contains("toy: classification labels must have shape [N]", Refused(x, zeros([4, 1], ScalarType.Int64)));
+        Assert.Contains("toy: inputs must be floating point", Refused(zeros([4, 2], ScalarType.Int64), tensor(new long[] { 0, 1, 2, 0 })));
+        Assert.Contains("toy: regression targets must be floating point", Refused(x, tensor(new long[] { 0, 1, 2, 0 }), TaskKind.Regression, 1));
+        Assert.Contains("toy: 0 classes", Refused(x, tensor(new long[] { 0, 0, 0, 0 }), classes: 0));
+        using var ok = new Dataset("toy", x.clone(), tensor(new long[] { 0, 1, 2, 0 }), TaskKind.Classification, 3);
+        Assert.Equal(3, ok.NumClasses);
+    }
+
+    /// <summary>Where a float32 or int64 tensor's storage starts.</summary>
+    static long Address(Tensor t) => (long)(t.dtype == ScalarType.Int64 ? t.storage<long>().data_ptr() : t.storage<float>().data_ptr());
+
+    [Fact]
+    public void LoadedTensorsLiveInLibTorchMemoryNotInManagedArrays()
+    {
+        // A tensor backed by a pinned .NET array starts wherever the array does; LibTorch aligns its own allocations to 64 bytes.
+        var csv = Csv("a,b,label\n0.5,1,0\n2,-1e-3,2\n");
+        var idx = IdxFolder(gzip: false, withTest: false);
+        var odd = new List<byte[]>();
+        for (int i = 0; i < 8; i++)
+        {
+            odd.Add(new byte[8 * i + 1]); // moves where the next managed arrays start
+            using var c = DataSources.OpenCsv(csv);
+            using var m = DataSources.Open(idx);
+            foreach (var (what, t) in new[] { ("csv X", c.X), ("csv Y", c.Y), ("idx X", m.Train.X), ("idx Y", m.Train.Y) })
+                Assert.True(Address(t) % 64 == 0, $"load {i}: {what} starts at 0x{Address(t):x}");
+        }
+        GC.KeepAlive(odd);
+    }
+
+    [Fact]
+    public void OwnedTensorCopiesTheArrayInChunks()
+    {
+        var values = Enumerable.Range(0, 10).Select(i => (float)i).ToArray();
+        using var t = OwnedTensor.From(values, 2, 5);
+        values[0] = 99f; // the tensor holds a copy
+        Assert.Equal(0f, t[0, 0].ToSingle());
+        Assert.Equal([2L, 5L], t.shape);
+        using var chunked = OwnedTensor.From<long>(Enumerable.Range(0, 10).Select(i => (long)i).ToArray(), [10], chunkBytes: 24); // 3 values a step
+        Assert.Equal(Enumerable.Range(0, 10).Select(i => (long)i), chunked.data<long>().ToArray());
+        Assert.Throws<ArgumentException>(() => OwnedTensor.From(values, 3, 3));
     }
 
     [Fact]

@@ -14,7 +14,7 @@ public class BadInputTests
 
     sealed class Corpus
     {
-        public readonly string Good, GoodWeights, Empty, NanCsv, Truncated, Magic, Labels, Shape, OtherWeights, NanWeights, NotAFolder;
+        public readonly string Good, GoodWeights, Empty, NanCsv, Truncated, Magic, Labels, Shape, OtherWeights, NanWeights, NotAFolder, BigLabel, FloatLabel, Huge;
         public Corpus()
         {
             Good = TestUtil.CsvFolder("bad-good", 60, 4, 3, seed: 1);
@@ -43,6 +43,18 @@ public class BadInputTests
             Weights.Save(m, NanWeights);
             NotAFolder = Path.Combine(d, "a-file");
             File.WriteAllText(NotAFolder, "x");
+            BigLabel = Path.Combine(d, "big-label.csv"); File.WriteAllText(BigLabel, "a,b,c,d,label\n1,2,3,4,0\n1,2,3,4,2147483647\n");
+            FloatLabel = TestUtil.TempDir("bad-float-label");
+            IdxReader.WriteBytes(Path.Combine(FloatLabel, "train-images-idx3-ubyte"), [3, 2, 2], new byte[12], gzip: false);
+            File.WriteAllBytes(Path.Combine(FloatLabel, "train-labels-idx1-ubyte"), // float32 labels 0, 1, 1e30
+                [0, 0, 0x0D, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0x3f, 0x80, 0, 0, .. BitConverter.GetBytes(1e30f).Reverse()]);
+            Huge = TestUtil.TempDir("bad-huge");
+            using (var gz = new System.IO.Compression.GZipStream(File.Create(Path.Combine(Huge, "train-images-idx3-ubyte.gz")), System.IO.Compression.CompressionLevel.Fastest))
+            {
+                gz.Write([0, 0, 0x08, 4, 0, 0, 0, 2, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0]); // 2×1024×1024×1024 bytes: 2 GiB declared
+                gz.Write(new byte[1 << 20]);
+            }
+            IdxReader.WriteBytes(Path.Combine(Huge, "train-labels-idx1-ubyte"), [2], [0, 1], gzip: false);
         }
     }
 
@@ -58,6 +70,10 @@ public class BadInputTests
             yield return [cmd, new[] { "--data", c.Truncated }, "truncated"];
             yield return [cmd, new[] { "--data", c.Magic }, "wrong magic number"];
             yield return [cmd, new[] { "--data", c.Labels }, "out of range"];
+            yield return [cmd, new[] { "--data", c.BigLabel }, "big-label.csv: line 3: label 2147483647 is too large"];
+            yield return [cmd, new[] { "--data", c.FloatLabel }, "label 2 is 1E+30, out of range"];
+            yield return [cmd, new[] { "--data", c.Huge }, "header declares 2×1024×1024×1024 values (2147483648 bytes), more than"];
+            yield return [cmd, new[] { "--classes", "-3" }, "--classes: must be positive (omit it to infer the count from the labels)"];
             yield return [cmd, new[] { "--data", c.Shape }, "--model mlp:4-6-3"];
             yield return [cmd, new[] { "--weights", c.OtherWeights }, "other.dat"];
             yield return [cmd, new[] { "--weights", c.NanWeights }, "NaN or infinite"];
