@@ -22,7 +22,7 @@ public sealed class DenseOperator : CurvatureOperator, IDisposable
         int n = m.GetLength(0), k = m.GetLength(1);
         var flat = new double[n * k];
         Buffer.BlockCopy(m, 0, flat, 0, flat.Length * sizeof(double));
-        return tensor(flat, [n, k], ScalarType.Float64);
+        return Data.OwnedTensor.From(flat, n, k);
     }
 
     /// <summary>The symmetric matrix Q diag(λ) Qᵀ with a seeded random orthogonal Q: a known spectrum.</summary>
@@ -32,7 +32,7 @@ public sealed class DenseOperator : CurvatureOperator, IDisposable
         int n = eigenvalues.Length;
         var g = new Generator((ulong)seed);
         var (q, _) = linalg.qr(randn([n, n], dtype: ScalarType.Float64, generator: g));
-        var m = q.matmul(diag(tensor(eigenvalues, ScalarType.Float64))).matmul(q.t());
+        var m = q.matmul(diag(Data.OwnedTensor.From(eigenvalues))).matmul(q.t());
         return new DenseOperator((m + m.t()) / 2);
     }
 

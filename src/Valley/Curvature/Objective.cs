@@ -160,7 +160,7 @@ public sealed class Objective : IDisposable
         {
             // One collective for the gradient and the loss together.
             using var scope = NewDisposeScope();
-            var packed = cat([grad.to(ScalarType.Float64), tensor(new[] { loss }, dtype: ScalarType.Float64)]);
+            var packed = cat([grad.to(ScalarType.Float64), OwnedTensor.From(new[] { loss })]);
             var total = Group.Sum(packed);
             grad.copy_(total.narrow(0, 0, grad.shape[0]));
             loss = total[grad.shape[0]].ToDouble();

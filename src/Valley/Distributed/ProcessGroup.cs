@@ -72,7 +72,7 @@ public static class ProcessGroups
         using var scope = NewDisposeScope();
         var values = t.detach().to(ScalarType.Float64).cpu().contiguous().data<double>().ToArray();
         g.Sum(values);
-        return tensor(values, dtype: ScalarType.Float64).reshape(t.shape).to(t.dtype, t.device).MoveToOuterDisposeScope();
+        return Data.OwnedTensor.From(values).reshape(t.shape).to(t.dtype, t.device).MoveToOuterDisposeScope();
     }
 
     /// <summary>Sum over ranks of a few numbers.</summary>

@@ -67,7 +67,7 @@ public static class KeskarSharpness
             var f = ObjectiveFunction.Gradient(yv =>
             {
                 using var s = NewDisposeScope();
-                var delta = A.matmul(tensor(yv.ToArray(), ScalarType.Float64));
+                var delta = A.matmul(OwnedTensor.From(yv.ToArray()));
                 var (l, g) = probe.GradientAt(delta, ct);
                 if (l > best) { best = l; bestDelta.Dispose(); bestDelta = delta.MoveToOuterDisposeScope(); }
                 return (-l, Vector<double>.Build.DenseOfArray(A.t().matmul(g).neg().data<double>().ToArray()));

@@ -154,7 +154,7 @@ public static class StudyRunner
                         {
                             var v = new double[reader.ReadInt32()];
                             for (int i = 0; i < v.Length; i++) v[i] = reader.ReadDouble();
-                            using var src = tensor(v, dtype: ScalarType.Float64);
+                            using var src = OwnedTensor.From(v);
                             t.copy_(src.reshape(t.shape).to(t.dtype));
                         }
                     trained[mm.Name] = model;

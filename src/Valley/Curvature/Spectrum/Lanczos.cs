@@ -80,7 +80,7 @@ public static class Lanczos
                 vectors = cat([vectors, probe.Vectors!], 0);
                 var order = SpectrumMath.Wanted(values.ToArray(), o.K, o.Target);
                 values = order.Select(i => values[i]).ToList();
-                vectors = vectors.index_select(0, tensor(order.Select(i => (long)i).ToArray()));
+                vectors = vectors.index_select(0, Data.OwnedTensor.From(order.Select(i => (long)i).ToArray()));
             }
         }
 
@@ -116,7 +116,7 @@ public static class Lanczos
     {
         using var scope = NewDisposeScope();
         var Av = SpectrumMath.Apply(op, rows.t(), "Lanczos").t();
-        var theta = tensor(values, ScalarType.Float64).to(rows.device).unsqueeze(1);
+        var theta = Data.OwnedTensor.From(values).to(rows.device).unsqueeze(1);
         return (Av - theta * rows).norm(1).cpu().data<double>().ToArray();
     }
 
@@ -162,7 +162,7 @@ public static class Lanczos
         }
         var basis = proc.Basis(proc.TridiagonalSize);
         var coeffs = Matrix<double>.Build.Dense(proc.TridiagonalSize, wanted.Length, (r, c) => S![r, wanted[c]]);
-        var ct = tensor(coeffs.ToColumnMajorArray(), [wanted.Length, proc.TridiagonalSize], ScalarType.Float64).to(basis.device);
+        var ct = Data.OwnedTensor.From(coeffs.ToColumnMajorArray(), wanted.Length, proc.TridiagonalSize).to(basis.device);
         var vectors = ct.matmul(basis);
         vectors = vectors / vectors.norm(1, keepdim: true);
         return (wanted.Select(i => theta[i]).ToArray(), res, vectors.DetachFromDisposeScope(), converged || proc.TridiagonalSize >= space, iter, theta.Max(Math.Abs));

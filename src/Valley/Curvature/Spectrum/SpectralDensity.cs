@@ -133,8 +133,8 @@ public static class StochasticLanczosQuadrature
         double sigma2 = sigma0Sq * Math.Max(1, lmax - lmin);
         double pad = 0.01 * (lmax - lmin) + 5 * Math.Sqrt(sigma2);
         var grid = linspace(lmin - pad, lmax + pad, points, dtype: ScalarType.Float64);
-        var th = tensor(nodes.SelectMany(x => x).ToArray(), ScalarType.Float64);
-        var w = tensor(weights.SelectMany(x => x).ToArray(), ScalarType.Float64) / nodes.Length;
+        var th = Data.OwnedTensor.From(nodes.SelectMany(x => x).ToArray());
+        var w = Data.OwnedTensor.From(weights.SelectMany(x => x).ToArray()) / nodes.Length;
         var diff = grid.unsqueeze(1) - th.unsqueeze(0);
         var dens = (exp(-diff * diff / (2 * sigma2)) / Math.Sqrt(2 * Math.PI * sigma2)).matmul(w);
         var g = grid.data<double>().ToArray();
@@ -168,7 +168,7 @@ public static class StochasticLanczosQuadrature
             var W = SpectrumMath.Apply(op, V.t(), "density (SLQ)").t();  // [r, n]
             var a = (W * V).sum(1);
             W = W - a.unsqueeze(1) * V;
-            if (j > 0) W = W - tensor(beta.Select(b => b[j - 1]).ToArray(), ScalarType.Float64).to(op.Device).unsqueeze(1) * basis[.., j - 1, ..].to(ScalarType.Float64);
+            if (j > 0) W = W - Data.OwnedTensor.From(beta.Select(b => b[j - 1]).ToArray()).to(op.Device).unsqueeze(1) * basis[.., j - 1, ..].to(ScalarType.Float64);
             var Vs = basis.narrow(1, 0, j + 1);                                    // [r, j+1, n]
             // Full reorthogonalization, classical Gram-Schmidt with the DGKS criterion: a second pass only when the
             // first removed most of the vector (‖w‖ fell below 1/√2 of its size), which is when rounding can leave a component.
