@@ -1,4 +1,3 @@
-using System.Collections;
 using System.Text;
 using TorchSharp;
 using TorchSharp.PyBridge;
@@ -11,7 +10,7 @@ public enum WeightsFormat
 {
     /// <summary>TorchSharp's own format (<c>Module.save</c>), <c>.dat</c>.</summary>
     TorchSharp,
-    /// <summary>PyTorch <c>torch.save(model.state_dict())</c>, <c>.pt</c>/<c>.pth</c>/<c>.bin</c> (via TorchSharp.PyBridge).</summary>
+    /// <summary>PyTorch <c>torch.save(model.state_dict())</c>, <c>.pt</c>/<c>.pth</c>/<c>.bin</c> (read by <see cref="PyTorchStateDict"/>, written by TorchSharp.PyBridge).</summary>
     PyTorch,
     /// <summary>Hugging Face <c>.safetensors</c> (via TorchSharp.PyBridge).</summary>
     Safetensors,
@@ -21,7 +20,7 @@ public enum WeightsFormat
 /// Loads and saves model weights. Loading reads the whole file into a name → tensor dictionary first and
 /// checks it against the model (names, shapes, finite values) before anything is copied, because the
 /// underlying loaders accept files whose shapes do not match (DESIGN.md §2). PyTorch pickles are read by
-/// PyBridge's restricted unpickler, which builds tensors only; anything else is refused with a clear error.
+/// <see cref="PyTorchStateDict"/>, which builds tensors only; anything else is refused with a clear error.
 /// Saving is atomic (temporary file, then rename).
 /// </summary>
 public static class Weights
@@ -115,7 +114,7 @@ public static class Weights
             return format switch
             {
                 WeightsFormat.TorchSharp => ReadDat(path),
-                WeightsFormat.PyTorch => ReadPickle(path),
+                WeightsFormat.PyTorch => PyTorchStateDict.Read(path),
                 _ => ReadSafetensors(path),
             };
         }
@@ -184,22 +183,6 @@ public static class Weights
             }
         }
         return Safetensors.LoadStateDict(path);
-    }
-
-    static Dictionary<string, Tensor> ReadPickle(string path)
-    {
-        Hashtable table = PyTorchUnpickler.UnpickleStateDict(path);
-        var result = new Dictionary<string, Tensor>();
-        foreach (DictionaryEntry e in table)
-        {
-            if (e.Key is not string name || e.Value is not Tensor t)
-            {
-                foreach (var v in result.Values) v.Dispose();
-                throw new WeightsException(path, $"entry '{e.Key}' is a {e.Value?.GetType().Name ?? "null"}, not a tensor: only state dictionaries of tensors are loaded");
-            }
-            result[name] = t;
-        }
-        return result;
     }
 
     /// <summary>
