@@ -133,8 +133,8 @@ public static class Weights
 
     /// <summary>
     /// Checks a .safetensors file's layout before PyBridge reads it: an 8-byte little-endian header length, a JSON header
-    /// within the file, and every tensor's byte range inside the data and matching its dtype and shape. A corrupt header
-    /// would otherwise ask for gigabytes of memory.
+    /// within the file, and every tensor's byte range inside the data, matching its dtype and shape, and not overlapping
+    /// another's. A corrupt header would otherwise ask for gigabytes of memory.
     /// </summary>
     static Dictionary<string, Tensor> ReadSafetensors(string path)
     {
@@ -153,6 +153,7 @@ public static class Weights
             catch (System.Text.Json.JsonException e) { throw new WeightsException(path, "corrupt .safetensors header (not JSON)", e); }
             using var _ = doc;
             if (doc.RootElement.ValueKind != System.Text.Json.JsonValueKind.Object) throw new WeightsException(path, "corrupt .safetensors header (not an object)");
+            var ranges = new List<(long Start, long End, string Name)>();
             foreach (var entry in doc.RootElement.EnumerateObject())
             {
                 if (entry.Name == "__metadata__") continue;
@@ -175,12 +176,18 @@ public static class Weights
                     var offsets = v.GetProperty("data_offsets").EnumerateArray().Select(o => o.GetInt64()).ToArray();
                     if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataLength || offsets[1] - offsets[0] != numel * size)
                         throw new WeightsException(path, $"tensor '{entry.Name}': data offsets do not match its shape or lie outside the file");
+                    if (offsets[1] > offsets[0]) ranges.Add((offsets[0], offsets[1], entry.Name));
                 }
                 catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException or FormatException)
                 {
                     throw new WeightsException(path, $"tensor '{entry.Name}': corrupt .safetensors entry", e);
                 }
             }
+            // Overlapping ranges would make one tensor silently read another's bytes.
+            ranges.Sort();
+            for (int i = 1; i < ranges.Count; i++)
+                if (ranges[i].Start < ranges[i - 1].End)
+                    throw new WeightsException(path, $"tensors '{ranges[i - 1].Name}' (bytes {ranges[i - 1].Start}–{ranges[i - 1].End}) and '{ranges[i].Name}' (bytes {ranges[i].Start}–{ranges[i].End}) overlap in the data");
         }
         return Safetensors.LoadStateDict(path);
     }

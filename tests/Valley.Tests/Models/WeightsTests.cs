@@ -140,6 +140,19 @@ public class WeightsTests
     public void StorageEntriesOfAnotherLengthThanDeclaredAreRefused(string file, string message) => Refused(file, message);
 
     [Fact]
+    public void OverlappingSafetensorsRangesAreRefused()
+    {
+        // '0.bias' reuses the last 20 bytes of '0.weight'.
+        var path = Path.Combine(TestUtil.TempDir("weights"), "overlap.safetensors");
+        var header = System.Text.Encoding.UTF8.GetBytes("""
+            {"0.weight":{"dtype":"F32","shape":[5,4],"data_offsets":[0,80]},"0.bias":{"dtype":"F32","shape":[5],"data_offsets":[60,80]},
+             "2.weight":{"dtype":"F32","shape":[3,5],"data_offsets":[80,140]},"2.bias":{"dtype":"F32","shape":[3],"data_offsets":[140,152]}}
+            """);
+        File.WriteAllBytes(path, [.. BitConverter.GetBytes((ulong)header.Length), .. header, .. new byte[152]]);
+        Refused(path, "tensors '0.weight' (bytes 0–80) and '0.bias' (bytes 60–80) overlap");
+    }
+
+    [Fact]
     public void DictionaryKeyThatIsNotANameIsNamedAsSuch() =>
         Refused("int_key.pt", "not a PyTorch state_dict file: key 1 (an integer) is not a parameter name: only dictionaries of name → tensor are loaded");
 
