@@ -83,6 +83,9 @@ public static class Weights
                     continue;
                 }
                 if (!src.shape.SequenceEqual(t.shape)) problems.Add($"'{name}' has shape [{Shape(src)}], the model needs [{Shape(t)}]");
+                // copy_ would turn booleans, integers and complex numbers into weights without a word.
+                else if (t.is_floating_point() && !src.is_floating_point())
+                    problems.Add($"'{name}' holds {src.dtype} values, the model needs floating-point ({t.dtype}) weights");
             }
             foreach (var name in loaded.Keys.Where(k => !target.ContainsKey(k)))
                 problems.Add($"unexpected '{name}' [{Shape(loaded[name])}]");

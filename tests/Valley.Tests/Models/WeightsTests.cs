@@ -153,6 +153,10 @@ public class WeightsTests
     }
 
     [Fact]
+    public void BoolTensorIsNotLoadedIntoFloatWeights() =>
+        Refused("bool_bias.pt", "'0.bias' holds Bool values, the model needs floating-point (Float32) weights");
+
+    [Fact]
     public void DictionaryKeyThatIsNotANameIsNamedAsSuch() =>
         Refused("int_key.pt", "not a PyTorch state_dict file: key 1 (an integer) is not a parameter name: only dictionaries of name → tensor are loaded");
 
