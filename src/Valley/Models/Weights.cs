@@ -1,4 +1,3 @@
-using System.Collections;
 using System.Text;
 using TorchSharp;
 using TorchSharp.PyBridge;
@@ -11,7 +10,7 @@ public enum WeightsFormat
 {
     /// <summary>TorchSharp's own format (<c>Module.save</c>), <c>.dat</c>.</summary>
     TorchSharp,
-    /// <summary>PyTorch <c>torch.save(model.state_dict())</c>, <c>.pt</c>/<c>.pth</c>/<c>.bin</c> (via TorchSharp.PyBridge).</summary>
+    /// <summary>PyTorch <c>torch.save(model.state_dict())</c>, <c>.pt</c>/<c>.pth</c>/<c>.bin</c> (read by <see cref="PyTorchStateDict"/>, written by TorchSharp.PyBridge).</summary>
     PyTorch,
     /// <summary>Hugging Face <c>.safetensors</c> (via TorchSharp.PyBridge).</summary>
     Safetensors,
@@ -21,7 +20,7 @@ public enum WeightsFormat
 /// Loads and saves model weights. Loading reads the whole file into a name → tensor dictionary first and
 /// checks it against the model (names, shapes, finite values) before anything is copied, because the
 /// underlying loaders accept files whose shapes do not match (DESIGN.md §2). PyTorch pickles are read by
-/// PyBridge's restricted unpickler, which builds tensors only; anything else is refused with a clear error.
+/// <see cref="PyTorchStateDict"/>, which builds tensors only; anything else is refused with a clear error.
 /// Saving is atomic (temporary file, then rename).
 /// </summary>
 public static class Weights
@@ -84,6 +83,9 @@ public static class Weights
                     continue;
                 }
                 if (!src.shape.SequenceEqual(t.shape)) problems.Add($"'{name}' has shape [{Shape(src)}], the model needs [{Shape(t)}]");
+                // copy_ would turn booleans, integers and complex numbers into weights without a word.
+                else if (t.is_floating_point() && !src.is_floating_point())
+                    problems.Add($"'{name}' holds {src.dtype} values, the model needs floating-point ({t.dtype}) weights");
             }
             foreach (var name in loaded.Keys.Where(k => !target.ContainsKey(k)))
                 problems.Add($"unexpected '{name}' [{Shape(loaded[name])}]");
@@ -115,7 +117,7 @@ public static class Weights
             return format switch
             {
                 WeightsFormat.TorchSharp => ReadDat(path),
-                WeightsFormat.PyTorch => ReadPickle(path),
+                WeightsFormat.PyTorch => PyTorchStateDict.Read(path),
                 _ => ReadSafetensors(path),
             };
         }
@@ -134,8 +136,8 @@ public static class Weights
 
     /// <summary>
     /// Checks a .safetensors file's layout before PyBridge reads it: an 8-byte little-endian header length, a JSON header
-    /// within the file, and every tensor's byte range inside the data and matching its dtype and shape. A corrupt header
-    /// would otherwise ask for gigabytes of memory.
+    /// within the file, and every tensor's byte range inside the data, matching its dtype and shape, and not overlapping
+    /// another's. A corrupt header would otherwise ask for gigabytes of memory.
     /// </summary>
     static Dictionary<string, Tensor> ReadSafetensors(string path)
     {
@@ -154,6 +156,7 @@ public static class Weights
             catch (System.Text.Json.JsonException e) { throw new WeightsException(path, "corrupt .safetensors header (not JSON)", e); }
             using var _ = doc;
             if (doc.RootElement.ValueKind != System.Text.Json.JsonValueKind.Object) throw new WeightsException(path, "corrupt .safetensors header (not an object)");
+            var ranges = new List<(long Start, long End, string Name)>();
             foreach (var entry in doc.RootElement.EnumerateObject())
             {
                 if (entry.Name == "__metadata__") continue;
@@ -176,30 +179,20 @@ public static class Weights
                     var offsets = v.GetProperty("data_offsets").EnumerateArray().Select(o => o.GetInt64()).ToArray();
                     if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataLength || offsets[1] - offsets[0] != numel * size)
                         throw new WeightsException(path, $"tensor '{entry.Name}': data offsets do not match its shape or lie outside the file");
+                    if (offsets[1] > offsets[0]) ranges.Add((offsets[0], offsets[1], entry.Name));
                 }
                 catch (Exception e) when (e is InvalidOperationException or KeyNotFoundException or FormatException)
                 {
                     throw new WeightsException(path, $"tensor '{entry.Name}': corrupt .safetensors entry", e);
                 }
             }
+            // Overlapping ranges would make one tensor silently read another's bytes.
+            ranges.Sort();
+            for (int i = 1; i < ranges.Count; i++)
+                if (ranges[i].Start < ranges[i - 1].End)
+                    throw new WeightsException(path, $"tensors '{ranges[i - 1].Name}' (bytes {ranges[i - 1].Start}–{ranges[i - 1].End}) and '{ranges[i].Name}' (bytes {ranges[i].Start}–{ranges[i].End}) overlap in the data");
         }
         return Safetensors.LoadStateDict(path);
-    }
-
-    static Dictionary<string, Tensor> ReadPickle(string path)
-    {
-        Hashtable table = PyTorchUnpickler.UnpickleStateDict(path);
-        var result = new Dictionary<string, Tensor>();
-        foreach (DictionaryEntry e in table)
-        {
-            if (e.Key is not string name || e.Value is not Tensor t)
-            {
-                foreach (var v in result.Values) v.Dispose();
-                throw new WeightsException(path, $"entry '{e.Key}' is a {e.Value?.GetType().Name ?? "null"}, not a tensor: only state dictionaries of tensors are loaded");
-            }
-            result[name] = t;
-        }
-        return result;
     }
 
     /// <summary>

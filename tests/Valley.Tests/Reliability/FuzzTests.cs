@@ -1,3 +1,4 @@
+using System.IO.Compression;
 using Valley.Data;
 using Valley.Models;
 using Xunit;
@@ -89,5 +90,48 @@ public class FuzzTests
             Weights.Load(target, p);
             Assert.All(target.parameters(), t => Assert.True(TorchSharp.torch.isfinite(t).all().ToBoolean()));
         }, e => e is WeightsException);
+    }
+
+    [Theory]
+    [InlineData("mlp_4_5_3_views.pt", 1500)]
+    [InlineData("dtypes.pt", 500)]
+    public void PyTorchPickleMutationsGiveOnlyCleanErrors(string fixture, int cases)
+    {
+        // Raw mutations of a .pt file mostly break its zip structure or CRCs; these rewrite the archive around a mutated
+        // data.pkl, so that the unpickler and the checks after it see them.
+        var entries = new List<(string Name, byte[] Data)>();
+        using (var zip = ZipFile.OpenRead(Path.Combine(AppContext.BaseDirectory, "Fixtures", fixture)))
+            foreach (var e in zip.Entries)
+            {
+                using var s = e.Open();
+                using var m = new MemoryStream();
+                s.CopyTo(m);
+                entries.Add((e.FullName, m.ToArray()));
+            }
+        var target = ModelSpec.Parse("mlp:4-5-3").Build([4], 3, seed: 2);
+        var pkl = entries.Single(e => e.Name.EndsWith("/data.pkl")).Data;
+        var dir = TestUtil.TempDir("fuzz-pkl");
+        var rng = new Random(4321);
+        int ok = 0, refused = 0;
+        for (int c = 0; c < cases; c++)
+        {
+            var path = Path.Combine(dir, fixture);
+            using (var zip = ZipFile.Open(path, ZipArchiveMode.Create))
+                foreach (var (name, data) in entries)
+                {
+                    using var s = zip.CreateEntry(name, CompressionLevel.NoCompression).Open();
+                    s.Write(name.EndsWith("/data.pkl") ? Mutate(pkl, rng) : data);
+                }
+            try
+            {
+                foreach (var t in Weights.ReadStateDict(path).Values) t.Dispose();
+                Weights.Load(target, path);
+                ok++;
+            }
+            catch (WeightsException e) { refused++; Assert.DoesNotContain('\n', e.Message.Trim()); }
+            catch (Exception e) { Assert.Fail($"{fixture} case {c}: {e.GetType().Name}: {e.Message}"); }
+            File.Delete(path);
+        }
+        Assert.True(refused > cases / 10, $"{fixture}: only {refused} of {cases} mutations were refused");
     }
 }
