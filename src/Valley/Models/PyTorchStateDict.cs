@@ -110,7 +110,7 @@ internal static partial class PyTorchStateDict
         int n = s.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
         if (n != buffer.Length || s.ReadByte() >= 0)
             throw new WeightsException(path, $"{Corrupt}: {entry.FullName} does not hold the {entry.Length} bytes its zip header declares");
-        if (Crc32.Update(0, buffer) != entry.Crc32) throw new WeightsException(path, $"{Corrupt}: {entry.FullName} does not match its CRC-32");
+        if (System.IO.Hashing.Crc32.HashToUInt32(buffer) != entry.Crc32) throw new WeightsException(path, $"{Corrupt}: {entry.FullName} does not match its CRC-32");
         return buffer;
     }
 
@@ -250,7 +250,8 @@ internal static partial class PyTorchStateDict
             using var stream = entry.Open();
             var buffer = new byte[(int)Math.Min(bytes, 1 << 20)];
             long done = 0;
-            uint crc = 0;
+            // The zip format's CRC-32, which .NET does not check when it reads an entry.
+            var crc = new System.IO.Hashing.Crc32();
             while (done < bytes)
             {
                 int want = (int)Math.Min(buffer.Length, bytes - done);
@@ -261,12 +262,12 @@ internal static partial class PyTorchStateDict
                 // want is a whole number of elements: the buffer's length is a multiple of every element size.
                 using (var part = t.narrow(0, done / s.Type.ElementSize, want / s.Type.ElementSize))
                     buffer.AsSpan(0, want).CopyTo(part.bytes);
-                crc = Crc32.Update(crc, buffer.AsSpan(0, want));
+                crc.Append(buffer.AsSpan(0, want));
                 done += want;
             }
             if (stream.ReadByte() >= 0)
                 throw new WeightsException(path, $"{Corrupt}: storage entry {entryName} holds more than the {bytes} bytes its {s.Elements} elements need");
-            if (crc != entry.Crc32)
+            if (crc.GetCurrentHashAsUInt32() != entry.Crc32)
                 throw new WeightsException(path, $"{Corrupt}: storage entry {entryName} does not match its CRC-32 (damaged, or longer than its zip header says)");
             return t;
         }
@@ -274,24 +275,6 @@ internal static partial class PyTorchStateDict
         {
             t.Dispose();
             throw;
-        }
-    }
-
-    /// <summary>The zip format's CRC-32 (IEEE 802.3, reflected), which .NET does not check when reading an entry.</summary>
-    static class Crc32
-    {
-        static readonly uint[] Table = Enumerable.Range(0, 256).Select(n =>
-        {
-            uint c = (uint)n;
-            for (int k = 0; k < 8; k++) c = (c & 1) != 0 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            return c;
-        }).ToArray();
-
-        public static uint Update(uint crc, ReadOnlySpan<byte> data)
-        {
-            crc = ~crc;
-            foreach (byte b in data) crc = Table[(crc ^ b) & 0xff] ^ (crc >> 8);
-            return ~crc;
         }
     }
 
