@@ -19,9 +19,15 @@ public static class ValleyCli
     public const int ExitInterrupted = 3;
     public const int ExitInternal = 70;
 
-    public static RootCommand BuildRoot()
+    public static Command BuildRoot()
     {
-        var root = new RootCommand("Valley: is your network in a sharp or a flat minimum? Hessian spectra, sharpness, loss landscapes, SAM training.");
+        // A command named "valley" rather than a RootCommand, which takes its name from the assembly (Valley.Cli: the
+        // assembly cannot be called valley.dll beside Valley.dll on case-insensitive file systems); help and version as
+        // a RootCommand has them.
+        var root = new Command("valley", "Valley: is your network in a sharp or a flat minimum? Hessian spectra, sharpness, loss landscapes, SAM training.")
+        {
+            new System.CommandLine.Help.HelpOption(), new VersionOption(),
+        };
         root.Subcommands.Add(InfoCommand.Build());
         root.Subcommands.Add(EvalCommand.Build());
         root.Subcommands.Add(HessianCommand.Build());

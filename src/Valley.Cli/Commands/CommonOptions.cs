@@ -1,3 +1,4 @@
+using Valley.IO;
 using System.CommandLine;
 using TorchSharp;
 using Spectre.Console;

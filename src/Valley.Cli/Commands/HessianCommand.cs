@@ -1,3 +1,4 @@
+using Valley.IO;
 using System.CommandLine;
 using Spectre.Console;
 using Valley.Curvature;

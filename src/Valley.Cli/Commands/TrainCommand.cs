@@ -1,3 +1,4 @@
+using Valley.IO;
 using System.CommandLine;
 using Spectre.Console;
 using Valley.Models;
@@ -52,7 +53,7 @@ public static class TrainCommand
             using var _s = split;
             using var _t = ReferenceEquals(train, split.Train) ? null : train;
             options.Validate(train.Count);
-            Reporting.AtomicFile.EnsureWritableFolder(dir);
+            AtomicFile.EnsureWritableFolder(dir);
             bool f64 = p.GetValue(o.DType) == "float64";
             using var train64 = f64 ? train.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
             using var test64 = f64 ? split.Test?.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
@@ -61,7 +62,7 @@ public static class TrainCommand
             if (f64) TorchSharp.ModuleExtensionMethods.to(model, TorchSharp.torch.ScalarType.Float64);
             TorchSharp.ModuleExtensionMethods.to(model, CommonOptions.ParseDevice(p.GetValue(o.Device)!));
             using var lockFile = OutputLock.Acquire(dir);
-            var trainer = new Trainer(model, spec, train64 ?? train, test64 ?? split.Test, options, dir);
+            var trainer = new Trainer(model, spec, train64 ?? train, test64 ?? split.Test, options, dir) { Stopped = log => Reporting.Plots.Training(log, Path.Combine(dir, "training.png")) };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(spec)}[/] on {Markup.Escape(train.ToString())}; {Markup.Escape(options.Optimizer)}, lr {options.LearningRate}, batch {(options.BatchSize == 0 ? "full" : options.BatchSize)}");
@@ -93,7 +94,7 @@ public static class TrainCommand
                         }), ct);
                         task?.StopTask();
                     });
-            if (json) { p.InvocationConfiguration.Output.WriteLine(Reporting.AtomicFile.ToJson(log)); return Task.FromResult(0); }
+            if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(log)); return Task.FromResult(0); }
             var last = log.Epochs.Last();
             var t = new Table().AddColumns("split", "loss", "accuracy");
             t.AddRow("train", $"{last.TrainLoss:G5}", last.TrainAccuracy is { } a ? $"{100 * a:F2}%" : "-");

@@ -5,7 +5,7 @@ namespace Valley.Distributed;
 /// <summary>
 /// The processes that share one computation, and the few collective operations Valley needs from them. Every rank must
 /// call the same collectives in the same order (as in MPI). <see cref="SingleProcess"/> is the group of one, where every
-/// collective is the identity; <see cref="MpiProcessGroup"/> is a group of MPI ranks.
+/// collective is the identity; MpiProcessGroup (package Valley.Mpi) is a group of MPI ranks.
 /// </summary>
 public interface IProcessGroup
 {

@@ -4,7 +4,6 @@ using TorchSharp;
 using Valley.Curvature;
 using Valley.Data;
 using Valley.Distributed;
-using Valley.Reporting;
 using Valley.Training;
 using static TorchSharp.torch;
 

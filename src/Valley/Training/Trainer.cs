@@ -1,3 +1,4 @@
+using Valley.IO;
 using System.Diagnostics;
 using System.Text.Json;
 using TorchSharp;
@@ -6,7 +7,6 @@ using Valley.Curvature;
 using Valley.Curvature.Spectrum;
 using Valley.Data;
 using Valley.Models;
-using Valley.Reporting;
 using Valley.Runs;
 using static TorchSharp.torch;
 
@@ -364,8 +364,11 @@ public sealed class Trainer
                 log.Monitor.Select(m => new object[] { m.Step, m.Epoch, m.LambdaMax, m.RelativeResidual, m.BatchLoss, m.Products }));
     }
 
-    void WritePlot(TrainingLog log)
-    {
-        if (log.Epochs.Count > 0) Plots.Training(log, Path.Combine(_dir, "training.png"));
-    }
+    /// <summary>
+    /// Called with the log when training stops (finished or diverged), e.g. to draw it: the figures live in
+    /// Valley.Reporting, which the core library does not depend on.
+    /// </summary>
+    public Action<TrainingLog>? Stopped { get; init; }
+
+    void WritePlot(TrainingLog log) => Stopped?.Invoke(log);
 }

@@ -1,7 +1,8 @@
+using Valley.IO;
 using System.Globalization;
 using System.Text;
 
-namespace Valley.Reporting;
+namespace Valley.IO;
 
 /// <summary>Small CSV writer (invariant culture, round-trip doubles), written atomically.</summary>
 public static class Csv

@@ -1,3 +1,4 @@
+using Valley.IO;
 using System.Text.Json;
 using TorchSharp;
 using Valley.Curvature;

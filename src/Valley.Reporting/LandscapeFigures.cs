@@ -1,3 +1,4 @@
+using Valley.IO;
 using System.Globalization;
 using System.Text;
 using ScottPlot;

@@ -1,3 +1,4 @@
+using Valley.IO;
 using System.Diagnostics;
 using System.Text.Json;
 using TorchSharp;
@@ -85,7 +86,7 @@ public static class StudyRunner
             {
                 Optimizer = m.Optimizer, BaseOptimizer = "sgd", LearningRate = m.LearningRate, Momentum = 0.9, Rho = m.Rho, BatchSize = m.BatchSize,
                 Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed, CheckpointEvery = Math.Max(1, o.MaxEpochs),
-            }, dir).Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
+            }, dir) { Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }.Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
             trained[m.Name] = model;
             progress?.Report(new StudyProgress($"measuring {m.Name}", step++, total));
             var cache = Path.Combine(dir, "measures.json");

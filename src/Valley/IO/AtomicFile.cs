@@ -1,8 +1,9 @@
+using Valley.IO;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
-namespace Valley.Reporting;
+namespace Valley.IO;
 
 /// <summary>Writes files atomically (temporary file in the same folder, then rename), so a crash never leaves half a file.</summary>
 public static class AtomicFile

@@ -1,3 +1,4 @@
+using Valley.IO;
 using ScottPlot;
 using Valley.Curvature.Spectrum;
 
