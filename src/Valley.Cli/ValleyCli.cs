@@ -68,6 +68,9 @@ public static class ValleyCli
         {
             bool verbose = args.Contains("--verbose");
             var inner = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerException! : e;
+            // A bad argument the library refused, in the library's names: say it with the command's option names.
+            if (inner is ArgumentException ae && OptionNames.Translate(ae, string.Join(' ', CommandPath(parse))) is { } message)
+                inner = new ValleyException(message, ae);
             if (group.Size > 1 && inner is not AgreedFailure)
             {
                 // Only this rank failed, the others wait for it at their next collective: say why and end the whole job.

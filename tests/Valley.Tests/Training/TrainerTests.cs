@@ -20,7 +20,7 @@ public class TrainerTests
     static (nn.Module<Tensor, Tensor>, TrainingLog) Train(string dir, TrainOptions o, Dataset train, Dataset test, bool resume = false, int cancelAtStep = 0)
     {
         var model = ModelSpec.Parse("mlp:8-16-3").Build(train, seed: 1);
-        var t = new Trainer(model, "mlp:8-16-3", train, test, o, dir);
+        var t = new Trainer(model, "mlp:8-16-3", train, test, o, dir) { Stopped = log => Valley.Reporting.Plots.Training(log, Path.Combine(dir, "training.png")) };
         using var cts = new CancellationTokenSource();
         var progress = new Valley.Curvature.Spectrum.SyncProgress<TrainProgress>(p => { if (cancelAtStep > 0 && p.Step >= cancelAtStep) cts.Cancel(); });
         return (model, t.Run(resume, progress, cts.Token));
