@@ -25,7 +25,7 @@ public static class EvalCommand
             var test = ctx.Test is { } t ? ctx.Objective.Evaluate(t, ct) : null;
             var (_, grad) = ctx.Objective.LossAndGradient(ct);
             var result = new Result(p.GetValue(o.Model)!, ctx.Train.ToString(), ctx.Objective.Size, train.Loss, train.Accuracy, train.Examples,
-                test?.Loss, test?.Accuracy, test?.Examples, grad.norm().item<float>() is var g ? g : 0, sw.Elapsed.TotalSeconds);
+                test?.Loss, test?.Accuracy, test?.Examples, TorchSharp.TensorExtensionMethods.ToDouble(grad.norm()), sw.Elapsed.TotalSeconds);
             grad.Dispose();
             if (CommonOptions.Json(p, o)) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(result)); return Task.FromResult(0); }
             var table = new Table().AddColumns("split", "examples", "loss", "accuracy");

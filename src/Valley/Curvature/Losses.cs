@@ -18,6 +18,9 @@ public static class Losses
     public static readonly LossFunction MeanSquaredError = (output, target) =>
     {
         if (output.dim() == 2 && output.shape[1] == 1 && target.dim() == 1) output = output.squeeze(1);
+        // Other shapes would broadcast into a loss over all pairs of examples, silently wrong.
+        if (!output.shape.SequenceEqual(target.shape))
+            throw new ValleyException($"mean squared error: the model's outputs have shape [{string.Join(", ", output.shape)}], the targets [{string.Join(", ", target.shape)}]");
         return nn.functional.mse_loss(output, target);
     };
 

@@ -62,22 +62,28 @@ public sealed class Objective : IDisposable
     /// <summary>N: examples over all ranks' shards (<see cref="Data"/> holds this rank's).</summary>
     public long Examples { get; }
     readonly bool _ownsData;
+    readonly ScalarType? _convertedFrom;
+    bool _outputsChecked;
 
     public Objective(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, ObjectiveOptions? options = null)
     {
         Options = options ?? new ObjectiveOptions();
-        if (Options.BatchSize <= 0) throw new ValleyException($"--batch-size: must be positive, got {Options.BatchSize}");
+        Check.AtLeast(Options.BatchSize, 1, nameof(Options.BatchSize));
         Group = Options.Group ?? SingleProcess.Instance;
         Examples = Group.Size == 1 ? data.Count : (long)Group.Total(data.Count)[0];
         if (Examples == 0) throw new ValleyException($"{data.Name}: the data set is empty");
         Model = model;
         Loss = loss;
-        if (Options.DType is { } dt)
-        {
-            if (dt != ScalarType.Float32 && dt != ScalarType.Float64) throw new ValleyException($"--dtype: only float32 and float64 are supported, got {dt}");
-            model.to(dt);
-        }
         var p0 = model.parameters().FirstOrDefault() ?? throw new ValleyException("the model has no parameters");
+        if (Options.DType is { } dt && dt != p0.dtype)
+        {
+            if (dt != ScalarType.Float32 && dt != ScalarType.Float64) throw Check.OutOfRange(nameof(Options.DType), dt, "must be Float32 or Float64");
+            // Converted for the objective's lifetime only: Dispose converts the model back, so that a caller's model is not
+            // changed for good by asking for a float64 computation.
+            _convertedFrom = p0.dtype;
+            model.to(dt);
+            p0 = model.parameters().First();
+        }
         var dtype = p0.dtype;
         // The data stay where they are (host memory for a CUDA model) in the model's dtype; each batch moves to the model's
         // device when it is used, so a GPU holds one batch, not the data set.
@@ -114,6 +120,7 @@ public sealed class Objective : IDisposable
             using var scope = NewDisposeScope();
             var (xb, yb) = ToModel(x, y, data.Task);
             var output = Model.call(xb);
+            CheckOutputs(output, data);
             double batchLoss = Loss(output, yb).ToDouble();
             if (!Options.AllowNonFiniteLoss) CheckFinite(batchLoss, data, start, size);
             loss += batchLoss * size;
@@ -284,7 +291,24 @@ public sealed class Objective : IDisposable
     Tensor BatchLoss(Tensor x, Tensor y)
     {
         var (xb, yb) = ToModel(x, y, Data.Task);
-        return Loss(Model.call(xb), yb);
+        var output = Model.call(xb);
+        CheckOutputs(output, Data);
+        return Loss(output, yb);
+    }
+
+    /// <summary>
+    /// Before the first cross-entropy: the model must give [N, K] logits with K above every label, or LibTorch fails deep
+    /// inside the loss with a long native message.
+    /// </summary>
+    void CheckOutputs(Tensor output, Dataset data)
+    {
+        if (_outputsChecked || data.Task != TaskKind.Classification || !ReferenceEquals(Loss, Losses.CrossEntropy)) return;
+        if (output.dim() != 2)
+            throw new ValleyException($"{data.Name}: the model's output has shape [{string.Join(", ", output.shape)}]; cross-entropy needs logits of shape [examples, classes]");
+        long maxLabel = data.Y.max().ToInt64();
+        if (maxLabel >= output.shape[1])
+            throw new ValleyException($"{data.Name}: labels go up to {maxLabel}, but the model has {output.shape[1]} outputs; it needs at least {maxLabel + 1}");
+        _outputsChecked = true;
     }
 
     /// <summary>A batch in the dtype and on the device of the objective's parameters (labels stay int64).</summary>
@@ -329,6 +353,7 @@ public sealed class Objective : IDisposable
     public void Dispose()
     {
         DropCachedGraph();
+        if (_convertedFrom is { } original) Model.to(original);
         if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
         if (_ownsData) Data.Dispose();
     }
