@@ -85,7 +85,7 @@ public static class LandscapeBench
             for (int i = 0; i < spec.Count; i++) { using var s = NewDisposeScope(); model.call(data.X); }
         double bare = sw.Elapsed.TotalSeconds;
         sw.Restart();
-        var grid = ev.Run("2d", d1, d2, spec);
+        var grid = ev.Run(d1, d2, spec);
         double gridTime = sw.Elapsed.TotalSeconds;
         Console.WriteLine($"{points}×{points} grid, mlp:784-128-64-10, 10,000 Fashion-MNIST examples, one batch, {get_num_threads()} threads:");
         Console.WriteLine($"  grid (set weights, forward, loss, accuracy per point): {gridTime:F1} s ({1000 * gridTime / spec.Count:F2} ms/point)");
@@ -124,7 +124,7 @@ public static class SoakBench
             var spec = new Valley.Landscape.GridSpec(Valley.Landscape.GridSpec.Range(-1, 1, points), Valley.Landscape.GridSpec.Range(-1, 1, points));
             var marks = new SortedDictionary<int, long>();
             var ev = new Valley.Landscape.LandscapeEvaluator(model, Losses.CrossEntropy, data, null);
-            ev.Run("2d", d1, d2, spec, null, new Valley.Curvature.Spectrum.SyncProgress<(int Done, int Total)>(p =>
+            ev.Run(d1, d2, spec, progress: new Valley.Curvature.Spectrum.SyncProgress<(int Done, int Total)>(p =>
             {
                 if (p.Done == 200 || p.Done % 2000 == 0 || p.Done == p.Total) marks[p.Done] = Runner.ResidentBytes();
             }));

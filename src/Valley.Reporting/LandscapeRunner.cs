@@ -9,9 +9,9 @@ using Valley.Reporting;
 using Valley.Runs;
 using static TorchSharp.torch;
 
-namespace Valley.Landscape;
+using Valley.Landscape;
 
-public enum LandscapeMode { OneD, TwoD, Interpolate, Trajectory, Eigen }
+namespace Valley.Reporting;
 
 /// <summary>One landscape run: what to compute and where to write it. Defaults from DESIGN.md §6.</summary>
 public sealed record LandscapeRequest
@@ -35,6 +35,8 @@ public sealed record LandscapeRequest
     public long BatchSize { get; init; } = 10_000;
     public LandscapeView View { get; init; } = new();
     public string DataName { get; init; } = "";
+    /// <summary>The loss the grid shows; null: the task's default (<see cref="Losses.For"/>).</summary>
+    [System.Text.Json.Serialization.JsonIgnore] public LossFunction? Loss { get; init; }
 }
 
 /// <summary>
@@ -53,7 +55,9 @@ public static class LandscapeRunner
             Directory.CreateDirectory(r.OutDir);
             CheckSameRun(r, Inputs(r, model, train, test));
         });
-        var all = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+        // The trainable parameters: the directions move them, frozen ones stay where they are.
+        var all = ParameterSet.From(model);
+        var loss = r.Loss ?? Losses.For(train.Task);
         using var scope = NewDisposeScope();
         Tensor d1;
         Tensor? d2 = null;
@@ -105,7 +109,7 @@ public static class LandscapeRunner
             {
                 // Data-parallel over the ranks' shares of the data; the sums, and so the eigenvectors, are the same on every rank.
                 using var shard = group.Size > 1 ? train.Shard(group) : null;
-                using var obj = new Objective(model, Losses.For(train.Task), shard ?? train, new ObjectiveOptions { BatchSize = r.BatchSize, Group = group });
+                using var obj = new Objective(model, loss, shard ?? train, new ObjectiveOptions { BatchSize = r.BatchSize, Group = group });
                 var (e1, e2, values) = Directions.HessianEigenvectors(obj, r.Seed);
                 d1 = e1; d2 = e2;
                 desc["eigenvalues"] = $"{values[0]:G6}, {values[1]:G6}";
@@ -117,11 +121,27 @@ public static class LandscapeRunner
         GridSpec.EnsureFits(pts.Item1, twoD ? pts.Item2 : 1, "--points");
         var xs = GridSpec.Range(range.Item1, range.Item2, pts.Item1);
         var spec = new GridSpec(xs, twoD ? GridSpec.Range(range.Item1, range.Item2, pts.Item2) : null);
-        var evaluator = new LandscapeEvaluator(model, Losses.For(train.Task), train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm, Group = group });
-        var result = evaluator.Run(r.Mode.ToString(), d1, d2, spec, Path.Combine(r.OutDir, "points.csv"), progress, ct, endpoint) with
+        var evaluator = new LandscapeEvaluator(model, loss, train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm, Group = group, Parameters = all });
+        // Rank 0 reads the points file of an earlier run of these inputs; every rank resumes from the same points, and rank 0
+        // appends each round's points as they finish.
+        var pointsPath = Path.Combine(r.OutDir, "points.csv");
+        var earlier = group.Broadcast(group.IsRoot() && File.Exists(pointsPath) ? File.ReadAllBytes(pointsPath) : []);
+        var finished = group.Agree(() => PointsFile.Parse(System.Text.Encoding.UTF8.GetString(earlier), spec, pointsPath));
+        // Opened with the first finished points, so that a grid refused before any point leaves the folder as it was.
+        StreamWriter? writer = null;
+        GridResult result;
+        try
         {
-            Description = desc, TrajectoryX = tx, TrajectoryY = ty, ExplainedVariance = explained,
-        };
+            result = evaluator.Run(d1, d2, spec, finished, points =>
+            {
+                if (!group.IsRoot()) return;
+                writer ??= PointsFile.OpenForAppend(pointsPath, earlier);
+                foreach (var p in points) writer.WriteLine(PointsFile.Format(p));
+                writer.Flush();
+            }, progress, ct, endpoint, kind: r.Mode.ToString());
+        }
+        finally { writer?.Dispose(); }
+        result = result with { Description = desc, TrajectoryX = tx, TrajectoryY = ty, ExplainedVariance = explained };
         var title = $"{r.Model}: {Describe(r, twoD)}";
         if (group.IsRoot()) LandscapeFigures.WriteAll(result, r.OutDir, title, r.View);
         return result;

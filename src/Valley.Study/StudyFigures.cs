@@ -21,13 +21,13 @@ public static class StudyFigures
         {
             var a = models[adam[0].Name];
             var b = models[adam[^1].Name];
-            var ps = new ParameterSet(a.named_parameters().Select(p => (p.name, p.parameter)));
-            var pb = new ParameterSet(b.named_parameters().Select(p => (p.name, p.parameter)));
+            var ps = ParameterSet.From(a);
+            var pb = ParameterSet.From(b);
             using var wb = pb.GetFlat();
             using var wa = ps.GetFlat();
             using var d = wb - wa;
-            var grid = new LandscapeEvaluator(a, Losses.CrossEntropy, train, test).Run("parametric", d, null,
-                new GridSpec(GridSpec.Range(-1, 2, o.ParametricPoints), null), ct: ct, endpoint: wb);
+            var grid = new LandscapeEvaluator(a, Losses.CrossEntropy, train, test).Run(d, null,
+                new GridSpec(GridSpec.Range(-1, 2, o.ParametricPoints), null), ct: ct, endpoint: wb, kind: "parametric");
             var xs = grid.Points.Select(p => p.X).ToArray();
             var loss = new Plot();
             Plots.Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TrainLoss, 1e-6))).ToArray(), "train loss", Colors.Navy, false);
@@ -53,9 +53,9 @@ public static class StudyFigures
         foreach (var m in s.Models)
         {
             var model = models[m.Name];
-            var ps = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+            var ps = ParameterSet.From(model);
             using var dir1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 11);
-            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run("1d", dir1, null, new GridSpec(GridSpec.Range(-1, 1, o.SlicePoints), null), ct: ct);
+            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run(dir1, null, new GridSpec(GridSpec.Range(-1, 1, o.SlicePoints), null), ct: ct);
             slicesByModel[m.Name] = g;
             Plots.Line(slices, g.Points.Select(p => p.X).ToArray(), g.Points.Select(p => Math.Min(p.TrainLoss, 10)).ToArray(), m.Name, palette.GetColor(k++), false);
         }
@@ -72,11 +72,11 @@ public static class StudyFigures
         foreach (var m in new[] { flattest, sharpest })
         {
             var model = models[m.Name];
-            var ps = new ParameterSet(model.named_parameters().Select(p => (p.name, p.parameter)));
+            var ps = ParameterSet.From(model);
             using var d1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 21);
             using var d2 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 22);
             var spec = new GridSpec(GridSpec.Range(-1, 1, o.ContourPoints), GridSpec.Range(-1, 1, o.ContourPoints));
-            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run("2d", d1, d2, spec, ct: ct);
+            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run(d1, d2, spec, ct: ct);
             var coords = new Coordinates3d[spec.Ys!.Length, spec.Xs.Length];
             foreach (var p in g.Points) coords[p.J, p.I] = new Coordinates3d(p.X, p.Y, Math.Min(p.TrainLoss, 10));
             var plt = new Plot();

@@ -75,13 +75,18 @@ public sealed record LandscapeOptions
     /// gathers the points after each round and appends them to the points file. Null: this process alone.
     /// </summary>
     public IProcessGroup? Group { get; init; }
+    /// <summary>
+    /// The parameters the directions move (their flat order is the directions' order). Null: the model's trainable
+    /// parameters, as <see cref="ParameterSet.From"/> selects them; frozen ones stay where they are.
+    /// </summary>
+    public ParameterSet? Parameters { get; init; }
 }
 
 /// <summary>
 /// Evaluates loss and accuracy over a grid w(α, β) = w₀ + α d₁ + β d₂ in eval mode without gradients. Weights are set in
 /// place from the exact origin at every point (no accumulation, no per-point allocation) and restored bit-identically at
-/// the end. Each point is appended to a CSV file as it finishes; a rerun with the same file skips finished points.
-/// With a <see cref="LandscapeOptions.Group"/>, the pending points are dealt out to the ranks round by round.
+/// the end. Finished points are handed out as they come and can be passed back in to resume; the evaluator itself
+/// writes no files. With a <see cref="LandscapeOptions.Group"/>, the pending points are dealt out to the ranks round by round.
 /// </summary>
 public sealed class LandscapeEvaluator
 {
@@ -100,25 +105,30 @@ public sealed class LandscapeEvaluator
         _o = options ?? new LandscapeOptions();
     }
 
-    public const string PointsHeader = "i,j,x,y,train_loss,train_accuracy,test_loss,test_accuracy";
-
+    /// <summary>
+    /// Evaluates the grid. Points already in <paramref name="finished"/> (an earlier, interrupted run of the same grid; every
+    /// rank must pass the same) are kept; the others are evaluated and handed to <paramref name="pointsDone"/> as they finish
+    /// (each round's points, in order, on every rank), so that a caller can write them down and resume after a kill.
+    /// </summary>
+    /// <param name="d1">First direction, a flat vector over <see cref="LandscapeOptions.Parameters"/>.</param>
+    /// <param name="d2">Second direction for a 2D grid; null for 1D.</param>
     /// <param name="endpoint">
     /// For model-to-model interpolation: the second model's weights w_b. Points are then set as (1 − α) w₀ + α w_b, so that both
     /// endpoints are exactly the two models (w₀ + α(w_b − w₀) is not exactly w_b at α = 1).
     /// </param>
-    public GridResult Run(string kind, Tensor d1, Tensor? d2, GridSpec spec, string? pointsFile = null, IProgress<(int Done, int Total)>? progress = null,
-        CancellationToken ct = default, Tensor? endpoint = null)
+    /// <param name="kind">A label for the result (e.g. "interpolate"); default "1d" or "2d".</param>
+    public GridResult Run(Tensor d1, Tensor? d2, GridSpec spec, IReadOnlyDictionary<(int I, int J), GridPoint>? finished = null,
+        Action<IReadOnlyList<GridPoint>>? pointsDone = null, IProgress<(int Done, int Total)>? progress = null, CancellationToken ct = default,
+        Tensor? endpoint = null, string? kind = null)
     {
-        if (spec.Is2D != (d2 is not null)) throw new ValleyException("landscape: a 2D grid needs two directions, a 1D grid one");
+        if (spec.Is2D != (d2 is not null)) throw new ArgumentException("a 2D grid needs two directions, a 1D grid one", nameof(d2));
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var all = new ParameterSet(_model.named_parameters().Select(p => (p.name, p.parameter)));
+        var all = _o.Parameters ?? ParameterSet.From(_model);
         if (d1.shape[0] != all.Size || (d2 is not null && d2.shape[0] != all.Size))
-            throw new ValleyException($"landscape: directions have {d1.shape[0]} entries, the model {all.Size} parameters");
+            throw new ArgumentException($"the directions have {d1.shape[0]} entries, the parameters they move {all.Size}", nameof(d1));
         EnsureFiniteWeights(all, d1, d2, endpoint, spec);
         var group = _o.Group ?? SingleProcess.Instance;
-        // Rank 0 reads the points file of an earlier run and every rank resumes from the same points.
-        var earlier = pointsFile is null ? [] : group.Broadcast(group.IsRoot() && File.Exists(pointsFile) ? File.ReadAllBytes(pointsFile) : []);
-        var done = group.Agree(() => ParsePoints(Encoding.UTF8.GetString(earlier), spec, pointsFile ?? ""));
+        var done = finished is null ? new Dictionary<(int, int), GridPoint>() : new Dictionary<(int, int), GridPoint>(finished.Where(kv => kv.Key.I < spec.Xs.Length && kv.Key.J < (spec.Ys?.Length ?? 1)));
         int resumed = done.Count;
         using var obj = new Objective(_model, _loss, _train, new ObjectiveOptions { BatchSize = _o.BatchSize, CacheGraph = false, AllowNonFiniteLoss = true });
         using var snapshot = all.Snapshot();
@@ -127,20 +137,8 @@ public sealed class LandscapeEvaluator
         var dir1 = all.Unflatten(d1.to(all.DType, all.Device).contiguous());
         var dir2 = d2 is null ? null : all.Unflatten(d2.to(all.DType, all.Device).contiguous());
         var end = endpoint is null ? null : all.Unflatten(endpoint.to(all.DType, all.Device).contiguous());
-        StreamWriter? writer = null;
         try
         {
-            if (pointsFile is not null && group.IsRoot())
-            {
-                bool fresh = !File.Exists(pointsFile) || new FileInfo(pointsFile).Length == 0;
-                var stream = new FileStream(pointsFile, FileMode.OpenOrCreate, FileAccess.Write, FileShare.Read);
-                // A line torn by a kill mid-write is cut off, so that the next point does not continue it.
-                if (!fresh) stream.SetLength(earlier.AsSpan().LastIndexOf((byte)'\n') + 1);
-                stream.Seek(0, SeekOrigin.End);
-                writer = new StreamWriter(stream, new UTF8Encoding(false));
-                fresh |= stream.Length == 0;
-                if (fresh) { writer.WriteLine(PointsHeader); writer.Flush(); }
-            }
             int ny = spec.Ys?.Length ?? 1;
             var pending = new List<(int I, int J)>();
             for (int j = 0; j < ny; j++)
@@ -153,20 +151,15 @@ public sealed class LandscapeEvaluator
                 ct.ThrowIfCancellationRequested();
                 int mine = start + group.Rank;
                 GridPoint? p = mine < pending.Count ? Evaluate(pending[mine].I, pending[mine].J) : null;
-                var round = group.Size == 1 ? [p] : ShareRound(group, p, spec);
-                foreach (var q in round)
-                {
-                    if (q is null) continue;
-                    done[(q.I, q.J)] = q;
-                    writer?.WriteLine(Format(q));
-                }
-                writer?.Flush();
+                GridPoint?[] raw = group.Size == 1 ? [p] : ShareRound(group, p, spec);
+                var round = raw.OfType<GridPoint>().ToList();
+                foreach (var q in round) done[(q.I, q.J)] = q;
+                pointsDone?.Invoke(round);
                 progress?.Report((done.Count, spec.Count));
             }
         }
         finally
         {
-            writer?.Dispose();
             snapshot.Restore();
             bn?.Restore(_model);
             foreach (var t in origin) t.Dispose();
@@ -190,7 +183,7 @@ public sealed class LandscapeEvaluator
         }
         return new GridResult
         {
-            Kind = kind, Spec = spec, Points = done.Values.OrderBy(p => p.J).ThenBy(p => p.I).ToList(), Seconds = sw.Elapsed.TotalSeconds, Resumed = resumed,
+            Kind = kind ?? (spec.Is2D ? "2d" : "1d"), Spec = spec, Points = done.Values.OrderBy(p => p.J).ThenBy(p => p.I).ToList(), Seconds = sw.Elapsed.TotalSeconds, Resumed = resumed,
         };
     }
 
@@ -214,10 +207,6 @@ public sealed class LandscapeEvaluator
                                       $"(|w| up to {bound:G3}); choose a smaller range");
     }
 
-    static string F(double? v) => v is { } d ? d.ToString("R", CultureInfo.InvariantCulture) : "";
-
-    static string Format(GridPoint p) => $"{p.I},{p.J},{F(p.X)},{F(p.Y)},{F(p.TrainLoss)},{F(p.TrainAccuracy)},{F(p.TestLoss)},{F(p.TestAccuracy)}";
-
     /// <summary>Every rank's point of one round (null where a rank had none), in rank order, on every rank.</summary>
     static GridPoint?[] ShareRound(IProcessGroup group, GridPoint? p, GridSpec spec)
     {
@@ -233,31 +222,6 @@ public sealed class LandscapeEvaluator
             int i = (int)c[0], j = (int)c[1];
             result[r] = new GridPoint(i, j, spec.Xs[i], spec.Ys?[j] ?? 0, c[2], V(c[3]), V(c[4]), V(c[5]));
         }
-        return result;
-    }
-
-    /// <summary>Finished points of an interrupted run; a torn last line (killed mid-write) is ignored.</summary>
-    public static Dictionary<(int, int), GridPoint> ReadPoints(string path, GridSpec spec) =>
-        File.Exists(path) ? ParsePoints(File.ReadAllText(path), spec, path) : [];
-
-    static Dictionary<(int, int), GridPoint> ParsePoints(string text, GridSpec spec, string path)
-    {
-        var result = new Dictionary<(int, int), GridPoint>();
-        if (text.Length == 0) return result;
-        var lines = text.Split('\n');
-        // Only lines terminated by a newline are complete.
-        for (int k = 1; k < lines.Length - 1; k++)
-        {
-            var c = lines[k].TrimEnd('\r').Split(',');
-            if (c.Length != 8) continue;
-            double? D(string s) => s.Length == 0 ? null : double.Parse(s, CultureInfo.InvariantCulture);
-            if (!int.TryParse(c[0], out int i) || !int.TryParse(c[1], out int j)) continue;
-            if (i < 0 || i >= spec.Xs.Length || j < 0 || j >= (spec.Ys?.Length ?? 1)) continue;
-            try { result[(i, j)] = new GridPoint(i, j, D(c[2])!.Value, D(c[3])!.Value, D(c[4])!.Value, D(c[5]), D(c[6]), D(c[7])); }
-            catch (FormatException) { }
-        }
-        if (lines.Length > 0 && lines[0].TrimEnd('\r') != PointsHeader && lines[0].Length > 0)
-            throw new ValleyException($"{path}: not a landscape points file (header '{lines[0]}'); remove it or choose another --out");
         return result;
     }
 

@@ -51,7 +51,7 @@ public class LandscapeTests
         using var data = new Dataset("dummy", zeros([4, 1], dtype: ScalarType.Float64), zeros([4], dtype: ScalarType.Float64), TaskKind.Regression, 1);
         var d = randn(5, dtype: ScalarType.Float64, generator: g);
         var before = Bytes(model);
-        var result = new LandscapeEvaluator(model, QuadraticModule.MeanOutput, data, null).Run("1d", d, null, new GridSpec(GridSpec.Range(-1, 1, 21), null));
+        var result = new LandscapeEvaluator(model, QuadraticModule.MeanOutput, data, null).Run(d, null, new GridSpec(GridSpec.Range(-1, 1, 21), null));
         foreach (var p in result.Points)
         {
             var w = w0 + p.X * d;
@@ -83,7 +83,7 @@ public class LandscapeTests
         // 2D centre: the unperturbed loss, exactly.
         var c = ModelSpec.Parse("mlp:6-8-3").Build(data, 1);
         var ps = All(c);
-        var grid = new LandscapeEvaluator(c, Losses.CrossEntropy, data, null).Run("2d", Directions.Random(ps, DirectionNormalization.Filter, false, 1),
+        var grid = new LandscapeEvaluator(c, Losses.CrossEntropy, data, null).Run(Directions.Random(ps, DirectionNormalization.Filter, false, 1),
             Directions.Random(ps, DirectionNormalization.Filter, false, 2), new GridSpec(GridSpec.Range(-1, 1, 5), GridSpec.Range(-1, 1, 5)));
         Assert.Equal(La, grid.Points.Single(p => p.X == 0 && p.Y == 0).TrainLoss);
     }
@@ -98,17 +98,43 @@ public class LandscapeTests
         var d2 = Directions.Random(ps, DirectionNormalization.Filter, false, 2);
         var spec = new GridSpec(GridSpec.Range(-1, 1, 7), GridSpec.Range(-1, 1, 6));
         var ev = new LandscapeEvaluator(model, Losses.CrossEntropy, data, data);
-        var full = ev.Run("2d", d1, d2, spec);
+        var full = ev.Run(d1, d2, spec);
+        // Points go to a points file as they finish (as valley landscape writes them), and a rerun resumes from the file.
         var file = Path.Combine(TestUtil.TempDir("resume"), "points.csv");
         using (var cts = new CancellationTokenSource())
-            Assert.ThrowsAny<OperationCanceledException>(() => ev.Run("2d", d1, d2, spec, file, new Valley.Curvature.Spectrum.SyncProgress<(int Done, int Total)>(p => { if (p.Done == 17) cts.Cancel(); }), cts.Token));
-        // A torn last line, as a kill in the middle of a write leaves it, is ignored.
+        using (var writer = PointsFile.OpenForAppend(file, []))
+            Assert.ThrowsAny<OperationCanceledException>(() => ev.Run(d1, d2, spec, pointsDone: pts => { foreach (var p in pts) writer.WriteLine(PointsFile.Format(p)); writer.Flush(); },
+                progress: new Valley.Curvature.Spectrum.SyncProgress<(int Done, int Total)>(p => { if (p.Done == 17) cts.Cancel(); }), ct: cts.Token));
+        // A torn last line, as a kill in the middle of a write leaves it, is ignored, and cut off before the next append.
         File.AppendAllText(file, "3,2,0.1");
-        Assert.Equal(17, LandscapeEvaluator.ReadPoints(file, spec).Count);
-        File.WriteAllText(file, File.ReadAllText(file)[..^"3,2,0.1".Length]);
-        var resumed = ev.Run("2d", d1, d2, spec, file);
-        Assert.Equal(17, resumed.Resumed);
-        Assert.Equal(full.Points, resumed.Points);
+        var earlier = PointsFile.Read(file, spec);
+        Assert.Equal(17, earlier.Count);
+        using (var writer = PointsFile.OpenForAppend(file, File.ReadAllBytes(file)))
+        {
+            var resumed = ev.Run(d1, d2, spec, earlier, pts => { foreach (var p in pts) writer.WriteLine(PointsFile.Format(p)); });
+            Assert.Equal(17, resumed.Resumed);
+            Assert.Equal(full.Points, resumed.Points);
+        }
+        Assert.Equal(full.Points, PointsFile.Read(file, spec).Values.OrderBy(p => p.J).ThenBy(p => p.I));
+    }
+
+    /// <summary>A frozen layer stays where it is: directions over the trainable parameters move them, and only them.</summary>
+    [Fact]
+    public void AFrozenLayerIsNotMovedAndItsDirectionsFitTheTrainableParameters()
+    {
+        using var data = Synthetic.GaussianMixture(64, 6, 3, seed: 5);
+        var model = ModelSpec.Parse("mlp:6-8-3").Build(data, 1);
+        var first = model.named_parameters().Where(p => p.name.StartsWith("0.")).Select(p => p.parameter).ToList();
+        foreach (var p in first) p.requires_grad = false;
+        var frozen = first.Select(p => p.detach().clone()).ToList();
+        var grid = LossLandscape.Slice1D(model, Losses.CrossEntropy, data, new SliceOptions { Points = 5 });
+        Assert.Equal(5, grid.Points.Count);
+        Assert.True(grid.Points.Select(p => p.TrainLoss).Distinct().Count() > 1);
+        for (int i = 0; i < first.Count; i++) Assert.True(first[i].allclose(frozen[i], 0, 0));
+        // Moving only the last layer gives a different slice than moving every layer.
+        foreach (var p in first) p.requires_grad = true;
+        var all = LossLandscape.Slice1D(model, Losses.CrossEntropy, data, new SliceOptions { Points = 5 });
+        Assert.NotEqual(grid.Points.Select(p => p.TrainLoss), all.Points.Select(p => p.TrainLoss));
     }
 
     [Fact]
