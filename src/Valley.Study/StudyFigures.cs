@@ -26,7 +26,7 @@ public static class StudyFigures
             using var wb = pb.GetFlat();
             using var wa = ps.GetFlat();
             using var d = wb - wa;
-            var grid = new LandscapeEvaluator(a, Losses.CrossEntropy, train, test).Run(d, null,
+            var grid = new LandscapeEvaluator(a, o.EffectiveLoss, train, test).Run(d, null,
                 new GridSpec(GridSpec.Range(-1, 2, o.ParametricPoints), null), ct: ct, endpoint: wb, kind: "parametric");
             var xs = grid.Points.Select(p => p.X).ToArray();
             var loss = new Plot();
@@ -55,7 +55,7 @@ public static class StudyFigures
             var model = models[m.Name];
             var ps = ParameterSet.From(model);
             using var dir1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 11);
-            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run(dir1, null, new GridSpec(GridSpec.Range(-1, 1, o.SlicePoints), null), ct: ct);
+            var g = new LandscapeEvaluator(model, o.EffectiveLoss, measureData, null).Run(dir1, null, new GridSpec(GridSpec.Range(-1, 1, o.SlicePoints), null), ct: ct);
             slicesByModel[m.Name] = g;
             Plots.Line(slices, g.Points.Select(p => p.X).ToArray(), g.Points.Select(p => Math.Min(p.TrainLoss, 10)).ToArray(), m.Name, palette.GetColor(k++), false);
         }
@@ -76,7 +76,7 @@ public static class StudyFigures
             using var d1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 21);
             using var d2 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 22);
             var spec = new GridSpec(GridSpec.Range(-1, 1, o.ContourPoints), GridSpec.Range(-1, 1, o.ContourPoints));
-            var g = new LandscapeEvaluator(model, Losses.CrossEntropy, measureData, null).Run(d1, d2, spec, ct: ct);
+            var g = new LandscapeEvaluator(model, o.EffectiveLoss, measureData, null).Run(d1, d2, spec, ct: ct);
             var coords = new Coordinates3d[spec.Ys!.Length, spec.Xs.Length];
             foreach (var p in g.Points) coords[p.J, p.I] = new Coordinates3d(p.X, p.Y, Math.Min(p.TrainLoss, 10));
             var plt = new Plot();

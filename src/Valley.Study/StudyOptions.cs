@@ -35,6 +35,11 @@ public sealed record StudyOptions
     public int ContourPoints { get; init; } = 21;
     public int ParametricPoints { get; init; } = 31;
     public long Seed { get; init; }
+    /// <summary>The loss every model is trained, measured and sliced with; null: cross-entropy (the study is about classifiers' accuracy gaps).</summary>
+    [System.Text.Json.Serialization.JsonIgnore] public Valley.Curvature.LossFunction? Loss { get; init; }
+
+    /// <summary>The loss in use: <see cref="Loss"/> or cross-entropy.</summary>
+    [System.Text.Json.Serialization.JsonIgnore] public Valley.Curvature.LossFunction EffectiveLoss => Loss ?? Valley.Curvature.Losses.CrossEntropy;
 
     public static StudyOptions For(string preset, string model = "mlp:784-128-64-10")
     {

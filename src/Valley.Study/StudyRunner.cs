@@ -173,7 +173,7 @@ public static class StudyRunner
         var last = log.Epochs[^1];
         var measures = new Dictionary<string, double>();
         var errors = new Dictionary<string, double>();
-        using var obj = new Objective(model, Losses.CrossEntropy, measureData, new ObjectiveOptions { BatchSize = measureData.Count });
+        using var obj = new Objective(model, o.EffectiveLoss, measureData, new ObjectiveOptions { BatchSize = measureData.Count });
         var op = new HessianOperator(obj) { Cancellation = ct };
         var top = Lanczos.Compute(op, new LanczosOptions { K = 5, Tolerance = 1e-3, MaxProducts = o.MaxProducts, Seed = m.Seed });
         measures["lambda_max"] = top.Values[0];
@@ -185,7 +185,7 @@ public static class StudyRunner
         measures["negative_mass"] = density.NegativeMass;
         var init = spec.Build(train, m.Seed);
         using var w0 = cat(init.parameters().Select(p => p.detach().reshape(-1)).ToArray());
-        var suite = SharpnessSuite.Run(model, Losses.CrossEntropy, measureData, w0, new SharpnessSuiteOptions
+        var suite = SharpnessSuite.Run(model, o.EffectiveLoss, measureData, w0, new SharpnessSuiteOptions
         {
             Measures = ["keskar", "sam", "worst-case-l2-adaptive", "average-case-adaptive", "pacbayes", "fisher-trace", "relative-flatness"],
             Seed = m.Seed, BatchSize = measureData.Count,
