@@ -54,7 +54,17 @@ public sealed class Objective : IDisposable
 {
     public nn.Module<Tensor, Tensor> Model { get; }
     public LossFunction Loss { get; }
-    public Dataset Data { get; }
+
+    /// <summary>The examples the objective passes over: an in-memory <see cref="Dataset"/> or a streaming source.</summary>
+    public IBatchSource Source { get; }
+
+    /// <summary>
+    /// The examples as an in-memory data set, for computations that need random access to single examples (per-example
+    /// gradients, seeded subsets). An objective over a streaming source has none and says so.
+    /// </summary>
+    public Dataset Data => Source as Dataset
+        ?? throw new InvalidOperationException($"{Source.Name}: this objective streams its data; this computation needs the examples in memory (a Dataset)");
+
     public ParameterSet Parameters { get; }
     public ObjectiveOptions Options { get; }
     /// <summary>The ranks the data are sharded over (the single process unless <see cref="ObjectiveOptions.Group"/> is set).</summary>
@@ -63,9 +73,17 @@ public sealed class Objective : IDisposable
     public long Examples { get; }
     readonly bool _ownsData;
     readonly ScalarType? _convertedFrom;
-    bool _outputsChecked;
+    readonly HashSet<(IBatchSource Data, long Outputs)> _fits = [];
 
+    /// <summary>The objective of a model and loss over an in-memory data set (converted to the model's dtype when it differs).</summary>
     public Objective(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, ObjectiveOptions? options = null)
+        : this(model, loss, (IBatchSource)data, options) { }
+
+    /// <summary>
+    /// The objective over any source of batches, e.g. <see cref="BatchSource.From"/> for data that do not fit in memory: each
+    /// loss, gradient and Hessian-vector product is one pass over the source, batches weighted by their size.
+    /// </summary>
+    public Objective(nn.Module<Tensor, Tensor> model, LossFunction loss, IBatchSource data, ObjectiveOptions? options = null)
     {
         Options = options ?? new ObjectiveOptions();
         Check.AtLeast(Options.BatchSize, 1, nameof(Options.BatchSize));
@@ -87,12 +105,12 @@ public sealed class Objective : IDisposable
         var dtype = p0.dtype;
         // The data stay where they are (host memory for a CUDA model) in the model's dtype; each batch moves to the model's
         // device when it is used, so a GPU holds one batch, not the data set.
-        if (data.X.dtype != dtype)
+        if (data is Dataset d && d.X.dtype != dtype)
         {
-            Data = data.To(data.X.device, dtype);
+            Source = d.To(d.X.device, dtype);
             _ownsData = true;
         }
-        else Data = data;
+        else Source = data;
         Parameters = ParameterSet.From(model, Options.ParameterFilter);
     }
 
@@ -103,10 +121,10 @@ public sealed class Objective : IDisposable
     public double Value(CancellationToken ct = default) => Evaluate(ct).Loss;
 
     /// <summary>Full-data loss and accuracy (classification), no gradient.</summary>
-    public Evaluation Evaluate(CancellationToken ct = default) => Evaluate(Data, ct);
+    public Evaluation Evaluate(CancellationToken ct = default) => Evaluate(Source, ct);
 
     /// <summary>Loss and accuracy of the model on another data set (e.g. the test set), same options; with a group, this rank's shard of it.</summary>
-    public Evaluation Evaluate(Dataset data, CancellationToken ct = default)
+    public Evaluation Evaluate(IBatchSource data, CancellationToken ct = default)
     {
         using var mode = new ModeScope(Model, Options.TrainMode);
         using var _ = no_grad();
@@ -120,7 +138,7 @@ public sealed class Objective : IDisposable
             using var scope = NewDisposeScope();
             var (xb, yb) = ToModel(x, y, data.Task);
             var output = Model.call(xb);
-            CheckOutputs(output, data);
+            CheckOutputs(output, yb, data);
             double batchLoss = Loss(output, yb).ToDouble();
             if (!Options.AllowNonFiniteLoss) CheckFinite(batchLoss, data, start, size);
             loss += batchLoss * size;
@@ -145,13 +163,13 @@ public sealed class Objective : IDisposable
         var views = Parameters.Unflatten(grad);
         double loss = 0;
         long n = Examples, start = 0;
-        foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
+        foreach (var (x, y, size) in Source.Batches(Options.BatchSize))
         {
             ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
             var l = BatchLoss(x, y);
             double batchLoss = l.ToDouble();
-            CheckFinite(batchLoss, Data, start, size);
+            CheckFinite(batchLoss, Source, start, size);
             var g = Grad(l, createGraph: false, retainGraph: false);
             for (int i = 0; i < g.Length; i++) views[i].add_(g[i], alpha: (double)size / n);
             loss += batchLoss * size;
@@ -161,7 +179,7 @@ public sealed class Objective : IDisposable
         if (!isfinite(grad).all().ToBoolean())
         {
             grad.Dispose();
-            throw new NonFiniteException($"{Data.Name}: the gradient has NaN or infinite entries at these weights although the loss is finite (an overflow in the backward pass; compute in float64)");
+            throw new NonFiniteException($"{Source.Name}: the gradient has NaN or infinite entries at these weights although the loss is finite (an overflow in the backward pass; compute in float64)");
         }
         if (Group.Size > 1)
         {
@@ -205,8 +223,9 @@ public sealed class Objective : IDisposable
                 vs[j] = Parameters.Unflatten(Vt[j]);
                 outs[j] = Parameters.Unflatten(result[j]);
             }
-            bool cached = Options.CacheGraph && Data.Count <= Options.BatchSize && Data.Count > 0;
-            foreach (var (x, y, size) in Data.Batches(Options.BatchSize))
+            // Only an in-memory data set in one batch keeps its graph: a streaming source's batch is gone after the pass.
+            bool cached = Options.CacheGraph && Source is Dataset { Count: > 0 } inMemory && inMemory.Count <= Options.BatchSize;
+            foreach (var (x, y, size) in Source.Batches(Options.BatchSize))
             {
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
@@ -234,7 +253,7 @@ public sealed class Objective : IDisposable
     }
 
     /// <summary>A NaN or infinite loss stops the computation here, naming the examples, rather than flowing into gradients and estimators.</summary>
-    static void CheckFinite(double batchLoss, Dataset data, long start, long size)
+    static void CheckFinite(double batchLoss, IBatchSource data, long start, long size)
     {
         if (double.IsFinite(batchLoss)) return;
         throw new NonFiniteException($"{data.Name}: the loss is {batchLoss} on examples {start}–{start + size - 1} at these weights; " +
@@ -256,7 +275,7 @@ public sealed class Objective : IDisposable
         DropCachedGraph();
         using (var scope = NewDisposeScope())
         {
-            var (x, y, _) = Data.Batches(Options.BatchSize).First();
+            var (x, y, _) = Source.Batches(Options.BatchSize).First();
             var g = Grad(BatchLoss(x, y), createGraph: true, retainGraph: true);
             foreach (var t in g) t.MoveToOuterDisposeScope();
             _cachedGrad = g;
@@ -290,25 +309,27 @@ public sealed class Objective : IDisposable
 
     Tensor BatchLoss(Tensor x, Tensor y)
     {
-        var (xb, yb) = ToModel(x, y, Data.Task);
+        var (xb, yb) = ToModel(x, y, Source.Task);
         var output = Model.call(xb);
-        CheckOutputs(output, Data);
+        CheckOutputs(output, yb, Source);
         return Loss(output, yb);
     }
 
     /// <summary>
-    /// Before the first cross-entropy: the model must give [N, K] logits with K above every label, or LibTorch fails deep
-    /// inside the loss with a long native message.
+    /// Before each cross-entropy: the model must give [N, K] logits with K above every label of the batch, or LibTorch fails
+    /// deep inside the loss with a long native message. One reduction per batch.
     /// </summary>
-    void CheckOutputs(Tensor output, Dataset data)
+    void CheckOutputs(Tensor output, Tensor labels, IBatchSource data)
     {
-        if (_outputsChecked || data.Task != TaskKind.Classification || !ReferenceEquals(Loss, Losses.CrossEntropy)) return;
+        if (data.Task != TaskKind.Classification || !ReferenceEquals(Loss, Losses.CrossEntropy) || labels.numel() == 0) return;
         if (output.dim() != 2)
             throw new ValleyException($"{data.Name}: the model's output has shape [{string.Join(", ", output.shape)}]; cross-entropy needs logits of shape [examples, classes]");
-        long maxLabel = data.Y.max().ToInt64();
+        if (_fits.Contains((data, output.shape[1]))) return;
+        long maxLabel = labels.max().ToInt64();
         if (maxLabel >= output.shape[1])
             throw new ValleyException($"{data.Name}: labels go up to {maxLabel}, but the model has {output.shape[1]} outputs; it needs at least {maxLabel + 1}");
-        _outputsChecked = true;
+        // Once a whole in-memory data set is known to fit, its later batches need no check.
+        if (data is Dataset all && all.Y.max().ToInt64() < output.shape[1]) _fits.Add((data, output.shape[1]));
     }
 
     /// <summary>A batch in the dtype and on the device of the objective's parameters (labels stay int64).</summary>
@@ -355,7 +376,7 @@ public sealed class Objective : IDisposable
         DropCachedGraph();
         if (_convertedFrom is { } original) Model.to(original);
         if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
-        if (_ownsData) Data.Dispose();
+        if (_ownsData) ((Dataset)Source).Dispose();
     }
 
     /// <summary>Puts a module into train or eval mode and restores its previous mode on dispose.</summary>

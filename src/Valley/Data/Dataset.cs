@@ -18,7 +18,7 @@ public enum TaskKind
 /// Batches are views (<c>narrow</c>) into these tensors, so batching copies nothing.
 /// The data set owns its tensors; dispose it when done.
 /// </summary>
-public sealed class Dataset : IDisposable
+public sealed class Dataset : IBatchSource, IDisposable
 {
     public string Name { get; }
     public Tensor X { get; }
@@ -47,16 +47,25 @@ public sealed class Dataset : IDisposable
     /// </summary>
     public Dataset(string name, Tensor x, Tensor y, TaskKind task, int numClasses)
     {
-        if (x.shape.Length < 2) throw new ValleyException($"{name}: inputs must have shape [N, ...], got [{string.Join(", ", x.shape)}]");
-        if (!x.is_floating_point()) throw new ValleyException($"{name}: inputs must be floating point, got {x.dtype}");
-        if (y.shape.Length == 0 || y.shape[0] != x.shape[0]) throw new ValleyException($"{name}: {x.shape[0]} inputs but targets of shape [{string.Join(", ", y.shape)}]");
-        if (task == TaskKind.Classification) CheckLabels(name, y, numClasses);
-        else if (!y.is_floating_point()) throw new ValleyException($"{name}: regression targets must be floating point, got {y.dtype}");
+        CheckBatch(name, x, y, task, numClasses);
         Name = name;
         X = x;
         Y = y;
         Task = task;
         NumClasses = numClasses;
+    }
+
+    /// <summary>
+    /// Inputs [N, ...] floating point, targets with N rows: int64 labels in [0, classes) for classification, floating point
+    /// for regression. Checked in .NET before LibTorch sees the tensors, whose own errors are long native messages.
+    /// </summary>
+    internal static void CheckBatch(string name, Tensor x, Tensor y, TaskKind task, int numClasses)
+    {
+        if (x.shape.Length < 2) throw new ValleyException($"{name}: inputs must have shape [N, ...], got [{string.Join(", ", x.shape)}]");
+        if (!x.is_floating_point()) throw new ValleyException($"{name}: inputs must be floating point, got {x.dtype}");
+        if (y.shape.Length == 0 || y.shape[0] != x.shape[0]) throw new ValleyException($"{name}: {x.shape[0]} inputs but targets of shape [{string.Join(", ", y.shape)}]");
+        if (task == TaskKind.Classification) CheckLabels(name, y, numClasses);
+        else if (!y.is_floating_point()) throw new ValleyException($"{name}: regression targets must be floating point, got {y.dtype}");
     }
 
     static void CheckLabels(string name, Tensor y, int numClasses)

@@ -45,6 +45,37 @@ public class ObjectiveTests
         }
     }
 
+    /// <summary>A source that streams batches (as a loader from disk would) gives the in-memory objective's numbers.</summary>
+    [Fact]
+    public void AStreamingSourceGivesTheLossGradientAndProductsOfTheInMemoryData()
+    {
+        using var data = Synthetic.GaussianMixture(90, 4, 3, seed: 3).To(CPU, ScalarType.Float64);
+        var model = ModelSpec.Parse("mlp:4-6-3:tanh").Build(data, seed: 2);
+        model.to(ScalarType.Float64);
+        int passes = 0;
+        // Batches of 32, 32 and 26 examples, each a fresh tensor the source hands over (and the objective disposes).
+        var stream = BatchSource.From("streamed", TaskKind.Classification, 3, 90, () =>
+        {
+            passes++;
+            return Enumerable.Range(0, 3).Select(k => (data.X.narrow(0, 32 * k, Math.Min(32, 90 - 32 * k)).clone(), data.Y.narrow(0, 32 * k, Math.Min(32, 90 - 32 * k)).clone()));
+        });
+        using var inMemory = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 90 });
+        using var streamed = new Objective(model, Losses.CrossEntropy, stream);
+        Assert.Equal(inMemory.Value(), streamed.Value(), 12);
+        var (l1, g1) = inMemory.LossAndGradient();
+        var (l2, g2) = streamed.LossAndGradient();
+        Assert.Equal(l1, l2, 12);
+        Assert.True((g1 - g2).abs().max().ToDouble() < 1e-12);
+        using var v = randn(inMemory.Size, dtype: ScalarType.Float64, generator: new Generator(5));
+        Assert.True((inMemory.HessianVectorProduct(v) - streamed.HessianVectorProduct(v)).abs().max().ToDouble() < 1e-12);
+        Assert.Equal(3, passes); // one pass each for the loss, the gradient and the product
+        Assert.Throws<InvalidOperationException>(() => streamed.Data);
+        // A pass that yields other than the declared number of examples is an error, not a silently wrong 1/N.
+        var wrong = BatchSource.From("short", TaskKind.Classification, 3, 100, () => [(data.X.clone(), data.Y.clone())]);
+        using var bad = new Objective(model, Losses.CrossEntropy, wrong);
+        Assert.Contains("yielded 90 examples, the source declares 100", Assert.Throws<ValleyException>(() => bad.Value()).Message);
+    }
+
     [Fact]
     public void MeanSquaredErrorRefusesShapesThatWouldBroadcast()
     {
