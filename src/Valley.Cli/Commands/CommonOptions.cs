@@ -57,23 +57,23 @@ public sealed class CommonOptions
     /// <summary>Everything a curvature command needs, built from the options.</summary>
     public sealed class Context : IDisposable
     {
-        public required DataSplit Split { get; init; }
+        /// <summary>This rank's data (all of it in one process).</summary>
+        public required RankData Data { get; init; }
+        public DataSplit Split => Data.Split;
         /// <summary>The training examples this process holds: the subset, or this rank's shard of it.</summary>
-        public required Dataset Train { get; init; }
+        public Dataset Train => Data.Train;
         /// <summary>The test examples this process holds (this rank's shard under data parallelism).</summary>
-        public required Dataset? Test { get; init; }
+        public Dataset? Test => Data.Test;
         public required nn.Module<Tensor, Tensor> Model { get; init; }
         public required Objective Objective { get; init; }
         /// <summary>The training examples' name before they were shared out between ranks (rank 0's shard file with {rank}).</summary>
-        public required string TrainName { get; init; }
+        public string TrainName => Data.TrainName;
         /// <summary>Total training examples over all ranks.</summary>
         public long TrainExamples => Objective.Examples;
         public void Dispose()
         {
             Objective.Dispose();
-            if (!ReferenceEquals(Train, Split.Train)) Train.Dispose();
-            if (Test is not null && !ReferenceEquals(Test, Split.Test)) Test.Dispose();
-            Split.Dispose();
+            Data.Dispose();
         }
     }
 
@@ -98,106 +98,46 @@ public sealed class CommonOptions
         return (lockFile, Connect(p, local, shard));
     }
 
-    /// <summary>The data split with the training subset applied (train may be the split's own training set).</summary>
-    public (DataSplit Split, Dataset Train) LoadData(ParseResult p)
+    /// <summary>All the data in this process (train runs in one process), with the training subset applied.</summary>
+    public RankData LoadData(ParseResult p)
     {
         Setup(p);
-        var split = DataSources.Open(p.GetValue(Data), p.GetValue(Classes));
-        if (p.GetValue(Normalize) == "standardize") split = DataSources.Standardize(split);
-        long subset = p.GetValue(Subset);
-        if (subset < 0) { split.Dispose(); throw new ValleyException($"--subset: must be 0 (all) or a positive number of examples, got {subset}"); }
-        var train = subset > 0 && subset < split.Train.Count ? split.Train.Subset(subset, p.GetValue(Seed)) : split.Train;
-        return (split, train);
+        return DistributedData.LoadLocal(Request(p, shard: false), SingleProcess.Instance);
     }
 
-    /// <summary>What one rank loads on its own: its data (split, training and test examples) and the model.</summary>
-    sealed record LocalData(DataSplit Split, Dataset Train, Dataset? Test, nn.Module<Tensor, Tensor> Model, bool PerRank, string TrainName) : IDisposable
+    /// <summary>What one rank loads on its own: its data and the model.</summary>
+    sealed record LocalData(RankData Data, nn.Module<Tensor, Tensor>? Model) : IDisposable
     {
-        public void Dispose()
-        {
-            if (!ReferenceEquals(Train, Split.Train)) Train.Dispose();
-            if (Test is not null && !ReferenceEquals(Test, Split.Test)) Test.Dispose();
-            Split.Dispose();
-        }
+        public void Dispose() => Data.Dispose();
     }
 
-    /// <summary>
-    /// Data and model. With <paramref name="shard"/> and several ranks, each rank keeps its contiguous share of the training
-    /// subset and of the test set (the same examples as one process would use, split), or, with {rank} in --data, opens its own
-    /// shard and draws its share of --subset from it. Without <paramref name="shard"/> every rank holds all the data.
-    /// </summary>
-    /// <remarks>This is the local part of loading: no collective operation, so that ranks can agree on its failures.</remarks>
+    DataRequest Request(ParseResult p, bool shard) => new()
+    {
+        Path = p.GetValue(Data), Classes = p.GetValue(Classes), Standardize = p.GetValue(Normalize) == "standardize",
+        Subset = p.GetValue(Subset), Seed = p.GetValue(Seed), Shard = shard,
+    };
+
+    /// <summary>The local part of loading (no collective operation, so that ranks can agree on its failures): data and model.</summary>
     LocalData LoadLocal(ParseResult p, bool shard)
     {
         Setup(p);
-        var path = p.GetValue(Data);
-        bool perRank = path?.Contains("{rank}", StringComparison.Ordinal) == true;
-        if (perRank && !shard) throw new ValleyException($"--data {path}: {{rank}} shards are for the data-parallel commands (eval, hessian, sharpness); this command needs all the data on every rank");
-        if (perRank) path = path!.Replace("{rank}", Group.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
-        var split = DataSources.Open(path, p.GetValue(Classes));
-        // One data set: standardized with its own statistics before sharding. Shards: with all shards' statistics, in Connect.
-        if (p.GetValue(Normalize) == "standardize" && !perRank) split = DataSources.Standardize(split);
-        Dataset? train = null, test = split.Test;
-        string? name = null;
+        var data = DistributedData.LoadLocal(Request(p, shard), Group);
         try
         {
-            long subset = p.GetValue(Subset);
-            if (subset < 0) throw new ValleyException($"--subset: must be 0 (all) or a positive number of examples, got {subset}");
-            if (perRank)
-            {
-                long mine = subset > 0 ? Group.Share(subset).Count : split.Train.Count;
-                if (mine == 0) throw new ValleyException($"--subset {subset}: fewer examples than the {Group.Size} ranks");
-                train = mine < split.Train.Count ? split.Train.Subset(mine, p.GetValue(Seed) + Group.Rank) : split.Train;
-            }
-            else
-            {
-                train = subset > 0 && subset < split.Train.Count ? split.Train.Subset(subset, p.GetValue(Seed)) : split.Train;
-                name = train.Name;
-                if (shard && Group.Size > 1)
-                {
-                    var all = train;
-                    train = all.Shard(Group);
-                    if (!ReferenceEquals(all, split.Train)) all.Dispose();
-                    if (test is not null) test = test.Count >= Group.Size ? test.Shard(Group) : null;
-                }
-            }
-            var model = new ModelSource(p.GetValue(Model)!, p.GetValue(Weights), p.GetValue(Seed)).Build(train);
+            var model = new ModelSource(p.GetValue(Model)!, p.GetValue(Weights), p.GetValue(Seed)).Build(data.Train);
             model.to(ParseDevice(p.GetValue(Device)!));
-            return new LocalData(split, train, test, model, perRank, name ?? train.Name);
+            return new LocalData(data, model);
         }
-        catch
-        {
-            new LocalData(split, train ?? split.Train, test, null!, perRank, "").Dispose();
-            throw;
-        }
+        catch { data.Dispose(); throw; }
     }
 
-    /// <summary>The collective part of loading: statistics of all shards, and the objective (which counts all ranks' examples).</summary>
+    /// <summary>The collective part of loading: test sets and statistics over all shards, and the objective (which counts all ranks' examples).</summary>
     Context Connect(ParseResult p, LocalData local, bool shard)
     {
-        var (split, train, test) = (local.Split, local.Train, local.Test);
-        if (Group.Size > 1)
-        {
-            // Every rank must take the same steps: a test set on some shards only would make them call different collectives.
-            var withTest = Group.Total(test is null ? 0 : 1)[0];
-            if (withTest != 0 && withTest != Group.Size)
-            {
-                local.Dispose();
-                throw new AgreedFailure($"--data {p.GetValue(Data)}: {withTest:0} of {Group.Size} ranks have a test set; give every shard one or none");
-            }
-        }
-        if (p.GetValue(Normalize) == "standardize" && local.PerRank)
-        {
-            var (mean, std) = DataSources.Statistics(split.Train, Group);
-            var normalized = train.Normalize(mean, std);
-            var normalizedTest = test?.Normalize(mean, std);
-            local.Dispose();
-            split = new DataSplit(normalized, normalizedTest);
-            (train, test) = (split.Train, split.Test);
-        }
+        var data = DistributedData.Connect(local.Data, Request(p, shard), Group);
         try
         {
-            var objective = new Objective(local.Model, Losses.For(train.Task), train, new ObjectiveOptions
+            var objective = new Objective(local.Model!, Losses.For(data.Train.Task), data.Train, new ObjectiveOptions
             {
                 BatchSize = p.GetValue(BatchSize),
                 TrainMode = p.GetValue(TrainMode),
@@ -205,11 +145,11 @@ public sealed class CommonOptions
                 ParameterFilter = ParameterSet.PrefixFilter(p.GetValue(Layer)),
                 Group = shard ? Group : null,
             });
-            return new Context { Split = split, Train = train, Test = test, Model = local.Model, Objective = objective, TrainName = local.TrainName };
+            return new Context { Data = data, Model = local.Model!, Objective = objective };
         }
         catch
         {
-            new LocalData(split, train, test, local.Model, local.PerRank, local.TrainName).Dispose();
+            data.Dispose();
             throw;
         }
     }

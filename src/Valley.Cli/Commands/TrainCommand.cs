@@ -49,9 +49,8 @@ public static class TrainCommand
             // Identical on every rank, so every rank can stop on its own.
             if (CommonOptions.Group.Size > 1)
                 throw new AgreedFailure($"train runs in one process (started here by mpiexec with {CommonOptions.Group.Size} ranks); 'valley study' trains several models in parallel across ranks");
-            var (split, train) = o.LoadData(p);
-            using var _s = split;
-            using var _t = ReferenceEquals(train, split.Train) ? null : train;
+            using var data = o.LoadData(p);
+            var (split, train) = (data.Split, data.Train);
             options.Validate(train.Count);
             AtomicFile.EnsureWritableFolder(dir);
             bool f64 = p.GetValue(o.DType) == "float64";
