@@ -3,35 +3,55 @@ using Valley.Curvature.Spectrum;
 
 namespace Valley.Cli;
 
-/// <summary>Spectre progress bars driven by the library's <see cref="EstimatorProgress"/> reports: one bar per stage.</summary>
+/// <summary>One bar of a progress display: the stage it belongs to, what it says, and how far it is.</summary>
+public readonly record struct Bar(string Stage, string Description, double Value, double Max);
+
+/// <summary>
+/// Spectre progress bars driven by the library's progress reports: one bar per stage (an estimator, an epoch, a measure),
+/// the previous one completed when a new stage begins. Nothing is drawn where no terminal shows it (or with --format json).
+/// </summary>
 public static class ProgressBars
 {
-    public static void Run(IAnsiConsole term, Action<IProgress<EstimatorProgress>> work)
+    /// <summary>Runs <paramref name="work"/> with a progress sink; <paramref name="view"/> says what each report shows.</summary>
+    public static void Run<T>(IAnsiConsole term, bool show, Func<T, Bar> view, Action<IProgress<T>> work)
     {
-        if (!Commands.CommonOptions.ShowProgress(json: false))
+        if (!show)
         {
-            work(new SyncProgress<EstimatorProgress>(_ => { }));
+            work(new SyncProgress<T>(_ => { }));
             return;
         }
         term.Progress()
             .AutoClear(false)
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new SpinnerColumn())
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
             .Start(ctx =>
             {
                 ProgressTask? current = null;
                 string? stage = null;
-                work(new SyncProgress<EstimatorProgress>(p =>
+                void Finish()
                 {
-                    if (p.Stage != stage)
+                    if (current is null) return;
+                    current.Value = current.MaxValue;
+                    current.StopTask();
+                }
+                work(new SyncProgress<T>(report =>
+                {
+                    var bar = view(report);
+                    if (bar.Stage != stage)
                     {
-                        if (current is not null) { current.Value = current.MaxValue; current.StopTask(); }
-                        stage = p.Stage;
-                        current = ctx.AddTask(Markup.Escape(p.Stage), maxValue: Math.Max(1, p.MaxProducts));
+                        Finish();
+                        stage = bar.Stage;
+                        current = ctx.AddTask(Markup.Escape(bar.Description), maxValue: Math.Max(1e-9, bar.Max));
                     }
-                    current!.Value = Math.Min(p.Products, p.MaxProducts);
-                    current.Description = Markup.Escape($"{p.Stage}: {p.Products} products" + (p.Residual is { } r ? $", residual {r:0.0e+0}" : ""));
+                    current!.MaxValue = Math.Max(1e-9, bar.Max);
+                    current.Value = Math.Min(bar.Value, current.MaxValue);
+                    current.Description = Markup.Escape(bar.Description);
                 }));
-                if (current is not null) { current.Value = current.MaxValue; current.StopTask(); }
+                Finish();
             });
     }
+
+    /// <summary>The estimators' reports: a bar per estimator, products against the budget.</summary>
+    public static void Run(IAnsiConsole term, Action<IProgress<EstimatorProgress>> work) =>
+        Run(term, Commands.CommonOptions.ShowProgress(json: false), (EstimatorProgress p) => new Bar(p.Stage,
+            $"{p.Stage}: {p.Products} products" + (p.Residual is { } r ? $", residual {r:0.0e+0}" : ""), Math.Min(p.Products, p.MaxProducts), Math.Max(1, p.MaxProducts)), work);
 }

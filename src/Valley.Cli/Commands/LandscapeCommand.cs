@@ -60,20 +60,8 @@ public static class LandscapeCommand
             var term = CommonOptions.Terminal(json);
             var tst = p.GetValue(test) ? ctx.Test : null;
             GridResult result = null!;
-            if (!CommonOptions.ShowProgress(json)) result = LandscapeRunner.Run(ctx.Model, ctx.Objective.Data, tst, request, null, ct, group);
-            else
-                term.Progress().AutoClear(false)
-                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
-                    .Start(c =>
-                    {
-                        var task = c.AddTask("grid points", maxValue: 1);
-                        result = LandscapeRunner.Run(ctx.Model, ctx.Objective.Data, tst, request, new Valley.Curvature.Spectrum.SyncProgress<(int Done, int Total)>(pr =>
-                        {
-                            task.MaxValue = pr.Total;
-                            task.Value = pr.Done;
-                            task.Description = $"grid points {pr.Done}/{pr.Total}";
-                        }), ct, group);
-                    });
+            ProgressBars.Run(term, CommonOptions.ShowProgress(json), ((int Done, int Total) pr) => new Bar("grid", $"grid points {pr.Done}/{pr.Total}", pr.Done, pr.Total),
+                progress => result = LandscapeRunner.Run(ctx.Model, ctx.Objective.Data, tst, request, progress, ct, group));
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(result)); return Task.FromResult(0); }
             var centre = result.Points.OrderBy(q => Math.Abs(q.X) + Math.Abs(q.Y)).First();
             var min = result.Points.MinBy(q => q.TrainLoss)!;

@@ -80,20 +80,8 @@ public static class StudyCommand
             bool json = p.GetValue(format) == "json";
             var term = CommonOptions.Terminal(json);
             StudySummary summary = null!;
-            if (!CommonOptions.ShowProgress(json)) summary = StudyRunner.Run(options, split, dir, null, ct, group);
-            else
-                term.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
-                    .Start(c =>
-                    {
-                        var task = c.AddTask("study", maxValue: options.Models.Count * 2);
-                        summary = StudyRunner.Run(options, split, dir, new Valley.Curvature.Spectrum.SyncProgress<StudyProgress>(pr =>
-                        {
-                            task.MaxValue = pr.Total;
-                            task.Value = pr.Done;
-                            task.Description = Markup.Escape(pr.Stage);
-                        }), ct, group);
-                        task.Value = task.MaxValue;
-                    });
+            ProgressBars.Run(term, CommonOptions.ShowProgress(json), (StudyProgress pr) => new Bar("study", pr.Stage, pr.Done, pr.Total),
+                progress => summary = StudyRunner.Run(options, split, dir, progress, ct, group));
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(summary)); return Task.FromResult(0); }
             var table = new Table().AddColumns("model", "epochs", "λmax", "Keskar ε=1e-3", "test acc", "acc gap", "loss gap");
             foreach (var m in summary.Models)
