@@ -1,6 +1,7 @@
 using TorchSharp;
 using Valley.Data;
 using Valley.Distributed;
+using Valley.Models;
 using static TorchSharp.torch;
 
 namespace Valley.Curvature;
@@ -377,14 +378,5 @@ public sealed class Objective : IDisposable
         if (_convertedFrom is { } original) Model.to(original);
         if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
         if (_ownsData) ((Dataset)Source).Dispose();
-    }
-
-    /// <summary>Puts a module into train or eval mode and restores its previous mode on dispose.</summary>
-    sealed class ModeScope : IDisposable
-    {
-        readonly nn.Module _m;
-        readonly bool _was;
-        public ModeScope(nn.Module m, bool train) { _m = m; _was = m.training; m.train(train); }
-        public void Dispose() => _m.train(_was);
     }
 }

@@ -63,9 +63,8 @@ public sealed class WeightAverage : IDisposable
         var norms = model.modules().OfType<NormBase>().ToArray();
         if (norms.Length == 0) return;
         var momenta = norms.Select(n => n.momentum).ToArray();
-        bool was = model.training;
         foreach (var n in norms) { n.reset_running_stats(); n.momentum = null; }
-        model.train();
+        using (new Models.ModeScope(model, train: true))
         using (no_grad())
             foreach (var (x, _, _) in data.Batches(batchSize))
             {
@@ -74,6 +73,5 @@ public sealed class WeightAverage : IDisposable
                 model.call(x.to(p0.dtype, p0.device));
             }
         for (int i = 0; i < norms.Length; i++) norms[i].momentum = momenta[i];
-        model.train(was);
     }
 }
