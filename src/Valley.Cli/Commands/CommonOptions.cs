@@ -168,6 +168,8 @@ public sealed class CommonOptions
             .With("valley", typeof(RunInputs).Assembly.GetName().Version)
             .With("command", string.Join(' ', CommandNames(p)))
             .With("ranks", Group.Size)
+            // The thread count LibTorch runs with (--threads 0 means its default, which depends on the machine): it changes rounding.
+            .With("threads", get_num_threads())
             .With("data", RunInputs.AcrossRanks(Group, RunInputs.Digest(ctx.Train)))
             .With("model state", RunInputs.Digest(ctx.Model));
         foreach (var option in p.CommandResult.Command.Options)
