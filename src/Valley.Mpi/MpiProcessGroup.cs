@@ -25,8 +25,11 @@ public sealed class MpiProcessGroup : IProcessGroup, IDisposable
         _world = MPI.Communicator.world;
     }
 
+    /// <summary>This process's rank in MPI_COMM_WORLD.</summary>
     public int Rank => _world.Rank;
+    /// <summary>The number of ranks mpiexec started.</summary>
     public int Size => _world.Size;
+    /// <summary>Seconds spent inside collectives so far.</summary>
     public double CommunicationSeconds => _comm.Elapsed.TotalSeconds;
 
     /// <summary>Size of the job this process was started in by MPICH's <c>mpiexec</c> (PMI_SIZE), or 1 when it was started alone.</summary>
@@ -86,6 +89,7 @@ public sealed class MpiProcessGroup : IProcessGroup, IDisposable
 
     // Reduce to rank 0 and broadcast its result: every rank gets the same bits whatever reduction order MPI picks
     // (MPI_Allreduce does not promise identical results on all ranks, and Lanczos on ranks that disagree would branch apart).
+    /// <summary>Sum over ranks, reduced on rank 0 and broadcast, so that every rank holds the same bits (MPI_Allreduce does not promise that).</summary>
     public void Sum(double[] values) => Timed(() =>
     {
         var reduced = _world.Reduce(values, MPI.Operation<double>.Add, 0);
@@ -95,12 +99,14 @@ public sealed class MpiProcessGroup : IProcessGroup, IDisposable
         return 0;
     });
 
+    /// <summary>Every rank's values, concatenated in rank order, on every rank.</summary>
     public double[] AllGather(double[] values) => Timed(() =>
     {
         var counts = _world.Allgather(values.Length);
         return _world.AllgatherFlattened(values, counts);
     });
 
+    /// <summary>The root's bytes on every rank.</summary>
     public byte[] Broadcast(byte[] value, int root = 0) => Timed(() =>
     {
         int length = value.Length;
@@ -110,6 +116,7 @@ public sealed class MpiProcessGroup : IProcessGroup, IDisposable
         return buffer;
     });
 
+    /// <summary>Every rank's bytes on the root, in rank order; null on the other ranks.</summary>
     public byte[][]? Gather(byte[] value, int root = 0) => Timed(() =>
     {
         var counts = _world.Allgather(value.Length);
@@ -125,8 +132,10 @@ public sealed class MpiProcessGroup : IProcessGroup, IDisposable
         return result;
     });
 
+    /// <summary>Waits until every rank has reached this point.</summary>
     public void Barrier() => Timed(() => { _world.Barrier(); return 0; });
 
+    /// <summary>Ends every rank of the job (MPI_Abort), after giving the failing rank's message time to reach mpiexec.</summary>
     public void Abort(int exitCode)
     {
         Console.Out.Flush();
@@ -137,6 +146,7 @@ public sealed class MpiProcessGroup : IProcessGroup, IDisposable
         _world.Abort(exitCode);
     }
 
+    /// <summary>Finalizes MPI (once, at the end of the process).</summary>
     public void Dispose()
     {
         lock (Gate)

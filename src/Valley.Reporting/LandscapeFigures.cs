@@ -9,18 +9,21 @@ namespace Valley.Reporting;
 /// <summary>How landscape values are shown (not stored): clipped at a maximum (Li et al. use 5–10) and optionally on a log scale.</summary>
 public sealed record LandscapeView(double? Clip = 10, bool Log = false)
 {
+    /// <summary>The value as plotted: clipped, then on a log scale if asked.</summary>
     public double Apply(double v)
     {
         if (Clip is { } c) v = Math.Min(v, c);
         return Log ? Math.Log10(Math.Max(v, 1e-12)) : v;
     }
 
+    /// <summary>An axis label for a quantity as plotted.</summary>
     public string Label(string name) => Log ? $"log10 {name}" : name;
 }
 
 /// <summary>Files of a landscape run: JSON, PNG (1D curves, 2D contour + heatmap with trajectory), offline HTML surface, VTK.</summary>
 public static class LandscapeFigures
 {
+    /// <summary>Writes grid.json and the figures of a grid into a folder: landscape.png (curves or contours), and for 2D grids surface.html and surface.vtk.</summary>
     public static void WriteAll(GridResult g, string dir, string title, LandscapeView view)
     {
         AtomicFile.WriteJson(Path.Combine(dir, "grid.json"), g);
@@ -33,6 +36,7 @@ public static class LandscapeFigures
         else Curves(g, Path.Combine(dir, "landscape.png"), title, view);
     }
 
+    /// <summary>A 1D grid as curves: loss (and accuracy where known) against α, train and test, as a PNG.</summary>
     public static void Curves(GridResult g, string path, string title, LandscapeView view)
     {
         var xs = g.Points.Select(p => p.X).ToArray();
@@ -148,7 +152,7 @@ public static class LandscapeFigures
 }
 
 /// <summary>Self-contained HTML pages: plotly.js is inlined from the embedded resource; text from users is escaped.</summary>
-public static class Html
+internal static class Html
 {
     static string? _plotly;
 

@@ -16,24 +16,39 @@ namespace Valley.Reporting;
 /// <summary>One landscape run: what to compute and where to write it. Defaults from DESIGN.md §6.</summary>
 public sealed record LandscapeRequest
 {
+    /// <summary>Which landscape to compute.</summary>
     public required LandscapeMode Mode { get; init; }
+    /// <summary>The folder for run.json, points.csv, grid.json and the figures.</summary>
     public required string OutDir { get; init; }
+    /// <summary>The model's name for titles and the run's inputs (e.g. its spec).</summary>
     public required string Model { get; init; }
     /// <summary>Null: the mode's default ([−1, 1]; interpolation [−0.5, 1.5]; trajectory: 1.25 × the farthest checkpoint).</summary>
     public (double From, double To)? Range { get; init; }
     /// <summary>Null: 51 (1D), 51×51 (2D), 401 (interpolation).</summary>
     public (int X, int Y)? Points { get; init; }
+    /// <summary>How random directions are scaled to the weights (Li et al. 2018: per filter).</summary>
     public DirectionNormalization Normalization { get; init; } = DirectionNormalization.Filter;
+    /// <summary>Perturb biases and BatchNorm parameters too (Li et al. leave them at zero).</summary>
     public bool IncludeBiasBn { get; init; }
+    /// <summary>Seed of the random directions (the second uses Seed + 1) and of the eigenvector search.</summary>
     public long Seed { get; init; }
+    /// <summary>The weights file the model was loaded from, if any (trajectory mode keeps them as the centre).</summary>
     public string? Weights { get; init; }
+    /// <summary>Interpolation: the first model's weights file.</summary>
     public string? From { get; init; }
+    /// <summary>Interpolation: the second model's weights file.</summary>
     public string? To { get; init; }
+    /// <summary>Interpolation: a third model's weights file, for the plane through three models.</summary>
     public string? Third { get; init; }
+    /// <summary>Trajectory: the folder of checkpoint weight files, in the order of their names.</summary>
     public string? Checkpoints { get; init; }
+    /// <summary>Recompute BatchNorm running statistics at every point.</summary>
     public bool RecomputeBatchNorm { get; init; }
+    /// <summary>Examples per forward pass (the values do not depend on it).</summary>
     public long BatchSize { get; init; } = 10_000;
+    /// <summary>How the figures show the loss (clipping, log scale); not an input of the numbers.</summary>
     public LandscapeView View { get; init; } = new();
+    /// <summary>The data's name for descriptions.</summary>
     public string DataName { get; init; } = "";
     /// <summary>The loss the grid shows; null: the task's default (<see cref="Losses.For"/>).</summary>
     [System.Text.Json.Serialization.JsonIgnore] public LossFunction? Loss { get; init; }
@@ -45,6 +60,7 @@ public sealed record LandscapeRequest
 /// </summary>
 public static class LandscapeRunner
 {
+    /// <summary>Computes one landscape into <see cref="LandscapeRequest.OutDir"/>: refuses a folder that holds a run of other inputs, resumes the points of an earlier run of the same inputs, appends each finished point to points.csv, and writes grid.json and the figures (rank 0).</summary>
     public static GridResult Run(nn.Module<Tensor, Tensor> model, Dataset train, Dataset? test, LandscapeRequest r,
         IProgress<(int Done, int Total)>? progress = null, CancellationToken ct = default, IProcessGroup? group = null)
     {

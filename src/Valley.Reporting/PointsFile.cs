@@ -10,6 +10,7 @@ namespace Valley.Reporting;
 /// </summary>
 public static class PointsFile
 {
+    /// <summary>The header line of points.csv.</summary>
     public const string Header = "i,j,x,y,train_loss,train_accuracy,test_loss,test_accuracy";
 
     /// <summary>The finished points in a file's text (the grid's own coordinates are kept, by index).</summary>
@@ -51,6 +52,7 @@ public static class PointsFile
         return writer;
     }
 
+    /// <summary>One point as a line of points.csv (without its newline), round-trip exact.</summary>
     public static string Format(GridPoint p) => $"{p.I},{p.J},{F(p.X)},{F(p.Y)},{F(p.TrainLoss)},{F(p.TrainAccuracy)},{F(p.TestLoss)},{F(p.TestAccuracy)}";
 
     static string F(double? v) => v is { } d ? d.ToString("R", CultureInfo.InvariantCulture) : "";

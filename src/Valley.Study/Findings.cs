@@ -1,7 +1,7 @@
 namespace Valley.Study;
 
 /// <summary>Short plain-language findings generated from the numbers, including when they do not support the seed's claim.</summary>
-public static class Findings
+internal static class Findings
 {
     public static List<string> Write(IReadOnlyList<ModelMeasurements> models, IReadOnlyList<TauRow> tau, StudyOptions o)
     {

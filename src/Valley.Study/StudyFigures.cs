@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace Valley.Study;
 
 /// <summary>The study's figures: Keskar's parametric plot, overlaid 1D slices, contours of the flattest and sharpest model, densities, scatter plots.</summary>
-public static class StudyFigures
+internal static class StudyFigures
 {
     public static void WriteAll(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, Dataset measureData, string dir, CancellationToken ct)
     {

@@ -16,11 +16,15 @@ public sealed record StudyModel(string Name, string Optimizer, long BatchSize, d
 /// </summary>
 public sealed record StudyOptions
 {
+    /// <summary>The preset the options come from (quick, default, full).</summary>
     public string Preset { get; init; } = "default";
+    /// <summary>The architecture spec every model is built from.</summary>
     public string Model { get; init; } = "mlp:784-128-64-10";
     /// <summary>Training examples (seeded subset; 0 = all) and test examples (0 = all).</summary>
     public long TrainExamples { get; init; } = 10_000;
+    /// <summary>Test examples (seeded subset; 0 = all).</summary>
     public long TestExamples { get; init; }
+    /// <summary>The models of the grid: how each is trained.</summary>
     public List<StudyModel> Models { get; init; } = [];
     /// <summary>Stopping rule: train until the full training loss is below this, or <see cref="MaxEpochs"/>.</summary>
     public double StopAtLoss { get; init; } = 0.2;
@@ -28,12 +32,19 @@ public sealed record StudyOptions
     public int MaxEpochs { get; init; } = 200;
     /// <summary>Examples the curvature and sharpness measures use (seeded subset of the training set).</summary>
     public long MeasureExamples { get; init; } = 2048;
+    /// <summary>SLQ runs per model's spectral density.</summary>
     public int DensityRuns { get; init; } = 5;
+    /// <summary>SLQ Lanczos steps per run.</summary>
     public int DensitySteps { get; init; } = 50;
+    /// <summary>Budget of Hessian-vector products per estimator (top-5 eigenvalues, trace).</summary>
     public long MaxProducts { get; init; } = 400;
+    /// <summary>Points of every model's 1D filter-normalized slice in the report.</summary>
     public int SlicePoints { get; init; } = 21;
+    /// <summary>Points per axis of the 2D contours of the flattest and the sharpest model.</summary>
     public int ContourPoints { get; init; } = 21;
+    /// <summary>Points of Keskar's parametric plot between the small- and the large-batch model.</summary>
     public int ParametricPoints { get; init; } = 31;
+    /// <summary>Seed of the data subsets and the figures' directions (each model has its own training seed).</summary>
     public long Seed { get; init; }
     /// <summary>The loss every model is trained, measured and sliced with; null: cross-entropy (the study is about classifiers' accuracy gaps).</summary>
     [System.Text.Json.Serialization.JsonIgnore] public Valley.Curvature.LossFunction? Loss { get; init; }
@@ -41,6 +52,7 @@ public sealed record StudyOptions
     /// <summary>The loss in use: <see cref="Loss"/> or cross-entropy.</summary>
     [System.Text.Json.Serialization.JsonIgnore] public Valley.Curvature.LossFunction EffectiveLoss => Loss ?? Valley.Curvature.Losses.CrossEntropy;
 
+    /// <summary>The options of a preset (quick, default or full) for an architecture.</summary>
     public static StudyOptions For(string preset, string model = "mlp:784-128-64-10")
     {
         // Keskar et al.: small batch 256 vs large batch 10% of the training set, Adam; plus one batch size in between,

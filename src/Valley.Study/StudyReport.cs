@@ -6,6 +6,7 @@ namespace Valley.Study;
 /// <summary>The self-contained HTML report: every figure embedded as a data URI, tables, the τ ranking and the findings.</summary>
 public static class StudyReport
 {
+    /// <summary>The self-contained report.html of a study (figures from <paramref name="dir"/> inlined, every user string escaped).</summary>
     public static string Html(StudySummary s, string dir)
     {
         string E(string x) => Reporting.Html.Escape(x);

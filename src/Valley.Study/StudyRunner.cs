@@ -18,37 +18,59 @@ namespace Valley.Study;
 /// <summary>Everything measured for one trained model.</summary>
 public sealed record ModelMeasurements
 {
+    /// <summary>The model's name in the grid (e.g. adam-b256-s0).</summary>
     public required string Name { get; init; }
+    /// <summary>The hyperparameters that vary across the study (for the granulated τ).</summary>
     public required Dictionary<string, string> Hyperparameters { get; init; }
+    /// <summary>Epochs trained until the stopping rule.</summary>
     public required int Epochs { get; init; }
+    /// <summary>Full training loss at the end.</summary>
     public required double TrainLoss { get; init; }
+    /// <summary>Training accuracy at the end.</summary>
     public required double TrainAccuracy { get; init; }
+    /// <summary>Test loss at the end.</summary>
     public required double TestLoss { get; init; }
+    /// <summary>Test accuracy at the end.</summary>
     public required double TestAccuracy { get; init; }
+    /// <summary>Generalization gap of the loss: test minus training.</summary>
     public double LossGap => TestLoss - TrainLoss;
+    /// <summary>Generalization gap of the accuracy: training minus test.</summary>
     public double AccuracyGap => TrainAccuracy - TestAccuracy;
     /// <summary>Measure name → value (larger = sharper, except the flatness measures, where larger = flatter by name).</summary>
     public required Dictionary<string, double> Measures { get; init; }
+    /// <summary>Measure name → standard error, for the measures that are estimates.</summary>
     public required Dictionary<string, double> StandardErrors { get; init; }
+    /// <summary>The top-5 Hessian eigenvalues.</summary>
     public double[] TopEigenvalues { get; init; } = [];
+    /// <summary>SLQ quadrature nodes of each run.</summary>
     public double[][] DensityNodes { get; init; } = [];
+    /// <summary>SLQ quadrature weights of each run.</summary>
     public double[][] DensityWeights { get; init; } = [];
+    /// <summary>Seconds the measurements took.</summary>
     public double Seconds { get; init; }
 }
 
 /// <summary>One measure's rank correlation with the generalization gaps.</summary>
 public sealed record TauRow(string Measure, double TauAccuracyGap, double TauLossGap, double GranulatedPsi, Dictionary<string, double> PerHyperparameter);
 
+/// <summary>What a study found: the models' measurements, the rank correlations and the findings; serialized as summary.json.</summary>
 public sealed record StudySummary
 {
+    /// <summary>The study's options.</summary>
     public required StudyOptions Options { get; init; }
+    /// <summary>The data, described.</summary>
     public required string Data { get; init; }
+    /// <summary>Every model's measurements, in the grid's order.</summary>
     public required List<ModelMeasurements> Models { get; init; }
+    /// <summary>Every measure's rank correlations with the gaps.</summary>
     public required List<TauRow> Tau { get; init; }
+    /// <summary>Findings in plain language, only as strong as the numbers allow.</summary>
     public required List<string> Findings { get; init; }
+    /// <summary>Wall time of the study.</summary>
     public double Seconds { get; init; }
 }
 
+/// <summary>Progress of a study: the current stage and how many of the stages are done.</summary>
 public readonly record struct StudyProgress(string Stage, int Done, int Total);
 
 /// <summary>
@@ -59,6 +81,7 @@ public readonly record struct StudyProgress(string Stage, int Done, int Total);
 /// </summary>
 public static class StudyRunner
 {
+    /// <summary>Runs a study into <paramref name="outDir"/> (resumable: trained models and finished measurements are reused) and returns its summary.</summary>
     public static StudySummary Run(StudyOptions o, DataSplit data, string outDir, IProgress<StudyProgress>? progress = null, CancellationToken ct = default,
         IProcessGroup? group = null)
     {

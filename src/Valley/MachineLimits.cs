@@ -33,6 +33,7 @@ public static class MachineLimits
         if (bytes > have) throw new ValleyException($"{what} needs about {Format(bytes)} of memory; this machine has {Format(have)}");
     }
 
+    /// <summary>Bytes as "12.3 GB", for messages.</summary>
     public static string Format(double bytes) => bytes switch
     {
         >= 1e12 => (bytes / 1e12).ToString("0.#", CultureInfo.InvariantCulture) + " TB",

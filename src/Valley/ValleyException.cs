@@ -7,7 +7,9 @@ namespace Valley;
 /// </summary>
 public class ValleyException : Exception
 {
+    /// <summary>An error with its one-line message.</summary>
     public ValleyException(string message) : base(OneLine(message)) { }
+    /// <summary>An error with its one-line message and the exception behind it.</summary>
     public ValleyException(string message, Exception inner) : base(OneLine(message), inner) { }
 
     /// <summary>
@@ -21,16 +23,22 @@ public class ValleyException : Exception
 /// <summary>A data file or folder that cannot be used (missing, corrupt, wrong shape, bad values).</summary>
 public sealed class DataException : ValleyException
 {
+    /// <summary>The data file or folder.</summary>
     public string Path { get; }
+    /// <summary>"path: problem".</summary>
     public DataException(string path, string problem) : base($"{path}: {problem}") => Path = path;
+    /// <summary>"path: problem", with the exception behind it.</summary>
     public DataException(string path, string problem, Exception inner) : base($"{path}: {problem}", inner) => Path = path;
 }
 
 /// <summary>A weights file that cannot be loaded into the model.</summary>
 public sealed class WeightsException : ValleyException
 {
+    /// <summary>The weights file.</summary>
     public string Path { get; }
+    /// <summary>"path: problem".</summary>
     public WeightsException(string path, string problem) : base($"{path}: {problem}") => Path = path;
+    /// <summary>"path: problem", with the exception behind it.</summary>
     public WeightsException(string path, string problem, Exception inner) : base($"{path}: {problem}", inner) => Path = path;
 }
 

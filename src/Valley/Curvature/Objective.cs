@@ -334,7 +334,7 @@ public sealed class Objective : IDisposable
     }
 
     /// <summary>A batch in the dtype and on the device of the objective's parameters (labels stay int64).</summary>
-    public (Tensor X, Tensor Y) ToModel(Tensor x, Tensor y, TaskKind task)
+    internal (Tensor X, Tensor Y) ToModel(Tensor x, Tensor y, TaskKind task)
     {
         var p = Parameters.Tensors[0];
         bool xThere = Same(x.device, p.device), yThere = Same(y.device, p.device);

@@ -7,7 +7,7 @@ namespace Valley.Data;
 /// classification) or a <c>target</c> column (regression), every other column a float feature.
 /// Errors name the file and the line.
 /// </summary>
-public static class CsvReader
+internal static class CsvReader
 {
     public sealed record CsvTable(float[] Features, int Rows, int Columns, long[]? Labels, float[]? Targets, string[] FeatureNames);
 

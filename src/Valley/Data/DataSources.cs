@@ -7,6 +7,7 @@ namespace Valley.Data;
 /// <summary>A training set and, where the source has one, a test set.</summary>
 public sealed record DataSplit(Dataset Train, Dataset? Test) : IDisposable
 {
+    /// <summary>Frees both sets' tensors.</summary>
     public void Dispose() { Train.Dispose(); Test?.Dispose(); }
 }
 

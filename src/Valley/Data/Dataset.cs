@@ -20,13 +20,18 @@ public enum TaskKind
 /// </summary>
 public sealed class Dataset : IBatchSource, IDisposable
 {
+    /// <summary>A name for messages and reports (e.g. "fashion-mnist/train[subset 2048, seed 0]").</summary>
     public string Name { get; }
+    /// <summary>Inputs [N, ...], floating point.</summary>
     public Tensor X { get; }
+    /// <summary>Targets: [N] int64 class labels, or floating-point regression targets.</summary>
     public Tensor Y { get; }
+    /// <summary>What the targets mean.</summary>
     public TaskKind Task { get; }
     /// <summary>Number of classes (classification), or the target width (regression).</summary>
     public int NumClasses { get; }
 
+    /// <summary>Number of examples N.</summary>
     public long Count => X.shape[0];
     /// <summary>Shape of one example, e.g. [1, 28, 28] for images or [d] for feature vectors.</summary>
     public long[] ExampleShape => X.shape.Skip(1).ToArray();
@@ -143,12 +148,14 @@ public sealed class Dataset : IBatchSource, IDisposable
         return new Dataset(Name, x, y, Task, NumClasses);
     }
 
+    /// <summary>Frees the inputs' and targets' tensors.</summary>
     public void Dispose()
     {
         X.Dispose();
         Y.Dispose();
     }
 
+    /// <summary>The name, the number of examples, their shape and the classes, for messages.</summary>
     public override string ToString() =>
         $"{Name}: {Count} examples of shape [{string.Join("×", ExampleShape)}], " +
         (Task == TaskKind.Classification ? $"{NumClasses} classes" : $"regression ({NumClasses} targets)");

@@ -48,6 +48,7 @@ public sealed class RankData : IDisposable
     /// <summary>The training examples' name before sharing out (rank 0's shard with {rank}).</summary>
     public string TrainName { get; }
 
+    /// <summary>Frees what this rank holds.</summary>
     public void Dispose()
     {
         if (!ReferenceEquals(Train, Split.Train)) Train.Dispose();

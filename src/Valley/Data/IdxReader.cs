@@ -8,7 +8,7 @@ namespace Valley.Data;
 /// Header: two zero bytes, a type code, the number of dimensions, then each dimension as a big-endian int32.
 /// Every malformed file gives a <see cref="DataException"/> naming the file.
 /// </summary>
-public static class IdxReader
+internal static class IdxReader
 {
     /// <summary>The content of an IDX file: its dimensions and its values: bytes for uint8 files, floats for every other type.</summary>
     public sealed record IdxArray(int[] Shape, byte[]? Bytes, float[]? Floats)

@@ -11,6 +11,7 @@ public interface IProcessGroup
 {
     /// <summary>This process's index, 0 ≤ Rank &lt; Size. Rank 0 writes files and prints.</summary>
     int Rank { get; }
+    /// <summary>Number of processes in the group.</summary>
     int Size { get; }
 
     /// <summary>Element-wise sum over ranks, in place. The result is bit-identical on every rank, so that ranks never branch apart.</summary>
@@ -25,6 +26,7 @@ public interface IProcessGroup
     /// <summary>Every rank's bytes on the root, in rank order; null on the other ranks.</summary>
     byte[][]? Gather(byte[] value, int root = 0);
 
+    /// <summary>Waits until every rank has reached this point.</summary>
     void Barrier();
 
     /// <summary>Ends every process of the group now: for a failure the other ranks cannot learn of at a collective.</summary>
@@ -37,27 +39,39 @@ public interface IProcessGroup
 /// <summary>The group of one process: collectives are the identity.</summary>
 public sealed class SingleProcess : IProcessGroup
 {
+    /// <summary>The one instance.</summary>
     public static readonly SingleProcess Instance = new();
     SingleProcess() { }
+    /// <summary>Always 0.</summary>
     public int Rank => 0;
+    /// <summary>Always 1.</summary>
     public int Size => 1;
+    /// <summary>The identity: one process holds the sum.</summary>
     public void Sum(double[] values) { }
+    /// <summary>A copy of the values.</summary>
     public double[] AllGather(double[] values) => (double[])values.Clone();
+    /// <summary>The value itself.</summary>
     public byte[] Broadcast(byte[] value, int root = 0) => value;
+    /// <summary>The value, as the only rank's.</summary>
     public byte[][]? Gather(byte[] value, int root = 0) => [value];
+    /// <summary>Returns at once.</summary>
     public void Barrier() { }
+    /// <summary>Ends the process with the exit code.</summary>
     public void Abort(int exitCode) => Environment.Exit(exitCode);
+    /// <summary>Always 0.</summary>
     public double CommunicationSeconds => 0;
 }
 
 /// <summary>Helpers over <see cref="IProcessGroup"/>: tensors, shards and agreeing on failures.</summary>
 public static class ProcessGroups
 {
+    /// <summary>Whether this process is rank 0, the one that writes files and prints.</summary>
     public static bool IsRoot(this IProcessGroup g) => g.Rank == 0;
 
     /// <summary>The contiguous share [start, start + count) of n items that this rank takes (the first n mod size ranks take one more).</summary>
     public static (long Start, long Count) Share(this IProcessGroup g, long n) => Share(n, g.Rank, g.Size);
 
+    /// <summary>The contiguous share [start, start + count) of n items that <paramref name="rank"/> of <paramref name="size"/> takes.</summary>
     public static (long Start, long Count) Share(long n, int rank, int size)
     {
         long q = n / size, r = n % size;
@@ -106,12 +120,15 @@ public static class ProcessGroups
         throw failure is null ? new AgreedFailure(text) : new AgreedFailure(text, failure);
     }
 
+    /// <summary>Runs a step that may fail on some ranks only and makes every rank agree on the outcome (see the generic overload).</summary>
     public static void Agree(this IProcessGroup g, Action step) => g.Agree<bool>(() => { step(); return true; });
 }
 
 /// <summary>A failure every rank of a group knows of (thrown on every rank by <see cref="ProcessGroups.Agree{T}"/>), so each can exit on its own.</summary>
 public sealed class AgreedFailure : ValleyException
 {
+    /// <summary>A failure with its one-line message.</summary>
     public AgreedFailure(string message) : base(message) { }
+    /// <summary>A failure with its one-line message and the exception behind it.</summary>
     public AgreedFailure(string message, Exception inner) : base(message, inner) { }
 }

@@ -6,7 +6,7 @@ using System.Text.Json.Serialization;
 namespace Valley.IO;
 
 /// <summary>Writes files atomically (temporary file in the same folder, then rename), so a crash never leaves half a file.</summary>
-public static class AtomicFile
+internal static class AtomicFile
 {
     public static readonly JsonSerializerOptions Json = new()
     {

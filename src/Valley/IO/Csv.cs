@@ -5,7 +5,7 @@ using System.Text;
 namespace Valley.IO;
 
 /// <summary>Small CSV writer (invariant culture, round-trip doubles), written atomically.</summary>
-public static class Csv
+internal static class Csv
 {
     public static string Format(double v) => v.ToString("R", CultureInfo.InvariantCulture);
 

@@ -14,6 +14,7 @@ public enum DirectionNormalization
     Layer,
     /// <summary>Whole vector: d ← d ‖w‖/‖d‖.</summary>
     Model,
+    /// <summary>No scaling: the raw Gaussian direction.</summary>
     None,
 }
 

@@ -12,7 +12,9 @@ namespace Valley.Landscape;
 /// <summary>The coordinates of a 1D (<see cref="Ys"/> null) or 2D grid: w(α, β) = w₀ + α d₁ + β d₂.</summary>
 public sealed record GridSpec(double[] Xs, double[]? Ys)
 {
+    /// <summary>Whether the grid has a second axis.</summary>
     public bool Is2D => Ys is not null;
+    /// <summary>Number of points.</summary>
     public int Count => Xs.Length * (Ys?.Length ?? 1);
 
     /// <summary>
@@ -44,14 +46,23 @@ public sealed record GridPoint(int I, int J, double X, double Y, double TrainLos
 /// <summary>A finished (or partial) grid with what it was computed from.</summary>
 public sealed record GridResult
 {
+    /// <summary>A label of what the grid shows (e.g. "1d", "interpolate").</summary>
     public required string Kind { get; init; }
+    /// <summary>The grid's coordinates.</summary>
     public required GridSpec Spec { get; init; }
+    /// <summary>Every point, row by row (j, then i).</summary>
     public required List<GridPoint> Points { get; init; }
+    /// <summary>How the grid was made (model, data, normalization...), for reports.</summary>
     public Dictionary<string, string> Description { get; init; } = [];
+    /// <summary>Trajectory mode: the checkpoints' first coordinates.</summary>
     public double[]? TrajectoryX { get; init; }
+    /// <summary>Trajectory mode: the checkpoints' second coordinates.</summary>
     public double[]? TrajectoryY { get; init; }
+    /// <summary>Trajectory mode: the share of the trajectory's variance the two PCA directions explain.</summary>
     public double[]? ExplainedVariance { get; init; }
+    /// <summary>Wall time of the evaluation.</summary>
     public double Seconds { get; init; }
+    /// <summary>Points taken over from an earlier, interrupted run.</summary>
     public int Resumed { get; init; }
 
     /// <summary>Values as a [ys, xs] matrix (1D: one row) for a quantity selector.</summary>
@@ -67,6 +78,7 @@ public sealed record GridResult
 /// <summary>Options of <see cref="LandscapeEvaluator"/>.</summary>
 public sealed record LandscapeOptions
 {
+    /// <summary>Examples per forward pass (the values do not depend on it).</summary>
     public long BatchSize { get; init; } = 10_000;
     /// <summary>Recompute BatchNorm running statistics at every point (one pass over the training data in train mode).</summary>
     public bool RecomputeBatchNorm { get; init; }
@@ -96,6 +108,7 @@ public sealed class LandscapeEvaluator
     readonly Dataset? _test;
     readonly LandscapeOptions _o;
 
+    /// <summary>An evaluator of a model's loss (and accuracy) on training data and, optionally, test data.</summary>
     public LandscapeEvaluator(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset train, Dataset? test, LandscapeOptions? options = null)
     {
         _model = model;

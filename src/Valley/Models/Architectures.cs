@@ -13,10 +13,14 @@ namespace Valley.Models;
 public sealed class Mlp : Module<Tensor, Tensor>
 {
     readonly Module<Tensor, Tensor>[] _layers;
+    /// <summary>Layer widths, input first, output last (e.g. 784, 128, 64, 10).</summary>
     public IReadOnlyList<int> Widths { get; }
+    /// <summary>The hidden layers' activation: relu or tanh.</summary>
     public string Activation { get; }
+    /// <summary>Whether the linear layers have biases.</summary>
     public bool Bias { get; }
 
+    /// <summary>An MLP with PyTorch's nn.Sequential parameter names (0.weight, 0.bias, 2.weight, ...), initialized as PyTorch does.</summary>
     public Mlp(IReadOnlyList<int> widths, string activation = "relu", bool bias = true) : base("Mlp")
     {
         if (widths.Count < 2) throw new ValleyException("mlp: needs at least an input and an output width, e.g. mlp:784-10");
@@ -39,6 +43,8 @@ public sealed class Mlp : Module<Tensor, Tensor>
         _layers = layers.ToArray();
         for (int i = 0; i < _layers.Length; i++) register_module(i.ToString(), _layers[i]);
     }
+
+    /// <summary>Logits of a batch.</summary>
 
     public override Tensor forward(Tensor x)
     {
@@ -80,6 +86,7 @@ public sealed class LeNet : Module<Tensor, Tensor>
     readonly Conv2d conv1, conv2;
     readonly Linear fc1, fc2, fc3;
 
+    /// <summary>LeNet-5 for images of <paramref name="channels"/> × <paramref name="size"/> × <paramref name="size"/>.</summary>
     public LeNet(int channels, int size, int classes) : base("LeNet")
     {
         if (size < 16) throw new ValleyException($"lenet: input size {size} is too small (need at least 16×16)");
@@ -91,6 +98,8 @@ public sealed class LeNet : Module<Tensor, Tensor>
         fc3 = Linear(84, classes);
         RegisterComponents();
     }
+
+    /// <summary>Logits of a batch.</summary>
 
     public override Tensor forward(Tensor x)
     {
@@ -113,6 +122,7 @@ public sealed class BasicBlock : Module<Tensor, Tensor>
     readonly BatchNorm2d bn1, bn2;
     readonly Sequential? shortcut;
 
+    /// <summary>A residual block of two 3×3 convolutions with BatchNorm, and a 1×1 projection where the shape changes.</summary>
     public BasicBlock(int inPlanes, int planes, int stride) : base("BasicBlock")
     {
         conv1 = Conv2d(inPlanes, planes, 3, stride: stride, padding: 1, bias: false);
@@ -123,6 +133,8 @@ public sealed class BasicBlock : Module<Tensor, Tensor>
             shortcut = Sequential(Conv2d(inPlanes, planes, 1, stride: stride, bias: false), BatchNorm2d(planes));
         RegisterComponents();
     }
+
+    /// <summary>Logits of a batch.</summary>
 
     public override Tensor forward(Tensor x)
     {
@@ -146,6 +158,7 @@ public sealed class SmallResNet : Module<Tensor, Tensor>
     readonly Sequential layer1, layer2, layer3;
     readonly Linear fc;
 
+    /// <summary>A small ResNet: a stem, three stages of <paramref name="blocks"/> basic blocks (widths w, 2w, 4w), pooling and a linear head.</summary>
     public SmallResNet(int channels, int classes, int width = 16, int blocks = 1) : base("SmallResNet")
     {
         conv1 = Conv2d(channels, width, 3, padding: 1, bias: false);
@@ -163,6 +176,8 @@ public sealed class SmallResNet : Module<Tensor, Tensor>
         for (int i = 0; i < blocks; i++) list.Add(new BasicBlock(i == 0 ? inPlanes : planes, planes, i == 0 ? stride : 1));
         return Sequential(list);
     }
+
+    /// <summary>Logits of a batch.</summary>
 
     public override Tensor forward(Tensor x)
     {

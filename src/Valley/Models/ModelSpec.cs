@@ -14,11 +14,13 @@ namespace Valley.Models;
 /// </summary>
 public sealed record ModelSpec(string Kind, int[] Widths, string Activation, bool Bias, int Width, int Blocks)
 {
+    /// <summary>The spec as written (e.g. "mlp:784-128-64-10:tanh").</summary>
     public string Text { get; init; } = "";
 
     /// <summary>Held while anything in Valley seeds and draws from LibTorch's global generator.</summary>
-    public static readonly object GlobalGeneratorLock = new();
+    internal static readonly object GlobalGeneratorLock = new();
 
+    /// <summary>Parses mlp:W0-W1-...-WL[:tanh|:relu][:nobias], lenet, or resnet[:WIDTH[:BLOCKS]]; a bad spec is one line naming it.</summary>
     public static ModelSpec Parse(string text)
     {
         if (string.IsNullOrWhiteSpace(text)) throw new ValleyException("--model: empty model spec");
@@ -80,6 +82,7 @@ public sealed record ModelSpec(string Kind, int[] Widths, string Activation, boo
         }
     }
 
+    /// <summary>The architecture for a data set's examples and classes, initialized with <paramref name="seed"/>.</summary>
     public nn.Module<Tensor, Tensor> Build(Dataset data, long seed) => Build(data.ExampleShape, data.NumClasses, seed);
 
     /// <summary>Throws a clear error when examples of this shape cannot go through the architecture.</summary>
@@ -112,5 +115,6 @@ public sealed record ModelSpec(string Kind, int[] Widths, string Activation, boo
 
     string ActivationClass() => Activation switch { "relu" => "ReLU", "tanh" => "Tanh", "gelu" => "GELU", _ => "Sigmoid" };
 
+    /// <summary>The spec as written.</summary>
     public override string ToString() => Text;
 }

@@ -25,6 +25,7 @@ public enum WeightsFormat
 /// </summary>
 public static class Weights
 {
+    /// <summary>The format a weights file's extension names (.dat, .pt/.pth/.bin, .safetensors).</summary>
     public static WeightsFormat FormatOf(string path)
     {
         var ext = System.IO.Path.GetExtension(path).ToLowerInvariant();
