@@ -58,7 +58,7 @@ public static class Plots
         var loss = new Plot();
         Line(loss, epochs, log.Epochs.Select(e => e.TrainLoss).ToArray(), "train loss", Colors.Navy);
         if (log.Epochs.All(e => e.TestLoss is not null)) Line(loss, epochs, log.Epochs.Select(e => e.TestLoss!.Value).ToArray(), "test loss", Colors.DarkOrange);
-        loss.Title($"{log.Model}: {log.Options.Optimizer}, lr {log.Options.LearningRate}, batch {(log.Options.BatchSize == 0 ? "full" : log.Options.BatchSize.ToString())}");
+        loss.Title($"{log.Model}: {log.Options.Optimizer.ToString().ToLowerInvariant()}, lr {log.Options.LearningRate}, batch {(log.Options.BatchSize == 0 ? "full" : log.Options.BatchSize.ToString())}");
         loss.XLabel("epoch");
         loss.YLabel("loss");
         loss.ShowLegend(Alignment.UpperRight);

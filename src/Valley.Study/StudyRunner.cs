@@ -105,11 +105,13 @@ public static class StudyRunner
             var dir = Path.Combine(outDir, "models", m.Name);
             progress?.Report(new StudyProgress($"training {m.Name}", step++, total));
             var model = spec.Build(train, m.Seed);
-            var log = new Trainer(model, o.Model, train, test, new TrainOptions
+            var log = new Trainer(model, train, new TrainOptions
             {
-                Optimizer = m.Optimizer, BaseOptimizer = "sgd", LearningRate = m.LearningRate, Momentum = 0.9, Rho = m.Rho, BatchSize = m.BatchSize,
-                Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed, CheckpointEvery = Math.Max(1, o.MaxEpochs),
-            }, dir) { Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }.Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
+                Optimizer = Enum.Parse<Optimizer>(m.Optimizer, ignoreCase: true), BaseOptimizer = BaseOptimizer.Sgd, LearningRate = m.LearningRate, Momentum = 0.9,
+                Rho = m.Rho, BatchSize = m.BatchSize, Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed, CheckpointEvery = Math.Max(1, o.MaxEpochs),
+            })
+            { Test = test, OutputFolder = dir, ModelName = o.Model, Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }
+                .Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
             trained[m.Name] = model;
             progress?.Report(new StudyProgress($"measuring {m.Name}", step++, total));
             var cache = Path.Combine(dir, "measures.json");

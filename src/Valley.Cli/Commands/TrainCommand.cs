@@ -9,6 +9,7 @@ namespace Valley.Cli.Commands;
 /// <summary><c>valley train</c>: SGD, Adam, SAM, ASAM (m-sharpness, SWA, schedules) with a sharpness monitor, checkpoints and resume.</summary>
 public static class TrainCommand
 {
+    /// <summary>The <c>train</c> command and its options.</summary>
     public static Command Build()
     {
         var o = new CommonOptions(subsetDefault: 0, batchDefault: 128);
@@ -31,6 +32,8 @@ public static class TrainCommand
         var savePt = new Option<bool>("--save-pt") { Description = "Also write PyTorch .pt checkpoints" };
         var outDir = new Option<string>("--out", "-o") { Description = "Output folder", DefaultValueFactory = _ => "out/train" };
         var resume = new Option<bool>("--resume") { Description = "Continue the run in --out from its last checkpoint" };
+        // The library's names of options whose option here is not their kebab-case.
+        OptionNames.Register("train", new Dictionary<string, string> { ["LearningRate"] = "--lr", ["MicroBatch"] = "--m", ["SavePyTorch"] = "--save-pt" });
         var cmd = new Command("train", "Train a model with SGD, Adam, SAM or ASAM, watching sharpness (λmax) as it trains. Resumable.");
         o.AddTo(cmd, layer: false);
         foreach (var opt in new Option[] { optimizer, baseOpt, lr, momentum, wd, rho, eta, m, epochs, steps, stopAt, schedule, swa, monitor, monitorN, ckEvery, savePt, outDir, resume })
@@ -39,7 +42,8 @@ public static class TrainCommand
         {
             var options = new TrainOptions
             {
-                Optimizer = p.GetValue(optimizer)!, BaseOptimizer = p.GetValue(baseOpt)!, LearningRate = p.GetValue(lr), Momentum = p.GetValue(momentum),
+                Optimizer = Enum.Parse<Optimizer>(p.GetValue(optimizer)!, ignoreCase: true),
+                BaseOptimizer = Enum.Parse<BaseOptimizer>(p.GetValue(baseOpt)!, ignoreCase: true), LearningRate = p.GetValue(lr), Momentum = p.GetValue(momentum),
                 WeightDecay = p.GetValue(wd), Rho = p.GetValue(rho), Eta = p.GetValue(eta), MicroBatch = p.GetValue(m), BatchSize = p.GetValue(o.BatchSize),
                 Epochs = p.GetValue(epochs), Steps = p.GetValue(steps), StopAtLoss = p.GetValue(stopAt),
                 Schedule = Enum.Parse<Schedule>(p.GetValue(schedule)!, ignoreCase: true), SwaStart = p.GetValue(swa), MonitorEvery = p.GetValue(monitor),
@@ -61,10 +65,13 @@ public static class TrainCommand
             if (f64) TorchSharp.ModuleExtensionMethods.to(model, TorchSharp.torch.ScalarType.Float64);
             TorchSharp.ModuleExtensionMethods.to(model, CommonOptions.ParseDevice(p.GetValue(o.Device)!));
             using var lockFile = OutputLock.Acquire(dir);
-            var trainer = new Trainer(model, spec, train64 ?? train, test64 ?? split.Test, options, dir) { Stopped = log => Reporting.Plots.Training(log, Path.Combine(dir, "training.png")) };
+            var trainer = new Trainer(model, train64 ?? train, options)
+            {
+                Test = test64 ?? split.Test, OutputFolder = dir, ModelName = spec, Stopped = log => Reporting.Plots.Training(log, Path.Combine(dir, "training.png")),
+            };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
-            if (!json) term.MarkupLine($"[bold]{Markup.Escape(spec)}[/] on {Markup.Escape(train.ToString())}; {Markup.Escape(options.Optimizer)}, lr {options.LearningRate}, batch {(options.BatchSize == 0 ? "full" : options.BatchSize)}");
+            if (!json) term.MarkupLine($"[bold]{Markup.Escape(spec)}[/] on {Markup.Escape(train.ToString())}; {options.Optimizer.ToString().ToLowerInvariant()}, lr {options.LearningRate}, batch {(options.BatchSize == 0 ? "full" : options.BatchSize)}");
             TrainingLog log = null!;
             if (Console.IsErrorRedirected && Console.IsOutputRedirected) log = trainer.Run(p.GetValue(resume), null, ct);
             else

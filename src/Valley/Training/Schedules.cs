@@ -3,6 +3,7 @@ namespace Valley.Training;
 /// <summary>Learning-rate schedules, applied to the base optimizer: a pure function of progress, so a resumed run gets the same rates.</summary>
 public enum Schedule
 {
+    /// <summary>η₀ throughout.</summary>
     Constant,
     /// <summary>×0.1 at 50% and again at 75% of training.</summary>
     Step,
@@ -10,6 +11,7 @@ public enum Schedule
     Cosine,
 }
 
+/// <summary>The learning rate of a <see cref="Schedule"/> at a point of training.</summary>
 public static class Schedules
 {
     /// <summary>The learning rate at progress t ∈ [0, 1].</summary>

@@ -12,11 +12,14 @@ namespace Valley.Training;
 public sealed class WeightAverage : IDisposable
 {
     readonly Tensor[] _mean;
+    /// <summary>Snapshots averaged so far.</summary>
     public int Count { get; private set; }
 
+    /// <summary>An empty average over the parameters of <paramref name="model"/>.</summary>
     public WeightAverage(nn.Module model) =>
         _mean = model.parameters().Select(p => zeros_like(p).DetachFromDisposeScope()).ToArray();
 
+    /// <summary>Adds the model's current parameters to the average.</summary>
     public void Update(nn.Module model)
     {
         using var _ = no_grad();
@@ -28,14 +31,16 @@ public sealed class WeightAverage : IDisposable
     /// <summary>Copy the average into the model's parameters.</summary>
     public void CopyTo(nn.Module model)
     {
-        if (Count == 0) throw new ValleyException("weight averaging: no snapshot was averaged (is --swa-start after the last epoch?)");
+        if (Count == 0) throw new ValleyException("weight averaging: no snapshot was averaged (does the averaging start after the last epoch?)");
         using var _ = no_grad();
         var ps = model.parameters().ToArray();
         for (int i = 0; i < ps.Length; i++) ps[i].copy_(_mean[i]);
     }
 
+    /// <summary>The average, one tensor per parameter in the model's order.</summary>
     public IReadOnlyList<Tensor> Mean => _mean;
 
+    /// <summary>Writes the count and the average (for resuming).</summary>
     public void Save(string path)
     {
         using var fs = File.Create(path);
@@ -44,6 +49,7 @@ public sealed class WeightAverage : IDisposable
         foreach (var t in _mean) t.Save(w);
     }
 
+    /// <summary>Reads what <see cref="Save"/> wrote.</summary>
     public void Load(string path)
     {
         using var fs = File.OpenRead(path);
@@ -52,6 +58,7 @@ public sealed class WeightAverage : IDisposable
         foreach (var t in _mean) t.Load(r);
     }
 
+    /// <summary>Frees the average.</summary>
     public void Dispose() { foreach (var t in _mean) t.Dispose(); }
 
     /// <summary>

@@ -94,6 +94,35 @@ public class TrainCommandTests
         Assert.Contains("--resume", err.ToString());
         Assert.Equal(0, ValleyCli.RunAsync(Args(part, 3, resume: true), new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
         Assert.Equal(File.ReadAllBytes(Path.Combine(full, "model.dat")), File.ReadAllBytes(Path.Combine(part, "model.dat")));
+        var options = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(part, "train.json"))).RootElement.GetProperty("options");
+        Assert.Equal("sam", options.GetProperty("optimizer").GetString());
+        Assert.Equal("sgd", options.GetProperty("base_optimizer").GetString());
+        Assert.Equal("constant", options.GetProperty("schedule").GetString());
+    }
+
+    [Fact]
+    public void RefusedOptionsAreNamedAsTheCommandSpellsThem()
+    {
+        var data = TestUtil.CsvFolder("train-names", 60, 4, 3, seed: 1);
+        string Error(string outDir, params string[] extra)
+        {
+            var err = new StringWriter();
+            Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["train", "--data", data, "--model", "mlp:4-6-3", "--epochs", "1", "--out", outDir, .. extra],
+                new StringWriter(), err).GetAwaiter().GetResult());
+            Assert.Single(err.ToString().Trim().Split('\n'));
+            return err.ToString();
+        }
+        var fresh = TestUtil.TempDir("train-names-out");
+        Assert.Contains("--m: must be positive, or 0 for the whole batch, got -2", Error(fresh, "--optimizer", "sam", "--m", "-2"));
+        Assert.Contains("--swa-start: must be at least 1", Error(fresh, "--swa-start", "0"));
+        Assert.Contains("--lr: must be a positive finite number, got 0", Error(fresh, "--lr", "0"));
+        Assert.Contains("--checkpoint-every: must be at least 1, got 0", Error(fresh, "--checkpoint-every", "0"));
+        // Resuming with another option names it, with the value the run was started with.
+        Assert.Equal(0, ValleyCli.RunAsync(["train", "--data", data, "--model", "mlp:4-6-3", "--epochs", "1", "--out", fresh, "--optimizer", "sam"],
+            new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        Assert.Contains("--optimizer: the run in", Error(fresh, "--optimizer", "asam", "--resume"));
+        Assert.Contains("was started with sam", Error(fresh, "--optimizer", "asam", "--resume"));
+        Assert.Contains("--lr: the run in", Error(fresh, "--optimizer", "sam", "--lr", "0.5", "--resume"));
     }
 
     [Fact]
