@@ -109,7 +109,7 @@ public static class StudyRunner
             {
                 Optimizer = Enum.Parse<Optimizer>(m.Optimizer, ignoreCase: true), BaseOptimizer = BaseOptimizer.Sgd, LearningRate = m.LearningRate, Momentum = 0.9,
                 Rho = m.Rho, BatchSize = m.BatchSize, Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed, CheckpointEvery = Math.Max(1, o.MaxEpochs),
-            })
+            }, o.EffectiveLoss)
             { Test = test, OutputFolder = dir, ModelName = o.Model, Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }
                 .Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
             trained[m.Name] = model;

@@ -73,33 +73,17 @@ public static class TrainCommand
             var term = CommonOptions.Terminal(json);
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(spec)}[/] on {Markup.Escape(train.ToString())}; {options.Optimizer.ToString().ToLowerInvariant()}, lr {options.LearningRate}, batch {(options.BatchSize == 0 ? "full" : options.BatchSize)}");
             TrainingLog log = null!;
-            if (Console.IsErrorRedirected && Console.IsOutputRedirected) log = trainer.Run(p.GetValue(resume), null, ct);
-            else
-                term.Progress().AutoClear(false)
-                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
-                    .Start(ctx =>
-                    {
-                        ProgressTask? task = null;
-                        int current = -1;
-                        log = trainer.Run(p.GetValue(resume), new Valley.Curvature.Spectrum.SyncProgress<TrainProgress>(pr =>
-                        {
-                            if (pr.Epoch != current)
-                            {
-                                task?.StopTask();
-                                current = pr.Epoch;
-                                task = ctx.AddTask($"epoch {pr.Epoch}/{pr.Epochs}", maxValue: pr.StepsPerEpoch);
-                            }
-                            task!.Value = (pr.Step - 1) % pr.StepsPerEpoch + 1;
-                            task.Description = $"epoch {pr.Epoch}/{pr.Epochs} loss {pr.RunningLoss:F4}" + (pr.LambdaMax is { } l ? $" λmax {l:G4}" : "");
-                            if (pr.EpochEnd is { } e)
-                            {
-                                task.Value = task.MaxValue;
-                                task.Description = $"epoch {pr.Epoch}/{pr.Epochs} train loss {e.TrainLoss:F4} acc {100 * e.TrainAccuracy:F1}%" +
-                                                   (e.TestAccuracy is { } ta ? $" test acc {100 * ta:F1}%" : "") + (pr.LambdaMax is { } l2 ? $" λmax {l2:G4}" : "");
-                            }
-                        }), ct);
-                        task?.StopTask();
-                    });
+            // A bar per epoch: steps within the epoch, the running loss, and at the epoch's end its full-data numbers.
+            static Bar View(TrainProgress pr)
+            {
+                string lambda = pr.LambdaMax is { } l ? $" λmax {l:G4}" : "";
+                return pr.EpochEnd is { } e
+                    ? new Bar($"epoch {pr.Epoch}", $"epoch {pr.Epoch}/{pr.Epochs} train loss {e.TrainLoss:F4} acc {100 * e.TrainAccuracy:F1}%" +
+                        (e.TestAccuracy is { } ta ? $" test acc {100 * ta:F1}%" : "") + lambda, pr.StepsPerEpoch, pr.StepsPerEpoch)
+                    : new Bar($"epoch {pr.Epoch}", $"epoch {pr.Epoch}/{pr.Epochs} loss {pr.RunningLoss:F4}" + lambda, (pr.Step - 1) % pr.StepsPerEpoch + 1, pr.StepsPerEpoch);
+            }
+            ProgressBars.Run(term, !(Console.IsErrorRedirected && Console.IsOutputRedirected), (Func<TrainProgress, Bar>)View,
+                progress => log = trainer.Run(p.GetValue(resume), progress, ct));
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(log)); return Task.FromResult(0); }
             var last = log.Epochs.Last();
             var t = new Table().AddColumns("split", "loss", "accuracy");

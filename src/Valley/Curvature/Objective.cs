@@ -317,6 +317,25 @@ public sealed class Objective : IDisposable
     }
 
     /// <summary>
+    /// Checks that a model's outputs fit a data set's labels under cross-entropy (one forward pass of one example, in eval
+    /// mode), for computations such as training that call the loss themselves.
+    /// </summary>
+    internal static void CheckModelFits(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data)
+    {
+        if (data.Task != TaskKind.Classification || !ReferenceEquals(loss, Losses.CrossEntropy) || data.Count == 0) return;
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        using var mode = new ModeScope(model, train: false);
+        var p0 = model.parameters().First();
+        var output = model.call(data.X.narrow(0, 0, 1).to(p0.dtype, p0.device));
+        if (output.dim() != 2)
+            throw new ValleyException($"{data.Name}: the model's output has shape [{string.Join(", ", output.shape)}]; cross-entropy needs logits of shape [examples, classes]");
+        long maxLabel = data.Y.max().ToInt64();
+        if (maxLabel >= output.shape[1])
+            throw new ValleyException($"{data.Name}: labels go up to {maxLabel}, but the model has {output.shape[1]} outputs; it needs at least {maxLabel + 1}");
+    }
+
+    /// <summary>
     /// Before each cross-entropy: the model must give [N, K] logits with K above every label of the batch, or LibTorch fails
     /// deep inside the loss with a long native message. One reduction per batch.
     /// </summary>

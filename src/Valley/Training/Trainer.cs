@@ -97,6 +97,7 @@ public sealed class Trainer
     public TrainingLog Run(bool resume = false, IProgress<TrainProgress>? progress = null, CancellationToken ct = default)
     {
         if (resume && OutputFolder is null) throw new ArgumentException("a run without an output folder cannot be resumed", nameof(resume));
+        Objective.CheckModelFits(_model, _loss, _train);
         using var baseOptimizer = MakeBaseOptimizer();
         using var sam = MakeSam(baseOptimizer);
         using var swa = _o.SwaStart is null ? null : new WeightAverage(_model);

@@ -43,6 +43,9 @@ public class ObjectiveTests
             Assert.Contains("labels go up to 4, but the model has 3 outputs", e.Message);
             Assert.DoesNotContain("\n", e.Message);
         }
+        // Training calls the loss itself: it checks first too.
+        var training = Assert.Throws<ValleyException>(() => new Valley.Training.Trainer(model, data).Run());
+        Assert.Contains("labels go up to 4, but the model has 3 outputs", training.Message);
     }
 
     /// <summary>A source that streams batches (as a loader from disk would) gives the in-memory objective's numbers.</summary>
