@@ -48,7 +48,7 @@ public static class SpectrumBench
         }, x => x.Item2);
         (TraceEstimate, double) Trace(bool plusPlus) { using var obj = Fresh(); var sw = Stopwatch.StartNew();
             var op = new HessianOperator(obj);
-            var r = plusPlus ? HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { Products = 60, RelativeStandardError = 0.01, MaxProducts = 5000 })
+            var r = plusPlus ? HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { SketchSize = 20, RelativeStandardError = 0.01, MaxProducts = 5000 })
                              : Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = 0.01, MaxProducts = 5000 });
             return (r, sw.Elapsed.TotalSeconds); }
 

@@ -203,7 +203,7 @@ public static class StudyRunner
         var top = Lanczos.Compute(op, new LanczosOptions { K = 5, Tolerance = 1e-3, MaxProducts = o.MaxProducts, Seed = m.Seed });
         measures["lambda_max"] = top.Values[0];
         measures["top5_sum"] = top.Values.Sum();
-        var tr = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { Products = 30, RelativeStandardError = 0.05, MaxProducts = o.MaxProducts, Seed = m.Seed, Cancellation = ct });
+        var tr = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = 0.05, MaxProducts = o.MaxProducts, Seed = m.Seed, Cancellation = ct });
         measures["trace"] = tr.Trace;
         errors["trace"] = tr.StandardError;
         var density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = m.Seed, Cancellation = ct });

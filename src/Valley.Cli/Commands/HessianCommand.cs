@@ -1,26 +1,16 @@
-using Valley.IO;
 using System.CommandLine;
 using Spectre.Console;
 using Valley.Curvature;
 using Valley.Curvature.Spectrum;
+using Valley.IO;
 using Valley.Reporting;
-using Valley.Runs;
 
 namespace Valley.Cli.Commands;
 
 /// <summary><c>valley hessian</c>: top/bottom eigenvalues (Lanczos), trace (Hutch++/Hutchinson), spectral density (SLQ), exact spectrum.</summary>
 public static class HessianCommand
 {
-    /// <summary>
-    /// What hessian.json holds: a description of the run, its inputs by content (<see cref="RunInputs"/>: a rerun into the same
-    /// folder resumes only from a report of identical inputs) and the report.
-    /// </summary>
-    public sealed record Output(string Model, string? Weights, string Data, long Examples, long Parameters, string? Layer, string DType, long Seed, int Threads,
-        RunInputs Inputs, SpectrumReport Report);
-
-    /// <summary>The files a run writes besides hessian.json; an earlier run's are removed when a run of other inputs starts.</summary>
-    static readonly string[] DensityFiles = ["density.csv", "density-nodes.csv", "density.png"];
-
+    /// <summary>The command.</summary>
     public static Command Build()
     {
         var o = new CommonOptions();
@@ -40,6 +30,15 @@ public static class HessianCommand
                                          "With no estimator chosen: --top 5 --bottom 1 --trace --density.");
         o.AddTo(cmd);
         foreach (var opt in new Option[] { top, bottom, trace, density, exact, tol, traceErr, traceMethod, maxProducts, runs, steps, outDir }) cmd.Options.Add(opt);
+        // The library's names of these options (SpectrumAnalysisOptions and the estimators' options) where they are not the kebab-case.
+        OptionNames.Register("hessian", new Dictionary<string, string>
+        {
+            [nameof(SpectrumAnalysisOptions.Tolerance)] = "--tol",
+            [nameof(SpectrumAnalysisOptions.TraceRelativeError)] = "--trace-error",
+            [nameof(HutchinsonOptions.RelativeStandardError)] = "--trace-error",
+            [nameof(SpectralDensityOptions.Runs)] = "--density-runs",
+            [nameof(SpectralDensityOptions.Steps)] = "--density-steps",
+        });
         cmd.SetAction((p, ct) =>
         {
             bool any = p.GetValue(top) is not null || p.GetValue(bottom) is not null || p.GetValue(trace) || p.GetValue(density) || p.GetValue(exact);
@@ -52,7 +51,7 @@ public static class HessianCommand
                 Exact = p.GetValue(exact),
                 Tolerance = p.GetValue(tol),
                 TraceRelativeError = p.GetValue(traceErr),
-                TraceMethod = p.GetValue(traceMethod)!,
+                TraceMethod = p.GetValue(traceMethod) == "hutchinson" ? TraceMethod.Hutchinson : TraceMethod.HutchPlusPlus,
                 MaxProducts = p.GetValue(maxProducts),
                 DensityRuns = p.GetValue(runs),
                 DensitySteps = p.GetValue(steps),
@@ -64,77 +63,65 @@ public static class HessianCommand
             using var _lock = lockFile;
             using var _ctx = ctx;
             var op = new HessianOperator(ctx.Objective) { Cancellation = ct };
-            group.Agree(() => SpectrumAnalysis.Validate(op, options));
+            // Every rank refuses bad options alike, in this command's option names.
+            group.Agree(() =>
+            {
+                try { SpectrumAnalysis.Validate(op, options); }
+                catch (ArgumentException e) when (OptionNames.Translate(e, "hessian") is { } message) { throw new ValleyException(message, e); }
+            });
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
-            var inputs = CommonOptions.Inputs(p, ctx);
-            Output Wrap(SpectrumReport r) => new(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
-                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), inputs, r);
-            var jsonPath = Path.Combine(dir, "hessian.json");
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
                                        (group.Size > 1 ? $" on each of {group.Size} ranks ({ctx.TrainExamples} in all)" : ""));
-            // An interrupted run of the same inputs in this folder: keep its finished estimators. Rank 0 reads the file and
-            // decides; every rank resumes from the report it sends. Results of other inputs are replaced: the run starts afresh.
-            string? replaced = null;
-            var accepted = group.Broadcast(group.IsRoot() ? Resumable(jsonPath, inputs, out replaced) : []);
-            var earlier = accepted.Length > 0 ? System.Text.Json.JsonSerializer.Deserialize<SpectrumReport>(accepted, AtomicFile.Json) : null;
-            if (group.IsRoot() && earlier is null)
-            {
-                foreach (var f in DensityFiles.Append("hessian.json")) File.Delete(Path.Combine(dir, f));
-                if (replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(replaced)}): starting afresh[/]");
-            }
+            var run = HessianRun.Open(dir, new HessianOutput(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
+                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), CommonOptions.Inputs(p, ctx)), group);
+            if (run.Replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(run.Replaced)}): starting afresh[/]");
             SpectrumReport report = null!;
-            ProgressBars.Run(term, (reportProgress) =>
-                report = SpectrumAnalysis.Run(op, options, reportProgress, partial: r => { if (group.IsRoot()) AtomicFile.WriteJson(jsonPath, Wrap(r)); }, ct: ct, resumeFrom: earlier));
-            if (group.IsRoot()) WriteFiles(dir, report, p.GetValue(o.Model)!);
-            if (json) p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(Wrap(report)));
-            else Render(term, report, dir);
+            ProgressBars.Run(term, progress => report = run.Run(op, options, progress, ct));
+            if (json) p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(run.Output(report)));
+            else Render(term, report, run.JsonPath, op.DType);
             return Task.FromResult(0);
         });
         return cmd;
     }
 
-    /// <summary>
-    /// The report of an earlier run of identical inputs in hessian.json, as JSON; empty when there is none. When the file holds
-    /// a run of other inputs, <paramref name="replaced"/> says what differs.
-    /// </summary>
-    static byte[] Resumable(string jsonPath, RunInputs inputs, out string? replaced)
-    {
-        replaced = null;
-        if (!File.Exists(jsonPath)) return [];
-        Output? prev = null;
-        try { prev = System.Text.Json.JsonSerializer.Deserialize<Output>(File.ReadAllBytes(jsonPath), AtomicFile.Json); }
-        catch (System.Text.Json.JsonException) { /* not a hessian.json of this version: start afresh */ }
-        if (prev?.Report is not null && inputs.SameAs(prev.Inputs)) return System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(prev.Report, AtomicFile.Json);
-        replaced = inputs.DifferencesFrom(prev?.Inputs);
-        return [];
-    }
-
-    static void WriteFiles(string dir, SpectrumReport r, string model)
-    {
-        if (r.Density is not { } d) return;
-        Csv.Write(Path.Combine(dir, "density.csv"), ["eigenvalue", "density"], d.Grid.Select((g, i) => new object[] { g, d.Density[i] }));
-        Csv.Write(Path.Combine(dir, "density-nodes.csv"), ["run", "node", "weight"],
-            d.Nodes.SelectMany((nodes, run) => nodes.Select((t, i) => new object[] { run, t, d.Weights[run][i] })));
-        Plots.SpectralDensity(d, Path.Combine(dir, "density.png"), $"Hessian spectral density: {model}", r.LambdaMax, r.LambdaMin);
-    }
-
     static string Pm(double v, double se) => double.IsFinite(se) ? $"{v:G6} ± {se:G2}" : $"{v:G6}";
 
-    static void Render(IAnsiConsole term, SpectrumReport r, string dir)
+    /// <summary>A stop reason in words: "precision floor".</summary>
+    static string Words(StopReason r) => r switch
+    {
+        StopReason.BudgetExhausted => "budget exhausted",
+        StopReason.InvariantSubspace => "invariant subspace",
+        StopReason.LossOfOrthogonality => "loss of orthogonality",
+        StopReason.PrecisionFloor => "precision floor",
+        _ => "converged",
+    };
+
+    /// <summary>The report as a table, with a line on why each eigen-solver that did not converge stopped.</summary>
+    /// <param name="term">Where to write.</param>
+    /// <param name="r">The report.</param>
+    /// <param name="jsonPath">Where the report was written.</param>
+    /// <param name="dtype">The dtype of the products (a precision floor below float64 suggests --dtype float64).</param>
+    public static void Render(IAnsiConsole term, SpectrumReport r, string jsonPath, TorchSharp.torch.ScalarType dtype)
     {
         var t = new Table().AddColumns("quantity", "value", "accuracy", "products", "time");
+        var notes = new List<string>();
         void Eig(string name, Eigenpairs? e)
         {
             if (e is null) return;
             for (int i = 0; i < e.Values.Length; i++)
-                t.AddRow($"{name} {i + 1}", $"{e.Values[i]:G6}", $"residual {e.RelativeResiduals[i]:0.0e+0}{(e.Converged ? "" : " [yellow](not converged)[/]")}",
+                t.AddRow($"{name} {i + 1}", $"{e.Values[i]:G6}", $"residual {e.RelativeResiduals[i]:0.0e+0}{(e.Converged ? "" : $" [yellow](not converged: {Words(e.StopReason)})[/]")}",
                     i == 0 ? e.Products.ToString() : "", i == 0 ? $"{e.Seconds:F1} s" : "");
+            if (!e.Converged)
+                notes.Add($"{name}: {e.StopMessage}" + (e.StopReason == StopReason.PrecisionFloor && dtype != TorchSharp.torch.ScalarType.Float64 ? " (--dtype float64)" : ""));
         }
         Eig("λ top", r.Top);
         Eig("λ bottom", r.Bottom);
         if (r.Trace is { } tr)
-            t.AddRow($"trace ({tr.Method})", Pm(tr.Trace, tr.StandardError), $"rel. SE {tr.StandardError / Math.Abs(tr.Trace):P2}{(tr.Converged ? "" : " [yellow](budget reached)[/]")}", tr.Products.ToString(), $"{tr.Seconds:F1} s");
+        {
+            var accuracy = double.IsFinite(tr.StandardError) ? $"rel. SE {tr.StandardError / Math.Abs(tr.Trace):P2}" : "standard error unknown (fewer than 2 probes)";
+            t.AddRow($"trace ({tr.Method})", Pm(tr.Trace, tr.StandardError), $"{accuracy}{(tr.Converged ? "" : " [yellow](budget reached)[/]")}", tr.Products.ToString(), $"{tr.Seconds:F1} s");
+        }
         if (r.Density is { } d)
         {
             t.AddRow("density (SLQ)", $"{d.Runs} runs × {d.Steps} steps", $"σ² = {d.Sigma2:G3}", d.Products.ToString(), $"{d.Seconds:F1} s");
@@ -145,7 +132,8 @@ public static class HessianCommand
             t.AddRow("exact spectrum", $"λmax {x.Eigenvalues[^1]:G6}, λmin {x.Eigenvalues[0]:G6}, trace {x.Trace:G6}", $"asymmetry {x.Asymmetry:0.0e+0}", x.Products.ToString(), $"{x.Seconds:F1} s");
         if (r.NegativeRatio is { } nr) t.AddRow("|λmin / λmax|", $"{nr:G4}", "", "", "");
         term.Write(t);
-        term.MarkupLine($"{r.Products} Hessian-vector products in {r.Seconds:F1} s. Results in [blue]{Markup.Escape(Path.Combine(dir, "hessian.json"))}[/]" +
+        foreach (var note in notes) term.MarkupLine($"[yellow]{Markup.Escape(note)}[/]");
+        term.MarkupLine($"{r.Products} Hessian-vector products in {r.Seconds:F1} s. Results in [blue]{Markup.Escape(jsonPath)}[/]" +
                         (r.Density is null ? "" : ", density.csv, density.png"));
     }
 }

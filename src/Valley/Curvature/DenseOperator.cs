@@ -5,6 +5,7 @@ namespace Valley.Curvature;
 /// <summary>An explicit symmetric matrix as an operator: the ground truth estimators are tested against.</summary>
 public sealed class DenseOperator : CurvatureOperator, IDisposable
 {
+    /// <summary>The matrix (a copy owned by the operator).</summary>
     public Tensor Matrix { get; }
 
     /// <param name="matrix">A square matrix [n, n]; it is copied.</param>
@@ -15,6 +16,7 @@ public sealed class DenseOperator : CurvatureOperator, IDisposable
         Matrix = matrix.detach().clone().DetachFromDisposeScope();
     }
 
+    /// <param name="matrix">A square matrix, as float64.</param>
     public DenseOperator(double[,] matrix) : this(FromArray(matrix)) { }
 
     static Tensor FromArray(double[,] m)
@@ -36,12 +38,21 @@ public sealed class DenseOperator : CurvatureOperator, IDisposable
         return new DenseOperator((m + m.t()) / 2);
     }
 
+    /// <inheritdoc/>
     public override long Size => Matrix.shape[0];
+
+    /// <inheritdoc/>
     public override ScalarType DType => Matrix.dtype;
+
+    /// <inheritdoc/>
     public override Device Device => Matrix.device;
 
+    /// <inheritdoc/>
     protected override Tensor ApplyCore(Tensor v) => Matrix.matmul(v);
+
+    /// <inheritdoc/>
     protected override Tensor ApplyBlockCore(Tensor V) => Matrix.matmul(V);
 
+    /// <summary>Frees the matrix.</summary>
     public void Dispose() => Matrix.Dispose();
 }

@@ -6,15 +6,18 @@ namespace Valley.Curvature;
 /// A symmetric linear operator on vectors of length <see cref="Size"/>: the central abstraction of Valley
 /// (like SciPy's LinearOperator or curvlinops). Estimators (Lanczos, Hutchinson, SLQ) take any operator
 /// and know nothing of models. The Hessian of an objective is one; so is a dense matrix, which is how
-/// estimators are tested against exact answers.
+/// estimators are tested against exact answers. An operator need not count its products: every estimator counts
+/// the products it asks for and keeps to its own budget.
 /// </summary>
 public interface ICurvatureOperator
 {
     /// <summary>Dimension n of the operator (number of parameters).</summary>
     long Size { get; }
 
-    /// <summary>The dtype and device of vectors the operator takes and returns.</summary>
+    /// <summary>The dtype of vectors the operator takes and returns.</summary>
     ScalarType DType { get; }
+
+    /// <summary>The device of vectors the operator takes and returns.</summary>
     Device Device { get; }
 
     /// <summary>A·v for a vector of shape [n]; returns a new tensor of shape [n].</summary>
@@ -25,39 +28,40 @@ public interface ICurvatureOperator
     /// work among the columns (the Hessian shares each batch's forward and first backward pass) override it.
     /// </summary>
     Tensor ApplyBlock(Tensor V);
-
-    /// <summary>Number of operator-vector products applied so far (a block of k counts k).</summary>
-    long Products { get; }
 }
 
-/// <summary>Base class: counts products, checks shapes, and applies blocks column by column unless overridden.</summary>
+/// <summary>Base class of operators: checks shapes, and applies blocks column by column unless overridden.</summary>
 public abstract class CurvatureOperator : ICurvatureOperator
 {
-    long _products;
-
+    /// <inheritdoc/>
     public abstract long Size { get; }
-    public abstract ScalarType DType { get; }
-    public abstract Device Device { get; }
-    public long Products => Interlocked.Read(ref _products);
 
+    /// <inheritdoc/>
+    public abstract ScalarType DType { get; }
+
+    /// <inheritdoc/>
+    public abstract Device Device { get; }
+
+    /// <inheritdoc/>
     public Tensor Apply(Tensor v)
     {
         if (v.shape.Length != 1 || v.shape[0] != Size)
             throw new ValleyException($"operator of size {Size} applied to a vector of shape [{string.Join(", ", v.shape)}]");
-        Interlocked.Increment(ref _products);
         return ApplyCore(v);
     }
 
+    /// <inheritdoc/>
     public Tensor ApplyBlock(Tensor V)
     {
         if (V.shape.Length != 2 || V.shape[0] != Size)
             throw new ValleyException($"operator of size {Size} applied to a block of shape [{string.Join(", ", V.shape)}]");
-        Interlocked.Add(ref _products, V.shape[1]);
         return ApplyBlockCore(V);
     }
 
+    /// <summary>A·v for a vector of the right shape.</summary>
     protected abstract Tensor ApplyCore(Tensor v);
 
+    /// <summary>A·V for a block of the right shape; by default one <see cref="ApplyCore"/> per column.</summary>
     protected virtual Tensor ApplyBlockCore(Tensor V)
     {
         using var scope = NewDisposeScope();

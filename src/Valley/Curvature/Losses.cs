@@ -6,6 +6,7 @@ namespace Valley.Curvature;
 /// <summary>A loss averaged over the examples of a batch: (model output, targets) → scalar.</summary>
 public delegate Tensor LossFunction(Tensor output, Tensor target);
 
+/// <summary>The usual losses, as PyTorch computes them.</summary>
 public static class Losses
 {
     /// <summary>Cross-entropy of logits [B, K] against int64 labels [B], mean over the batch (PyTorch's default).</summary>

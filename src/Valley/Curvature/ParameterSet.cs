@@ -7,16 +7,26 @@ namespace Valley.Curvature;
 /// <summary>
 /// The parameters a curvature computation is taken over, in a fixed order, and the mapping between
 /// them and one flat vector. Vectors over parameters are always flat tensors of length <see cref="Size"/>
-/// (DESIGN.md §1): dot, axpy and norm are plain tensor ops, and <see cref="Unflatten"/> gives per-tensor views.
+/// (docs/design.md §1): dot, axpy and norm are plain tensor ops, and <see cref="Unflatten"/> gives per-tensor views.
 /// </summary>
 public sealed class ParameterSet
 {
+    /// <summary>The parameters' names, as the module names them ("0.weight").</summary>
     public IReadOnlyList<string> Names { get; }
+
+    /// <summary>The parameters themselves.</summary>
     public IReadOnlyList<Parameter> Tensors { get; }
+
+    /// <summary>Their shapes.</summary>
     public IReadOnlyList<long[]> Shapes { get; }
+
+    /// <summary>Where each parameter starts in a flat vector.</summary>
     public IReadOnlyList<long> Offsets { get; }
+
+    /// <summary>Total number of parameters: the length of a flat vector.</summary>
     public long Size { get; }
 
+    /// <param name="parameters">Named parameters, in the order of the flat vector.</param>
     public ParameterSet(IEnumerable<(string Name, Parameter Param)> parameters)
     {
         var list = parameters.ToList();
@@ -57,7 +67,10 @@ public sealed class ParameterSet
         return name => prefixes.Any(p => name == p || name.StartsWith(p + ".", StringComparison.Ordinal));
     }
 
+    /// <summary>The parameters' dtype (that of the first).</summary>
     public ScalarType DType => Tensors[0].dtype;
+
+    /// <summary>The parameters' device (that of the first).</summary>
     public Device Device => Tensors[0].device;
 
     /// <summary>Concatenate per-parameter tensors (same shapes as the parameters) into one flat vector.</summary>
@@ -111,6 +124,7 @@ public sealed class ParameterSet
     /// <summary>Zeros of size <see cref="Size"/> in the parameters' dtype and device.</summary>
     public Tensor Zeros() => zeros(Size, dtype: DType, device: Device);
 
+    /// <summary>"3 tensors, 51 parameters".</summary>
     public override string ToString() => $"{Tensors.Count} tensors, {Size} parameters";
 }
 
@@ -130,12 +144,14 @@ public sealed class WeightSnapshot : IDisposable
         _copies = set.Tensors.Select(t => t.detach().clone().DetachFromDisposeScope()).ToArray();
     }
 
+    /// <summary>Copies the saved values back into the parameters.</summary>
     public void Restore()
     {
         using var _ = no_grad();
         for (int i = 0; i < _copies.Length; i++) _set.Tensors[i].copy_(_copies[i]);
     }
 
+    /// <summary>Frees the copies.</summary>
     public void Dispose()
     {
         foreach (var c in _copies) c.Dispose();

@@ -62,6 +62,42 @@ public class HessianCommandTests
     }
 
     [Fact]
+    public void TheTraceOnASmallBudgetStaysWithinItAndHasAStandardError()
+    {
+        var data = CsvData();
+        int code = Run(out var stdout, out var err, "hessian", "--data", data, "--model", "mlp:4-6-3", "--subset", "0", "--dtype", "float64", "--trace", "--exact",
+            "--max-products", "15", "--format", "json", "--out", TestUtil.TempDir("small-budget"));
+        Assert.True(code == 0, err);
+        var report = JsonDocument.Parse(stdout).RootElement.GetProperty("report");
+        var trace = report.GetProperty("trace");
+        Assert.True(trace.GetProperty("products").GetInt64() <= 15, trace.GetRawText());
+        double se = trace.GetProperty("standard_error").GetDouble();
+        Assert.True(se > 0 && double.IsFinite(se), trace.GetRawText());
+        double exact = report.GetProperty("exact").GetProperty("trace").GetDouble();
+        Assert.True(Math.Abs(trace.GetProperty("trace").GetDouble() - exact) <= 5 * se, $"{trace.GetRawText()} exact {exact}");
+    }
+
+    [Fact]
+    public void TheTableSaysWhyAnEigenvalueDidNotConverge()
+    {
+        var spectrum = Enumerable.Range(0, 300).Select(i => i < 3 ? 1.0 - 0.1 * i : 0.5 * Math.Sin(i)).ToArray();
+        using var f64 = DenseOperator.WithSpectrum(spectrum, seed: 1);
+        using var f32 = new DenseOperator(f64.Matrix.to(TorchSharp.torch.ScalarType.Float32));
+        var top = Valley.Curvature.Spectrum.Lanczos.Compute(f32, new Valley.Curvature.Spectrum.LanczosOptions { Tolerance = 1e-8 });
+        var report = new Valley.Curvature.Spectrum.SpectrumReport { Size = 300, Options = new(), Top = top };
+        var text = new StringWriter();
+        var term = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
+        {
+            Out = new Spectre.Console.AnsiConsoleOutput(text), Ansi = Spectre.Console.AnsiSupport.No, ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
+        });
+        term.Profile.Width = 400;
+        Valley.Cli.Commands.HessianCommand.Render(term, report, "hessian.json", TorchSharp.torch.ScalarType.Float32);
+        var output = text.ToString();
+        Assert.Contains("(not converged: precision floor)", output);
+        Assert.Contains($"λ top: {top.StopMessage} (--dtype float64)", output);
+    }
+
+    [Fact]
     public void JsonFormatPrintsTheReportOnStdout()
     {
         var data = CsvData();

@@ -137,7 +137,7 @@ public class DenseSpectrumTests
         for (int s = 0; s < 20; s++)
         {
             var h = Hutchinson.Estimate(op, new HutchinsonOptions { Seed = s, MinProbes = 30, MaxProducts = 30, RelativeStandardError = 1e-12 });
-            var pp = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { Products = 30, Seed = s });
+            var pp = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { MaxProducts = 30, RelativeStandardError = null, Seed = s });
             Assert.Equal(30, pp.Products);
             errH += (h.Trace - exact) * (h.Trace - exact);
             errPP += (pp.Trace - exact) * (pp.Trace - exact);
@@ -178,12 +178,23 @@ public class DenseSpectrumTests
     }
 
     [Fact]
-    public void BadEstimatorParametersGiveClearErrors()
+    public void BadEstimatorParametersAreRefusedInTheOptionsNames()
     {
         using var op = DenseOperator.WithSpectrum([1, 2, 3], seed: 1);
-        Assert.Contains("larger than the operator's size", Assert.Throws<ValleyException>(() => Lanczos.Compute(op, new LanczosOptions { K = 4 })).Message);
-        Assert.Contains("tolerance must be positive", Assert.Throws<ValleyException>(() => Lanczos.Compute(op, new LanczosOptions { Tolerance = -1 })).Message);
-        Assert.Contains("multiple of 3", Assert.Throws<ValleyException>(() => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { Products = 10 })).Message);
-        Assert.Contains("steps must be at least 2", Assert.Throws<ValleyException>(() => StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Steps = 1 })).Message);
+        void Refused(string name, string problem, Action run)
+        {
+            var e = Assert.Throws<ArgumentOutOfRangeException>(run);
+            Assert.Equal(name, e.ParamName);
+            Assert.Contains(problem, e.Message);
+        }
+        Refused("K", "must not exceed the operator's size (3)", () => Lanczos.Compute(op, new LanczosOptions { K = 4 }));
+        Refused("Tolerance", "must be in (0, 1)", () => Lanczos.Compute(op, new LanczosOptions { Tolerance = -1 }));
+        Refused("MaxProducts", "must be at least", () => Lanczos.Compute(op, new LanczosOptions { K = 2, MaxProducts = 3 }));
+        Refused("SketchSize", "must be at least 1", () => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { SketchSize = 0 }));
+        Refused("MaxProducts", "must be at least 2", () => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { MaxProducts = 1 }));
+        Refused("RelativeStandardError", "must be a positive finite number", () => Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = 0 }));
+        Refused("Steps", "must be at least 2", () => StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Steps = 1 }));
+        Refused("TopN", "must not exceed the operator's size (3)", () => PowerIteration.Compute(op, new PowerIterationOptions { TopN = 4 }));
+        Refused("Top", "must be between 0 and the number of parameters (3)", () => SpectrumAnalysis.Validate(op, new SpectrumAnalysisOptions { Top = 4 }));
     }
 }

@@ -82,3 +82,30 @@ public class NetworkSpectrumTests
         Assert.Equal(exact.Trace(), exact.Eigenvalues().Sum(), 9);
     }
 }
+
+/// <summary>The case that made Lanczos say why it stops: a float32 model trained to near-zero loss.</summary>
+public class NearZeroLossTests
+{
+    public NearZeroLossTests() => TestUtil.Init();
+
+    [Fact]
+    public void LanczosOnAFloat32ModelNearZeroLossStopsAtThePrecisionFloorAndFloat64Converges()
+    {
+        using var data = Synthetic.GaussianMixture(256, 8, 3, seed: 1, separation: 4);
+        var model = ModelSpec.Parse("mlp:8-16-3").Build(data, seed: 1);
+        NetworkSpectrumTests.Train(model, data, 120, lr: 3e-2);
+        using (var obj = new Objective(model, Losses.CrossEntropy, data))
+        {
+            Assert.True(obj.Value() < 1e-6, $"loss {obj.Value()}");
+            var r = Lanczos.Compute(new HessianOperator(obj));
+            Assert.False(r.Converged);
+            Assert.Equal(StopReason.PrecisionFloor, r.StopReason);
+            Assert.EndsWith("compute in float64", r.StopMessage);
+            Assert.True(r.Products < 50, $"{r.Products} products");
+        }
+        using var obj64 = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { DType = ScalarType.Float64 });
+        var r64 = Lanczos.Compute(new HessianOperator(obj64));
+        Assert.True(r64.Converged, r64.StopMessage);
+        Assert.Equal(StopReason.Converged, r64.StopReason);
+    }
+}

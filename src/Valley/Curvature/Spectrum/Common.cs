@@ -1,4 +1,3 @@
-using System.Text.Json.Serialization;
 using TorchSharp;
 using MathNet.Numerics.LinearAlgebra;
 using static TorchSharp.torch;
@@ -17,50 +16,14 @@ public enum EigenTarget
 }
 
 /// <summary>Progress of a long estimator: products so far and, where meaningful, the current worst relative residual or standard error.</summary>
+/// <param name="Stage">The estimator ("lanczos", "hutch++", "density", ...).</param>
+/// <param name="Products">Products asked for so far by this estimator.</param>
+/// <param name="MaxProducts">Its budget.</param>
+/// <param name="Residual">The worst relative residual (eigen-solvers) or relative standard error (trace), when known.</param>
 public readonly record struct EstimatorProgress(string Stage, long Products, long MaxProducts, double? Residual);
-
-/// <summary>
-/// Eigenpairs of an operator from Lanczos, power iteration or a dense eigendecomposition, ordered as
-/// the target asks (largest first for <see cref="EigenTarget.Largest"/>, most negative first for Smallest).
-/// </summary>
-public sealed record Eigenpairs
-{
-    public required string Method { get; init; }
-    public required EigenTarget Target { get; init; }
-    public required double[] Values { get; init; }
-    /// <summary>‖Av − θv‖ for each pair (computed with explicit products when <c>verified</c>; else the Lanczos estimate).</summary>
-    public required double[] Residuals { get; init; }
-    public bool ResidualsVerified { get; init; }
-    public required long Products { get; init; }
-    public required int Iterations { get; init; }
-    public required bool Converged { get; init; }
-    public double Tolerance { get; init; }
-    public double Seconds { get; init; }
-    /// <summary>The eigenvectors as rows [k, n] (float64), when asked for. Not serialized.</summary>
-    [JsonIgnore] public Tensor? Vectors { get; init; }
-
-    /// <summary>‖Av − θv‖ / max(|θ|, tiny): the relative residual of each pair.</summary>
-    public double[] RelativeResiduals => Values.Select((v, i) => Residuals[i] / Math.Max(Math.Abs(v), 1e-300)).ToArray();
-}
 
 internal static class SpectrumMath
 {
-    /// <summary>
-    /// A·V for columns V [n, k] (any dtype), in float64: the one way estimators ask an operator for products. A product with
-    /// NaN or infinite entries stops the estimator here, with a message, instead of flowing into an eigen-solver.
-    /// </summary>
-    public static Tensor Apply(ICurvatureOperator op, Tensor V, string estimator)
-    {
-        var result = op.ApplyBlock(V.to(op.DType)).to(ScalarType.Float64);
-        if (!isfinite(result).all().ToBoolean())
-        {
-            result.Dispose();
-            throw new NonFiniteException($"{estimator}: an operator-vector product has NaN or infinite entries; the loss or its curvature overflows " +
-                                         "at these weights (compute in float64, or rescale inputs that are very large)");
-        }
-        return result;
-    }
-
     /// <summary>Symmetric eigendecomposition of a small dense matrix (float64): ascending values and column eigenvectors.</summary>
     public static (double[] Values, Matrix<double> Vectors) SymmetricEigen(double[,] t)
     {
@@ -98,6 +61,16 @@ internal static class SpectrumMath
     public static Tensor Rademacher(long count, long n, Generator g, ScalarType dtype) =>
         randint(0, 2, [count, n], generator: g, dtype: ScalarType.Int8).to(dtype).mul_(2).sub_(1);
 
+    /// <summary>‖A v_i − θ_i v_i‖ for rows v_i, with one block product from the estimator's budget.</summary>
+    public static double[] ResidualNorms(ProductBudget budget, double[] values, Tensor rows)
+    {
+        using var scope = NewDisposeScope();
+        var Av = budget.Apply(rows.t()).t();
+        var theta = Data.OwnedTensor.From(values).to(rows.device).unsqueeze(1);
+        return (Av - theta * rows).norm(1).cpu().data<double>().ToArray();
+    }
+
+    /// <summary>A [r, k] tensor as a 2-D array of doubles.</summary>
     public static double[,] ToArray(Tensor t)
     {
         var c = t.to(ScalarType.Float64).cpu().contiguous();
@@ -107,4 +80,12 @@ internal static class SpectrumMath
         Buffer.BlockCopy(d, 0, a, 0, d.Length * sizeof(double));
         return a;
     }
+}
+
+/// <summary>An <see cref="IProgress{T}"/> that calls its handler synchronously on the reporting thread.</summary>
+/// <param name="handler">Called with every report.</param>
+public sealed class SyncProgress<T>(Action<T> handler) : IProgress<T>
+{
+    /// <inheritdoc/>
+    public void Report(T value) => handler(value);
 }

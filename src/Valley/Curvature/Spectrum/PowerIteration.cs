@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using static System.FormattableString;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -7,30 +8,47 @@ namespace Valley.Curvature.Spectrum;
 /// <summary>Options of <see cref="PowerIteration"/>; defaults are PyHessian's (<c>eigenvalues(maxIter=100, tol=1e-3, top_n=1)</c>).</summary>
 public sealed record PowerIterationOptions
 {
+    /// <summary>Number of eigenvalues, found one after another by deflation. Default 1.</summary>
     public int TopN { get; init; } = 1;
+
+    /// <summary>Iterations per eigenvalue (one product each). Default 100.</summary>
     public int MaxIterations { get; init; } = 100;
+
+    /// <summary>Stop when the eigenvalue changes by less than this, relatively, between iterations. Default 1e-3.</summary>
     public double Tolerance { get; init; } = 1e-3;
+
+    /// <summary>Seed of the random start vectors.</summary>
     public long Seed { get; init; }
+
+    /// <summary>Recompute each residual ‖Av − θv‖ with a product at the end (TopN more products). Default true.</summary>
     public bool VerifyResiduals { get; init; } = true;
+
+    /// <summary>Reports products and the relative change of the eigenvalue after each iteration.</summary>
     public IProgress<EstimatorProgress>? Progress { get; init; }
+
+    /// <summary>Checked before every iteration.</summary>
     public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>
-/// Power iteration with deflation by orthogonalization, with PyHessian's semantics, kept for comparison:
-/// Gaussian start; each iteration orthonormalizes v against the eigenvectors already found, takes
+/// Power iteration with deflation by orthogonalization, with PyHessian's semantics (Yao, Gholami, Keutzer, Mahoney 2020),
+/// kept for comparison: Gaussian start; each iteration orthonormalizes v against the eigenvectors already found, takes
 /// θ = vᵀHv and v ← Hv/‖Hv‖, and stops when |θ_prev − θ| / (|θ_prev| + 1e-6) &lt; tol (returning θ_prev, as PyHessian does).
 /// It converges to the largest-magnitude eigenvalue, and slowly when the gap is small; <see cref="Lanczos"/> is the tool to use.
 /// </summary>
 public static class PowerIteration
 {
+    /// <summary>The TopN largest-magnitude eigenvalues and their vectors.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="PowerIterationOptions"/>).</exception>
     public static Eigenpairs Compute(ICurvatureOperator op, PowerIterationOptions? options = null)
     {
         var o = options ?? new PowerIterationOptions();
-        if (o.TopN < 1 || o.TopN > op.Size) throw new ValleyException($"power iteration: top_n must be in [1, {op.Size}], got {o.TopN}");
-        if (o.MaxIterations < 1) throw new ValleyException($"power iteration: max iterations must be positive, got {o.MaxIterations}");
+        Check.AtLeast(o.TopN, 1, nameof(o.TopN));
+        if (o.TopN > op.Size) throw Check.OutOfRange(nameof(o.TopN), o.TopN, $"must not exceed the operator's size ({op.Size})");
+        Check.AtLeast(o.MaxIterations, 1, nameof(o.MaxIterations));
+        Check.PositiveFinite(o.Tolerance, nameof(o.Tolerance));
         var sw = Stopwatch.StartNew();
-        long start = op.Products;
+        var budget = new ProductBudget(op, (long)o.TopN * o.MaxIterations + (o.VerifyResiduals ? o.TopN : 0), "power iteration");
         var gen = new Generator((ulong)o.Seed);
         var values = new List<double>();
         var vectors = new List<Tensor>();
@@ -48,12 +66,12 @@ public static class PowerIteration
                 using var scope = NewDisposeScope();
                 foreach (var u in vectors) v = v - u.dot(v) * u;
                 v = v / v.norm();
-                var hv = SpectrumMath.Apply(op, v.unsqueeze(1), "power iteration").squeeze(1);
+                var hv = budget.Apply(v.unsqueeze(1)).squeeze(1);
                 double tmp = hv.dot(v).ToDouble();
                 v = (hv / hv.norm()).MoveToOuterDisposeScope();
                 iterations++;
                 double? change = eig is null ? null : Math.Abs(eig.Value - tmp) / (Math.Abs(eig.Value) + 1e-6);
-                o.Progress?.Report(new EstimatorProgress($"power iteration {e + 1}", op.Products - start, (long)o.TopN * o.MaxIterations, change));
+                o.Progress?.Report(new EstimatorProgress($"power iteration {e + 1}", budget.Used, budget.Max, change));
                 if (eig is null) eig = tmp;
                 else if (change < o.Tolerance) { converged = true; break; }
                 else eig = tmp;
@@ -62,9 +80,8 @@ public static class PowerIteration
             values.Add(eig!.Value);
             vectors.Add(v.DetachFromDisposeScope());
         }
-        long products = op.Products - start;
         var rows = stack(vectors);
-        var residuals = o.VerifyResiduals ? Lanczos.ResidualNorms(op, values.ToArray(), rows) : values.Select(_ => double.NaN).ToArray();
+        var residuals = o.VerifyResiduals ? SpectrumMath.ResidualNorms(budget, values.ToArray(), rows) : values.Select(_ => double.NaN).ToArray();
         return new Eigenpairs
         {
             Method = "power-iteration (PyHessian)",
@@ -72,9 +89,13 @@ public static class PowerIteration
             Values = values.ToArray(),
             Residuals = residuals,
             ResidualsVerified = o.VerifyResiduals,
-            Products = products,
+            Products = budget.Used,
             Iterations = iterations,
             Converged = allConverged,
+            StopReason = allConverged ? StopReason.Converged : StopReason.BudgetExhausted,
+            StopMessage = allConverged
+                ? Invariant($"every eigenvalue changed by less than {o.Tolerance:G3} (relative) between two iterations")
+                : Invariant($"an eigenvalue still changed by more than {o.Tolerance:G3} (relative) after MaxIterations = {o.MaxIterations} iterations"),
             Tolerance = o.Tolerance,
             Seconds = sw.Elapsed.TotalSeconds,
             Vectors = rows,

@@ -1,0 +1,99 @@
+using Valley.Curvature.Spectrum;
+using Valley.Data;
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>
+/// The Hessian of a model's loss over a data set with the common spectrum questions one call away, as PyHessian's
+/// <c>hessian(model, criterion, data)</c> has them (<c>eigenvalues</c>, <c>trace</c>, <c>density</c>):
+/// <code>
+/// using var h = Hessian.Of(model, Losses.CrossEntropy, data);
+/// double lambdaMax = h.TopEigenvalues(1).Values[0];   // Lanczos
+/// TraceEstimate trace = h.Trace();                    // Hutch++ to 1 % standard error
+/// SpectralDensity density = h.Density();              // stochastic Lanczos quadrature
+/// </code>
+/// Each call runs one estimator on <see cref="Operator"/> with its documented defaults and returns the estimator's own
+/// result record; pass an options record for anything else. For several estimators written as they finish, use
+/// <see cref="SpectrumAnalysis"/>; for another operator, call the estimators (<see cref="Lanczos"/>,
+/// <see cref="HutchPlusPlus"/>, ...) directly.
+/// </summary>
+public sealed class Hessian : IDisposable
+{
+    readonly bool _ownsObjective;
+
+    Hessian(Objective objective, bool ownsObjective)
+    {
+        Objective = objective;
+        Operator = new HessianOperator(objective);
+        _ownsObjective = ownsObjective;
+    }
+
+    /// <summary>The Hessian of <paramref name="loss"/> of <paramref name="model"/> over <paramref name="data"/> (an <see cref="Objective"/> it owns).</summary>
+    /// <param name="model">The model; its trainable parameters (or those <see cref="ObjectiveOptions.ParameterFilter"/> selects) are the Hessian's variables.</param>
+    /// <param name="loss">The loss, averaged over a batch (e.g. <see cref="Losses.CrossEntropy"/>).</param>
+    /// <param name="data">The data the loss is averaged over, all of it.</param>
+    /// <param name="options">Batch size, dtype, train mode, parameter filter; null: the defaults.</param>
+    public static Hessian Of(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, ObjectiveOptions? options = null) =>
+        new(new Objective(model, loss, data, options), ownsObjective: true);
+
+    /// <summary>The Hessian of an objective (which stays yours to dispose).</summary>
+    public static Hessian Of(Objective objective) => new(objective, ownsObjective: false);
+
+    /// <summary>The objective L(w) whose Hessian this is.</summary>
+    public Objective Objective { get; }
+
+    /// <summary>The Hessian as an operator, for the estimators.</summary>
+    public HessianOperator Operator { get; }
+
+    /// <summary>Number of parameters n (the Hessian is n × n).</summary>
+    public long Size => Operator.Size;
+
+    /// <summary>The k largest eigenvalues by Lanczos (<see cref="Eigenpairs.Values"/>, largest first), with their residuals and stop reason.</summary>
+    /// <param name="k">How many.</param>
+    /// <param name="options">Tolerance, budget, seed, progress, cancellation; <see cref="LanczosOptions.K"/> and <see cref="LanczosOptions.Target"/> are set from the call.</param>
+    public Eigenpairs TopEigenvalues(int k = 1, LanczosOptions? options = null) =>
+        Lanczos.Compute(For(options?.Cancellation), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Largest });
+
+    /// <summary>As <see cref="TopEigenvalues"/>, with the eigenvectors in <see cref="Eigenpairs.Vectors"/> (rows [k, n], float64).</summary>
+    /// <param name="k">How many.</param>
+    /// <param name="options">As for <see cref="TopEigenvalues"/>.</param>
+    public Eigenpairs TopEigenpairs(int k = 1, LanczosOptions? options = null) =>
+        Lanczos.Compute(For(options?.Cancellation), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Largest, ReturnVectors = true });
+
+    /// <summary>The k smallest (most negative) eigenvalues by Lanczos, smallest first.</summary>
+    /// <param name="k">How many.</param>
+    /// <param name="options">As for <see cref="TopEigenvalues"/>.</param>
+    public Eigenpairs BottomEigenvalues(int k = 1, LanczosOptions? options = null) =>
+        Lanczos.Compute(For(options?.Cancellation), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Smallest });
+
+    /// <summary>The trace by <paramref name="method"/> with its default options (to 1 % relative standard error, at most 1,000 products).</summary>
+    /// <param name="method">Hutch++ (default) or Hutchinson.</param>
+    public TraceEstimate Trace(TraceMethod method = TraceMethod.HutchPlusPlus) =>
+        method == TraceMethod.Hutchinson ? Trace(new HutchinsonOptions()) : Trace(new HutchPlusPlusOptions());
+
+    /// <summary>The trace by Hutch++ with these options.</summary>
+    /// <param name="options">Target, budget, sketch size, seed, progress, cancellation.</param>
+    public TraceEstimate Trace(HutchPlusPlusOptions options) => HutchPlusPlus.Estimate(For(options.Cancellation), options);
+
+    /// <summary>The trace by Hutchinson's estimator with these options.</summary>
+    /// <param name="options">Target, budget, seed, progress, cancellation.</param>
+    public TraceEstimate Trace(HutchinsonOptions options) => Hutchinson.Estimate(For(options.Cancellation), options);
+
+    /// <summary>The spectral density by stochastic Lanczos quadrature (default: 10 runs × 80 steps, Ghorbani et al. 2019).</summary>
+    /// <param name="options">Runs, steps, broadening, seed, progress, cancellation.</param>
+    public SpectralDensity Density(SpectralDensityOptions? options = null) =>
+        StochasticLanczosQuadrature.Estimate(For(options?.Cancellation), options ?? new SpectralDensityOptions());
+
+    /// <summary>The exact Hessian matrix (n products; for models of up to <see cref="ExactHessian.DefaultMaxSize"/> parameters).</summary>
+    public DenseMatrix Exact() => ExactHessian.Compute(Operator);
+
+    /// <summary>The operator with the estimator's cancellation token, so that a long product stops between batches too.</summary>
+    HessianOperator For(CancellationToken? ct) => ct is { CanBeCanceled: true } token ? new HessianOperator(Objective) { Cancellation = token } : Operator;
+
+    /// <summary>Disposes the objective when <see cref="Of(nn.Module{Tensor, Tensor}, LossFunction, Dataset, ObjectiveOptions?)"/> made it (the model stays yours).</summary>
+    public void Dispose()
+    {
+        if (_ownsObjective) Objective.Dispose();
+    }
+}

@@ -1,0 +1,150 @@
+using MathNet.Numerics.LinearAlgebra;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Valley.Curvature.Spectrum;
+
+/// <summary>
+/// The state of one block Lanczos process (Golub and Underwood 1977): an orthonormal basis (rows, float64, grown in chunks),
+/// the diagonal blocks A_j = Q_jᵀ A Q_j and the couplings B_j of A Q_j = Q_{j-1} B_{j-1}ᵀ + Q_j A_j + Q_{j+1} B_j. Each new
+/// block is fully reorthogonalized against the whole basis and the locked vectors (<see cref="Reorthogonalization"/>).
+/// Rank-deficient blocks (an exhausted invariant subspace) are refilled with random vectors orthogonal to the basis, so
+/// the process never stalls before the basis spans the whole space.
+/// </summary>
+internal sealed class BlockLanczosProcess : IDisposable
+{
+    readonly ProductBudget _budget;
+    readonly int _b;
+    readonly Tensor? _locked;
+    readonly Generator _gen;
+    readonly long _n;
+    readonly Device _device;
+    Tensor _basis;          // [capacity, n] float64, rows are orthonormal vectors
+    long _rows;             // rows in use (T size + b for the next block)
+    readonly List<double[,]> _diag = [];
+    readonly List<double[,]> _coupling = [];
+    double _normEst;
+
+    public BlockLanczosProcess(ProductBudget budget, long n, Device device, int blockSize, Tensor? locked, Generator gen)
+    {
+        _budget = budget;
+        _b = blockSize;
+        _locked = locked?.to(ScalarType.Float64).DetachFromDisposeScope();
+        _gen = gen;
+        _n = n;
+        _device = device;
+        _basis = zeros([Math.Min(_n, 32L * blockSize), _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+    }
+
+    /// <summary>Size of the block tridiagonal matrix built so far.</summary>
+    public int TridiagonalSize => _diag.Count * _b;
+
+    /// <summary>The first <paramref name="rows"/> basis vectors (a view).</summary>
+    public Tensor Basis(long rows) => _basis.narrow(0, 0, rows);
+
+    /// <summary>Starts from the orthonormalized rows of <paramref name="x0"/> [b, n].</summary>
+    public void Start(Tensor x0)
+    {
+        using var scope = NewDisposeScope();
+        Append(Orthonormalize(x0.to(ScalarType.Float64).to(_device)));
+    }
+
+    /// <summary>One step: b products, the next diagonal block and coupling, and the next block of the basis.</summary>
+    public void Step()
+    {
+        using var scope = NewDisposeScope();
+        long j0 = _rows - _b;
+        var Q = _basis.narrow(0, j0, _b);
+        var W = _budget.Apply(Q.t()).t().contiguous(); // rows: A q_i
+        var A = Q.matmul(W.t());
+        A = (A + A.t()) / 2;
+        _diag.Add(SpectrumMath.ToArray(A));
+        _normEst = Math.Max(_normEst, A.abs().max().ToDouble());
+        // Against the whole basis (Q_j and Q_{j-1} included: this is also the three-term recurrence) and the locked vectors.
+        (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(_basis.narrow(0, 0, _rows)));
+        // W = R ᵀ Q_next in row form: QR of Wᵀ [n, b].
+        var (qn, r) = linalg.qr(W.t());
+        var R = SpectrumMath.ToArray(r);
+        var next = qn.t().contiguous();
+        double threshold = 1e-10 * Math.Max(_normEst, 1e-300);
+        bool room = _rows + LockedCount < _n;
+        for (int i = 0; i < _b; i++)
+        {
+            if (Math.Abs(R[i, i]) > threshold) continue;
+            // Deflation: an exhausted direction. Zero its coupling and continue with a fresh random direction.
+            for (int c = 0; c < _b; c++) R[i, c] = 0;
+            if (!room) continue;
+            var fresh = randn([1, _n], dtype: ScalarType.Float64, generator: _gen).to(_device);
+            var others = cat([_basis.narrow(0, 0, _rows), next.narrow(0, 0, i), next.narrow(0, i + 1, _b - i - 1)], 0);
+            next[i] = Orthonormalize(fresh, others)[0];
+        }
+        _coupling.Add(R);
+        if (_rows + _b <= _n) Append(next);
+    }
+
+    long LockedCount => _locked?.shape[0] ?? 0;
+
+    /// <summary>B_j of the last step (b×b): the residual coupling to the next block.</summary>
+    public Matrix<double> LastCoupling() => Matrix<double>.Build.DenseOfArray(_coupling[^1]);
+
+    /// <summary>The block tridiagonal T = Qᵀ A Q of size (#steps · b).</summary>
+    public double[,] Tridiagonal()
+    {
+        int m = TridiagonalSize;
+        var t = new double[m, m];
+        for (int j = 0; j < _diag.Count; j++)
+        {
+            int o = j * _b;
+            for (int r = 0; r < _b; r++)
+                for (int c = 0; c < _b; c++)
+                    t[o + r, o + c] = _diag[j][r, c];
+            if (j + 1 < _diag.Count)
+            {
+                // A Q_j has Q_{j+1} B_j: T[j+1 block, j block] = B_j, and its transpose above the diagonal.
+                for (int r = 0; r < _b; r++)
+                    for (int c = 0; c < _b; c++)
+                    {
+                        t[o + _b + r, o + c] = _coupling[j][r, c];
+                        t[o + c, o + _b + r] = _coupling[j][r, c];
+                    }
+            }
+        }
+        return t;
+    }
+
+    /// <summary>One classical Gram-Schmidt pass of rows against <paramref name="basis"/> and the locked vectors.</summary>
+    Func<Tensor, Tensor> RemoveProjection(Tensor? basis) => x =>
+    {
+        if (basis is not null && basis.shape[0] > 0) x = x - basis.matmul(x.t()).t().matmul(basis);
+        if (_locked is not null) x = x - _locked.matmul(x.t()).t().matmul(_locked);
+        return x;
+    };
+
+    Tensor Orthonormalize(Tensor x, Tensor? against = null)
+    {
+        (x, _) = Reorthogonalization.Dgks(x, RemoveProjection(against ?? (_rows > 0 ? _basis.narrow(0, 0, _rows) : null)));
+        var (q, _) = linalg.qr(x.t());
+        return q.t().contiguous();
+    }
+
+    void Append(Tensor rows)
+    {
+        long k = rows.shape[0];
+        if (_rows + k > _basis.shape[0])
+        {
+            long cap = Math.Min(_n, Math.Max(_basis.shape[0] * 2, _rows + k));
+            var bigger = zeros([cap, _n], dtype: ScalarType.Float64, device: _basis.device);
+            bigger.narrow(0, 0, _rows).copy_(_basis.narrow(0, 0, _rows));
+            _basis.Dispose();
+            _basis = bigger.DetachFromDisposeScope();
+        }
+        _basis.narrow(0, _rows, k).copy_(rows);
+        _rows += k;
+    }
+
+    public void Dispose()
+    {
+        _basis.Dispose();
+        _locked?.Dispose();
+    }
+}
