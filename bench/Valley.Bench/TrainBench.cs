@@ -54,9 +54,10 @@ public static class SharpnessBench
     {
         using var data = Runner.FashionSubset(2048);
         var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
-        var init = cat(model.parameters().Select(p => p.detach().reshape(-1).clone()).ToArray());
+        var init = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
         QuickTrain.Adam(model, 10_000, epochs: 2, seed: 0);
-        var results = Valley.Sharpness.SharpnessSuite.Run(model, Losses.CrossEntropy, data, init, new Valley.Sharpness.SharpnessSuiteOptions());
+        using var objective = new Objective(model, Losses.CrossEntropy, data);
+        var results = Valley.Sharpness.SharpnessSuite.Run(objective, new Valley.Sharpness.SharpnessSuiteOptions { Initialization = init });
         Console.WriteLine($"mlp:784-128-64-10:tanh after 2 epochs of Adam; 2,048 Fashion-MNIST examples; {get_num_threads()} threads; default parameters");
         Console.WriteLine($"| measure | parameters | value | loss evaluations | gradient evaluations | seconds |");
         Console.WriteLine($"|---|---|---|---|---|---|");

@@ -31,7 +31,7 @@ using var objective = new Objective(model, smoothed, data);          // L(w) ove
 var hessian = new HessianOperator(objective);                            // an ICurvatureOperator
 var top = Lanczos.Compute(hessian, new LanczosOptions { K = 1 });
 var trace = HutchPlusPlus.Estimate(hessian, new HutchPlusPlusOptions { RelativeStandardError = 0.02 });
-var sam = SamSharpness.Compute(objective, rho: 0.05);
+var sam = SamSharpness.Compute(objective, new SamSharpnessOptions { Rho = 0.05 });
 Console.WriteLine($"parameters        {objective.Size}");
 Console.WriteLine($"loss              {objective.Value():F4}");
 Console.WriteLine($"lambda_max        {top.Values[0]:F4} (relative residual {top.RelativeResiduals[0]:0.0e+0}, {top.Products} Hessian-vector products)");

@@ -208,12 +208,12 @@ public static class StudyRunner
         errors["trace"] = tr.StandardError;
         var density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = m.Seed, Cancellation = ct });
         measures["negative_mass"] = density.NegativeMass;
-        var init = spec.Build(train, m.Seed);
-        using var w0 = cat(init.parameters().Select(p => p.detach().reshape(-1)).ToArray());
-        var suite = SharpnessSuite.Run(model, o.EffectiveLoss, measureData, w0, new SharpnessSuiteOptions
+        using var init = spec.Build(train, m.Seed);
+        var suite = SharpnessSuite.Run(obj, new SharpnessSuiteOptions
         {
-            Measures = ["keskar", "sam", "worst-case-l2-adaptive", "average-case-adaptive", "pacbayes", "fisher-trace", "relative-flatness"],
-            Seed = m.Seed, BatchSize = measureData.Count,
+            Measures = [SharpnessMeasures.Keskar, SharpnessMeasures.Sam, SharpnessMeasures.WorstCaseL2Adaptive, SharpnessMeasures.AverageCaseAdaptive,
+                        SharpnessMeasures.PacBayes, SharpnessMeasures.FisherTrace, SharpnessMeasures.RelativeFlatness],
+            Seed = m.Seed, Initialization = init,
         }, ct: ct);
         foreach (var r in suite)
         {

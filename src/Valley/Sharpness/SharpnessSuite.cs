@@ -1,103 +1,113 @@
 using Valley.Curvature;
-using Valley.Data;
-using Valley.Models;
 using static TorchSharp.torch;
 
 namespace Valley.Sharpness;
 
-/// <summary>Which measures <see cref="SharpnessSuite"/> runs and their parameters (null: each measure's published default).</summary>
+/// <summary>Which measures <see cref="SharpnessSuite"/> runs and their shared parameters (null: each measure's published default).</summary>
 public sealed record SharpnessSuiteOptions
 {
-    /// <summary>Measure names (see <see cref="SharpnessSuite.All"/>), or "all".</summary>
-    public IReadOnlyList<string> Measures { get; init; } = ["all"];
+    /// <summary>
+    /// The measures, in order (see <see cref="SharpnessMeasures"/>). Null: every registered measure the objective has what it
+    /// needs for (e.g. the Fisher-Rao norm only for bias-free ReLU MLPs, the accuracy searches only for classification).
+    /// </summary>
+    public IReadOnlyList<SharpnessMeasure>? Measures { get; init; }
+
+    /// <summary>Keskar ε values, one result each (default 1e-3 and 5e-4, the paper's).</summary>
     public IReadOnlyList<double> Epsilons { get; init; } = [1e-3, 5e-4];
+
+    /// <summary>Radius ρ of SAM, worst-case and average-case sharpness (null: each measure's default).</summary>
     public double? Rho { get; init; }
+
+    /// <summary>Ascent steps of Keskar, worst-case sharpness and worst-case flatness (null: each measure's default, 20).</summary>
     public int? Steps { get; init; }
+
+    /// <summary>Monte-Carlo samples: average-case per batch (default 20), PAC-Bayes per σ (default 10).</summary>
     public int? Samples { get; init; }
+
+    /// <summary>Seed of every measure's random draws; each measure draws from its own generators.</summary>
     public long Seed { get; init; }
-    public long BatchSize { get; init; } = 1024;
-    /// <summary>Relative flatness: the layer (default the last weight matrix).</summary>
+
+    /// <summary>
+    /// w₀ for the PAC-Bayes "init" bounds: a module of the model's architecture holding the weights training started from. Null
+    /// leaves those bounds out.
+    /// </summary>
+    public nn.Module? Initialization { get; init; }
+
+    /// <summary>Relative flatness: the weight matrix by name (default: the last weight matrix among the objective's parameters).</summary>
     public string? Layer { get; init; }
-    /// <summary>Data-parallel ranks; the data set is then this rank's shard (see <see cref="ObjectiveOptions.Group"/>).</summary>
-    public Distributed.IProcessGroup? Group { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first bad option.</summary>
+    public void Validate()
+    {
+        if (Epsilons.Count == 0) throw new ArgumentException("must hold at least one ε", nameof(Epsilons));
+        foreach (var e in Epsilons) Check.PositiveFinite(e, nameof(Epsilons));
+        if (Rho is { } rho) Check.PositiveFinite(rho, nameof(Rho));
+        if (Steps is { } steps) Check.AtLeast(steps, 1, nameof(Steps));
+        if (Samples is { } samples) Check.AtLeast(samples, 1, nameof(Samples));
+        if (Measures is { Count: 0 }) throw new ArgumentException("must name at least one measure, or be null for all", nameof(Measures));
+    }
 }
 
-/// <summary>Runs a list of sharpness measures on one model and data set, in order, reporting each result as it finishes.</summary>
+/// <summary>Where a suite run is: a measure starts, gives a result, or has given all of its results.</summary>
+public enum SharpnessStage
+{
+    /// <summary>The measure starts.</summary>
+    Started,
+    /// <summary>The measure gave a result (<see cref="SharpnessProgress.Result"/>).</summary>
+    Result,
+    /// <summary>The measure has given all of its results.</summary>
+    Finished,
+}
+
+/// <summary>A report of <see cref="SharpnessSuite.Run"/>.</summary>
+/// <param name="Measure">The measure's registry name (e.g. "pacbayes").</param>
+/// <param name="Stage">Started, a result, or finished.</param>
+/// <param name="Result">The result, at <see cref="SharpnessStage.Result"/>.</param>
+public sealed record SharpnessProgress(string Measure, SharpnessStage Stage, SharpnessResult? Result = null);
+
+/// <summary>Runs a list of sharpness measures on one objective, in order, reporting each result as it finishes.</summary>
 public static class SharpnessSuite
 {
-    public static readonly string[] All =
-    [
-        "keskar", "keskar-subspace", "sam", "worst-case-l2", "worst-case-l2-adaptive", "worst-case-linf", "worst-case-linf-adaptive",
-        "average-case", "average-case-adaptive", "pacbayes", "worst-case-flatness", "relative-flatness", "fisher-trace", "fisher-rao",
-    ];
+    /// <summary>The measures the options choose for this objective (<see cref="SharpnessSuiteOptions.Measures"/>, or all that apply).</summary>
+    public static IReadOnlyList<SharpnessMeasure> Measures(Objective objective, SharpnessSuiteOptions options) =>
+        options.Measures ?? SharpnessMeasures.All.Where(m => m.AppliesTo(objective)).ToList();
 
-    public static IReadOnlyList<string> Resolve(IReadOnlyList<string> names, nn.Module model)
-    {
-        var list = names.SelectMany(n => n == "all" ? All.Where(a => a != "fisher-rao" || model is Mlp { Bias: false, Activation: "relu" }) : [n]).Distinct().ToList();
-        var unknown = list.Where(n => !All.Contains(n)).ToList();
-        if (unknown.Count > 0) throw new ValleyException($"--measures: unknown measure '{unknown[0]}' (known: {string.Join(", ", All)}, all)");
-        return list;
-    }
-
-    /// <param name="starting">Called with a measure's name before it runs.</param>
-    /// <param name="finished">Called with every result as it comes (a measure may give several, e.g. one per ε).</param>
-    /// <param name="measureDone">Called with a measure's name once all of its results have been reported.</param>
-    /// <param name="skip">
-    /// Measures not to run (finished by an earlier, interrupted run of the same inputs). Every measure draws from its own seeded
-    /// generator, so skipping some does not change the others.
+    /// <summary>
+    /// Runs the chosen measures on the objective (its parameters, data, dtype, train mode and ranks) and returns their results in
+    /// order. The options and every chosen measure's needs are checked before anything runs. The weights are bit-identical
+    /// afterwards.
+    /// </summary>
+    /// <param name="objective">Model, loss, data and the options every measure evaluates with.</param>
+    /// <param name="options">Measures and parameters; null: every measure that applies, with its defaults.</param>
+    /// <param name="progress">
+    /// Told when a measure starts, of each result as it comes, and when a measure has given all its results. Called on the
+    /// computing thread before the run goes on, so a handler that saves results saves each before the next is computed.
     /// </param>
-    public static List<SharpnessResult> Run(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data, Tensor? initialWeights, SharpnessSuiteOptions o,
-        Action<string>? starting = null, Action<SharpnessResult>? finished = null, CancellationToken ct = default,
-        Action<string>? measureDone = null, IReadOnlySet<string>? skip = null)
+    /// <param name="skip">
+    /// Measures not to run (e.g. finished by an earlier, interrupted run of the same inputs), by name. Every measure draws from its
+    /// own seeded generators, so skipping some does not change the others.
+    /// </param>
+    /// <param name="ct">Stops the run between evaluations.</param>
+    public static List<SharpnessResult> Run(Objective objective, SharpnessSuiteOptions? options = null, IProgress<SharpnessProgress>? progress = null,
+        IReadOnlySet<string>? skip = null, CancellationToken ct = default)
     {
-        var measures = Resolve(o.Measures, model);
+        var o = options ?? new SharpnessSuiteOptions();
+        o.Validate();
+        var measures = Measures(objective, o);
+        foreach (var m in measures)
+            if (m.Unmet(objective) is { } problem) throw problem;
         var results = new List<SharpnessResult>();
-        void Add(SharpnessResult r) { results.Add(r); finished?.Invoke(r); }
-        using var obj = new Objective(model, loss, data, new ObjectiveOptions { BatchSize = o.BatchSize, Group = o.Group });
-        foreach (var name in measures)
+        foreach (var m in measures)
         {
             ct.ThrowIfCancellationRequested();
-            if (skip?.Contains(name) == true) continue;
-            starting?.Invoke(name);
-            switch (name)
+            if (skip?.Contains(m.Name) == true) continue;
+            progress?.Report(new SharpnessProgress(m.Name, SharpnessStage.Started));
+            foreach (var r in m.Run(objective, o, ct))
             {
-                case "keskar":
-                    foreach (var e in o.Epsilons) Add(KeskarSharpness.Compute(obj, new KeskarOptions { Epsilon = e, Steps = o.Steps ?? 20, Seed = o.Seed }, ct));
-                    break;
-                case "keskar-subspace":
-                    foreach (var e in o.Epsilons) Add(KeskarSharpness.Compute(obj, new KeskarOptions { Epsilon = e, SubspaceDimension = (int)Math.Min(100, obj.Size), Seed = o.Seed }, ct));
-                    break;
-                case "sam":
-                    Add(SamSharpness.Compute(obj, o.Rho ?? 0.05, ct));
-                    break;
-                case "fisher-trace":
-                    Add(FisherProxies.EmpiricalFisherTrace(obj, ct));
-                    break;
-                case "fisher-rao":
-                    Add(FisherProxies.FisherRaoNorm(obj));
-                    break;
-                case "relative-flatness":
-                    Add(RelativeFlatness.Compute(model, loss, data, o.Layer, o.BatchSize, o.Group));
-                    break;
-                case "pacbayes":
-                    foreach (var r in FlatnessSearch.PacBayes(obj, initialWeights, new FlatnessSearchOptions { Seed = o.Seed, Samples = o.Samples ?? 10 }, ct)) Add(r);
-                    break;
-                case "worst-case-flatness":
-                    foreach (var r in FlatnessSearch.WorstCase(obj, new FlatnessSearchOptions { Seed = o.Seed, AscentSteps = o.Steps ?? 20 }, ct)) Add(r);
-                    break;
-                default:
-                {
-                    bool average = name.StartsWith("average-case");
-                    var wc = new WorstCaseOptions
-                    {
-                        Norm = name.Contains("linf") ? PerturbationNorm.LInf : PerturbationNorm.L2,
-                        Adaptive = name.EndsWith("adaptive"), Rho = o.Rho, Steps = o.Steps ?? 20, Samples = o.Samples ?? 20, Seed = o.Seed, Group = o.Group,
-                    };
-                    Add(average ? WorstCaseSharpness.AverageCase(model, loss, data, wc, ct) : WorstCaseSharpness.Compute(model, loss, data, wc, ct));
-                    break;
-                }
+                results.Add(r);
+                progress?.Report(new SharpnessProgress(m.Name, SharpnessStage.Result, r));
             }
-            measureDone?.Invoke(name);
+            progress?.Report(new SharpnessProgress(m.Name, SharpnessStage.Finished));
         }
         return results;
     }

@@ -197,6 +197,56 @@ public class SharpnessCommandTests
             Assert.Contains(msg, err.ToString());
         }
     }
+
+    [Fact]
+    public void LayerRestrictsEveryMeasureAndBadValuesAreOneLineErrorsInTheCommandsNames()
+    {
+        var data = TestUtil.CsvFolder("sharp-layer", 64, 4, 3, seed: 2);
+        (int Code, string Out, string Err) Run(params string[] extra)
+        {
+            var (o, e) = (new StringWriter(), new StringWriter());
+            int code = ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--subset", "0",
+                "--format", "json", "--out", TestUtil.TempDir("sharp-layer-out"), .. extra], o, e).GetAwaiter().GetResult();
+            return (code, o.ToString(), e.ToString());
+        }
+        Dictionary<string, double> Values(params string[] extra)
+        {
+            var (code, stdout, err) = Run(["--measures", "worst-case-l2,average-case,sam", "--steps", "3", "--samples", "3", .. extra]);
+            Assert.True(code == 0, err);
+            return System.Text.Json.JsonDocument.Parse(stdout).RootElement.GetProperty("results").EnumerateArray()
+                .ToDictionary(r => r.GetProperty("measure").GetString()!, r => r.GetProperty("value").GetDouble());
+        }
+        var all = Values();
+        var last = Values("--layer", "2");
+        foreach (var m in new[] { "worst-case-l2", "average-case", "sam-one-step" })
+            Assert.True(all[m] != last[m], $"{m}: --layer 2 gave the value over all parameters ({all[m]})");
+        foreach (var (extra, expected) in new[]
+                 {
+                     (new[] { "--layer", "2.bias", "--measures", "relative-flatness" }, "--layer: relative-flatness: needs a weight matrix"),
+                     (new[] { "--epsilon", "1e-3,-1" }, "--epsilon: must be a positive finite number, got -1"),
+                     (new[] { "--epsilon", "x" }, "--epsilon: 'x' is not a number"),
+                     (new[] { "--rho", "0" }, "--rho: must be a positive finite number, got 0"),
+                     (new[] { "--steps", "0" }, "--steps: must be at least 1, got 0"),
+                     (new[] { "--samples", "0" }, "--samples: must be at least 1, got 0"),
+                     (new[] { "--measures", "sam,sharpest" }, "--measures: unknown measure 'sharpest'"),
+                 })
+        {
+            var (code, _, err) = Run(extra);
+            Assert.Equal(ValleyCli.ExitBadInput, code);
+            Assert.Single(err.Trim().Split('\n'));
+            Assert.Contains(expected, err);
+        }
+    }
+
+    [Fact]
+    public void MeasuresListDescribesEveryRegisteredMeasure()
+    {
+        var stdout = new StringWriter();
+        Assert.Equal(0, ValleyCli.RunAsync(["sharpness", "--measures", "list"], stdout, new StringWriter()).GetAwaiter().GetResult());
+        foreach (var m in Valley.Sharpness.SharpnessMeasures.All)
+            Assert.Contains(m.Name, stdout.ToString());
+        Assert.Contains("Petzka", stdout.ToString());
+    }
 }
 
 public class LandscapeCommandTests

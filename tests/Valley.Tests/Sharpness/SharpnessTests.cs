@@ -29,7 +29,8 @@ public class SharpnessTests
     {
         var (model, data, loss) = Quadratic();
         using var _ = data;
-        var r = WorstCaseSharpness.Compute(model, loss, data, new WorstCaseOptions { Rho = 0.1, Examples = 256 });
+        using var obj = new Objective(model, loss, data);
+        var r = WorstCaseSharpness.Compute(obj, new WorstCaseSharpnessOptions { Rho = 0.1, Examples = 256 });
         double expected = 0.5 * 0.1 * 0.1 * Diagonal.Max();
         Assert.True(Math.Abs(r.Value - expected) <= 0.01 * expected, $"{r.Value} vs {expected}");
         Assert.True(r.PerturbationNorm <= 0.1 + 1e-12);
@@ -40,7 +41,8 @@ public class SharpnessTests
     {
         var (model, data, loss) = Quadratic();
         using var _ = data;
-        var r = WorstCaseSharpness.AverageCase(model, loss, data, new WorstCaseOptions { Rho = 0.1, Examples = 256, Samples = 50 });
+        using var obj = new Objective(model, loss, data);
+        var r = AverageCaseSharpness.Compute(obj, new AverageCaseSharpnessOptions { Rho = 0.1, Examples = 256, Samples = 50 });
         double expected = 0.5 * 0.01 * Diagonal.Sum();
         Assert.True(Math.Abs(r.Value - expected) <= 4 * r.StandardError!.Value, $"{r.Value} ± {r.StandardError} vs {expected}");
     }
@@ -52,7 +54,7 @@ public class SharpnessTests
         var (model, data, loss) = Quadratic(w);
         using var _ = data;
         using var obj = new Objective(model, loss, data);
-        var r = SamSharpness.Compute(obj, 0.05);
+        var r = SamSharpness.Compute(obj, new SamSharpnessOptions { Rho = 0.05 });
         // g = Hw, d = ρ g/‖g‖: L(w + d) − L(w) = gᵀd + ½ dᵀHd.
         var g = w.Select((x, i) => Diagonal[i] * x).ToArray();
         double gn = Math.Sqrt(g.Sum(x => x * x));
@@ -96,7 +98,7 @@ public class SharpnessTests
         using (no_grad()) model.parameters().First().copy_(tensor(new double[] { 1, 0 }, [2, 1], ScalarType.Float64));
         using var data = new Dataset("ones", ones([4, 1], dtype: ScalarType.Float64), zeros([4], dtype: ScalarType.Int64), TaskKind.Classification, 2);
         using var obj = new Objective(model, Losses.CrossEntropy, data);
-        var r = FlatnessSearch.PacBayes(obj, null, new FlatnessSearchOptions { Samples = 3000, Seed = 1 });
+        var r = PacBayesFlatness.Compute(obj, null, new PacBayesFlatnessOptions { Samples = 3000, Seed = 1 });
         double sigma = r.First(x => x.Measure == "pacbayes-flatness").Details["sigma"];
         Assert.InRange(sigma, 0.50, 0.61);
         Assert.Equal(1 / (sigma * sigma), r.First(x => x.Measure == "pacbayes-flatness").Value, 12);
@@ -111,9 +113,9 @@ public class SharpnessTests
         using var data = Synthetic.GaussianMixture(96, 6, 3, seed: 3);
         var model = ModelSpec.Parse("mlp:6-8-3:nobias").Build(data, seed: 2);
         var before = Bytes(model);
-        var init = cat(ModelSpec.Parse("mlp:6-8-3:nobias").Build(data, seed: 9).parameters().Select(p => p.detach().reshape(-1)).ToArray());
-        var results = SharpnessSuite.Run(model, Losses.CrossEntropy, data, init,
-            new SharpnessSuiteOptions { Measures = ["all"], Steps = 4, Samples = 3, Epsilons = [1e-3] });
+        var init = ModelSpec.Parse("mlp:6-8-3:nobias").Build(data, seed: 9);
+        using var obj = new Objective(model, Losses.CrossEntropy, data);
+        var results = SharpnessSuite.Run(obj, new SharpnessSuiteOptions { Steps = 4, Samples = 3, Epsilons = [1e-3], Initialization = init });
         Assert.Equal(before, Bytes(model));
         var names = results.Select(r => r.Measure).ToHashSet();
         foreach (var m in new[] { "keskar", "keskar-subspace", "sam-one-step", "worst-case-l2", "worst-case-linf-adaptive", "average-case", "average-case-adaptive",
@@ -129,7 +131,7 @@ public class SharpnessTests
         var model = ModelSpec.Parse("mlp:5-7-6-3:nobias").Build(data, seed: 1);
         model.to(ScalarType.Float64);
         using var obj = new Objective(model, Losses.CrossEntropy, data);
-        var fr = FisherProxies.FisherRaoNorm(obj).Value;
+        var fr = FisherRaoNorm.Compute(obj).Value;
         // ⟨θ, ∇ℓ_i⟩ = (L+1)⟨∂ℓ_i/∂f, f⟩ for a bias-free ReLU network, so ‖θ‖²_fr = mean_i ⟨θ, ∇ℓ_i⟩².
         var theta = obj.Parameters.GetFlat();
         double direct = 0;
@@ -141,7 +143,7 @@ public class SharpnessTests
         }
         Assert.Equal(direct / data.Count, fr, 8);
         using var objBias = new Objective(ModelSpec.Parse("mlp:5-7-3").Build(data, 1), Losses.CrossEntropy, data);
-        Assert.Contains("bias-free ReLU", Assert.Throws<ValleyException>(() => FisherProxies.FisherRaoNorm(objBias)).Message);
+        Assert.Contains("bias-free ReLU", Assert.Throws<ValleyException>(() => FisherRaoNorm.Compute(objBias)).Message);
     }
 
     [Fact]
@@ -152,7 +154,7 @@ public class SharpnessTests
         var model = ModelSpec.Parse("mlp:5-6-4-3:tanh").Build(data, seed: 2);
         model.to(ScalarType.Float64);
         using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 10 });
-        var batched = FisherProxies.EmpiricalFisherTrace(obj);
+        var batched = FisherTrace.Compute(obj);
         Assert.Equal(1.0, batched.Details["batched"]);
         double direct = 0;
         for (long i = 0; i < data.Count; i++)
@@ -164,7 +166,7 @@ public class SharpnessTests
         Assert.Equal(direct / data.Count, batched.Value, 10);
         // The per-example loop (used for other models, or when the objective is restricted to some parameters) agrees.
         using var restricted = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { ParameterFilter = n => n.StartsWith("4") });
-        Assert.False(FisherProxies.EmpiricalFisherTrace(restricted).Details.ContainsKey("batched"));
+        Assert.False(FisherTrace.Compute(restricted).Details.ContainsKey("batched"));
     }
 
     [Fact]
@@ -173,7 +175,8 @@ public class SharpnessTests
         using var data = Synthetic.GaussianMixture(50, 4, 3, seed: 5);
         var model = ModelSpec.Parse("mlp:4-5-3:tanh").Build(data, seed: 1);
         model.to(ScalarType.Float64);
-        var r = RelativeFlatness.Compute(model, Losses.CrossEntropy, data);
+        using var all = new Objective(model, Losses.CrossEntropy, data);
+        var r = RelativeFlatness.Compute(all);
         using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { ParameterFilter = n => n == "2.weight" });
         var H = ExactHessian.Compute(new HessianOperator(obj)).Values;
         var W = model.named_parameters().First(p => p.name == "2.weight").parameter.detach();
@@ -208,8 +211,16 @@ public class SharpnessTests
         }
         // The Hessian block of layer 2 scales by α², so λmax grows.
         Assert.True(Lmax(b) > 2 * Lmax(a));
-        SharpnessResult Wc(nn.Module<Tensor, Tensor> m, bool adaptive) => WorstCaseSharpness.Compute(m, Losses.CrossEntropy, data, new WorstCaseOptions { Adaptive = adaptive, Examples = 128, Seed = 1 });
-        SharpnessResult Avg(nn.Module<Tensor, Tensor> m) => WorstCaseSharpness.AverageCase(m, Losses.CrossEntropy, data, new WorstCaseOptions { Adaptive = true, Examples = 128, Seed = 1 });
+        SharpnessResult Wc(nn.Module<Tensor, Tensor> m, bool adaptive)
+        {
+            using var obj = new Objective(m, Losses.CrossEntropy, data);
+            return WorstCaseSharpness.Compute(obj, new WorstCaseSharpnessOptions { Adaptive = adaptive, Examples = 128, Seed = 1 });
+        }
+        SharpnessResult Avg(nn.Module<Tensor, Tensor> m)
+        {
+            using var obj = new Objective(m, Losses.CrossEntropy, data);
+            return AverageCaseSharpness.Compute(obj, new AverageCaseSharpnessOptions { Adaptive = true, Examples = 128, Seed = 1 });
+        }
         double plainA = Wc(a, false).Value, plainB = Wc(b, false).Value;
         Assert.True(Math.Abs(plainB - plainA) > 0.1 * Math.Abs(plainA), $"plain worst-case {plainA} vs {plainB}");
         // Adaptive measures use c = |w|, which rescales with w, so they are invariant; only rounding differs (no η here).
