@@ -32,7 +32,7 @@ libstdcxx() {
   done
 }
 
-# 1. libstdc++ with GLIBCXX_3.4.32 (GCC >= 13), needed by TorchSharp's native library (DESIGN.md §2).
+# 1. libstdc++ with GLIBCXX_3.4.32 (GCC >= 13), needed by TorchSharp's native library (docs/design.md §2).
 if [ "$(uname -s)" = Linux ]; then
   lib="$(libstdcxx || true)"
   if [ -n "$lib" ] && ! grep -q GLIBCXX_3.4.32 "$lib"; then
@@ -66,7 +66,7 @@ fi
 want=()
 if have_apt; then
   [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
-  # MPICH for runs under mpiexec.mpich and the MPI tests (DESIGN.md §2); one process never needs it. VALLEY_SETUP_NO_MPI=1 skips.
+  # MPICH for runs under mpiexec.mpich and the MPI tests (docs/design.md §2); one process never needs it. VALLEY_SETUP_NO_MPI=1 skips.
   if [ -z "${VALLEY_SETUP_NO_MPI:-}" ]; then
     for p in mpich libmpich-dev; do pkg_installed "$p" || want+=("$p"); done
   fi

@@ -12,8 +12,12 @@ public readonly record struct Bar(string Stage, string Description, double Value
 /// </summary>
 public static class ProgressBars
 {
-    /// <summary>Runs <paramref name="work"/> with a progress sink; <paramref name="view"/> says what each report shows.</summary>
-    public static void Run<T>(IAnsiConsole term, bool show, Func<T, Bar> view, Action<IProgress<T>> work)
+    /// <summary>
+    /// Runs <paramref name="work"/> with a progress sink; <paramref name="view"/> says what each report shows. With
+    /// <paramref name="spinner"/> each stage shows a spinner and its elapsed time instead of a bar, for work whose
+    /// length is not known in advance (a sharpness measure's ascent stops on its own tolerance).
+    /// </summary>
+    public static void Run<T>(IAnsiConsole term, bool show, Func<T, Bar> view, Action<IProgress<T>> work, bool spinner = false)
     {
         if (!show)
         {
@@ -22,7 +26,8 @@ public static class ProgressBars
         }
         term.Progress()
             .AutoClear(false)
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+            .Columns(spinner ? [new TaskDescriptionColumn(), new SpinnerColumn(), new ElapsedTimeColumn()]
+                             : [new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn()])
             .Start(ctx =>
             {
                 ProgressTask? current = null;

@@ -5,7 +5,7 @@ using System.Runtime.InteropServices;
 namespace Valley.Distributed;
 
 /// <summary>
-/// MPI ranks through MPI.NET (DESIGN.md §2). MPI.NET binds to MS-MPI's <c>msmpi.dll</c>; on Linux a DllImport resolver maps
+/// MPI ranks through MPI.NET (docs/design.md §2). MPI.NET binds to MS-MPI's <c>msmpi.dll</c>; on Linux a DllImport resolver maps
 /// it to MPICH's <c>libmpich.so.12</c>, which shares MS-MPI's integer-handle ABI (Open MPI does not). MPI is loaded only when
 /// a process is started by <c>mpiexec</c>, so single-process use needs no MPI installed.
 /// </summary>

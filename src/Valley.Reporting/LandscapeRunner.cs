@@ -13,7 +13,7 @@ using Valley.Landscape;
 
 namespace Valley.Reporting;
 
-/// <summary>One landscape run: what to compute and where to write it. Defaults from DESIGN.md §6.</summary>
+/// <summary>One landscape run: what to compute and where to write it. Defaults from docs/design.md §6.</summary>
 public sealed record LandscapeRequest
 {
     /// <summary>Which landscape to compute.</summary>
@@ -75,11 +75,48 @@ public static class LandscapeRunner
         var all = ParameterSet.From(model);
         var loss = r.Loss ?? Losses.For(train.Task);
         using var scope = NewDisposeScope();
+        var desc = new Dictionary<string, string> { ["model"] = r.Model, ["data"] = r.DataName, ["mode"] = r.Mode.ToString() };
+        // In the scope above: the directions live until the grid is done.
+        var (d1, d2, endpoint, range, tx, ty, explained) = BuildDirections(model, train, r, all, loss, group, desc);
+        bool twoD = d2 is not null;
+        var pts = r.Points ?? (r.Mode == LandscapeMode.Interpolate && !twoD ? (401, 1) : (51, 51));
+        GridSpec.EnsureFits(pts.Item1, twoD ? pts.Item2 : 1, "--points");
+        var xs = GridSpec.Range(range.Item1, range.Item2, pts.Item1);
+        var spec = new GridSpec(xs, twoD ? GridSpec.Range(range.Item1, range.Item2, pts.Item2) : null);
+        var evaluator = new LandscapeEvaluator(model, loss, train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm, Group = group, Parameters = all });
+        // Rank 0 reads the points file of an earlier run of these inputs; every rank resumes from the same points, and rank 0
+        // appends each round's points as they finish.
+        var pointsPath = Path.Combine(r.OutDir, "points.csv");
+        var earlier = group.Broadcast(group.IsRoot() && File.Exists(pointsPath) ? File.ReadAllBytes(pointsPath) : []);
+        var finished = group.Agree(() => PointsFile.Parse(System.Text.Encoding.UTF8.GetString(earlier), spec, pointsPath));
+        // Opened with the first finished points, so that a grid refused before any point leaves the folder as it was.
+        StreamWriter? writer = null;
+        GridResult result;
+        try
+        {
+            result = evaluator.Run(d1, d2, spec, finished, points =>
+            {
+                if (!group.IsRoot()) return;
+                writer ??= PointsFile.OpenForAppend(pointsPath, earlier);
+                foreach (var p in points) writer.WriteLine(PointsFile.Format(p));
+                writer.Flush();
+            }, progress, ct, endpoint, kind: r.Mode.ToString());
+        }
+        finally { writer?.Dispose(); }
+        result = result with { Description = desc, TrajectoryX = tx, TrajectoryY = ty, ExplainedVariance = explained };
+        var title = $"{r.Model}: {Describe(r, twoD)}";
+        if (group.IsRoot()) LandscapeFigures.WriteAll(result, r.OutDir, title, r.View);
+        return result;
+    }
+
+    /// <summary>The mode's directions (and the interpolation's endpoint, the trajectory's PCA coordinates), with what describes them in <paramref name="desc"/>.</summary>
+    static (Tensor D1, Tensor? D2, Tensor? Endpoint, (double, double) Range, double[]? Tx, double[]? Ty, double[]? Explained) BuildDirections(
+        nn.Module<Tensor, Tensor> model, Dataset train, LandscapeRequest r, ParameterSet all, LossFunction loss, IProcessGroup group, Dictionary<string, string> desc)
+    {
         Tensor d1;
         Tensor? d2 = null;
         Tensor? endpoint = null;
         double[]? tx = null, ty = null, explained = null;
-        var desc = new Dictionary<string, string> { ["model"] = r.Model, ["data"] = r.DataName, ["mode"] = r.Mode.ToString() };
         (double, double) range = r.Range ?? (r.Mode == LandscapeMode.Interpolate ? (-0.5, 1.5) : (-1, 1));
         switch (r.Mode)
         {
@@ -132,35 +169,7 @@ public static class LandscapeRunner
                 break;
             }
         }
-        bool twoD = d2 is not null;
-        var pts = r.Points ?? (r.Mode == LandscapeMode.Interpolate && !twoD ? (401, 1) : (51, 51));
-        GridSpec.EnsureFits(pts.Item1, twoD ? pts.Item2 : 1, "--points");
-        var xs = GridSpec.Range(range.Item1, range.Item2, pts.Item1);
-        var spec = new GridSpec(xs, twoD ? GridSpec.Range(range.Item1, range.Item2, pts.Item2) : null);
-        var evaluator = new LandscapeEvaluator(model, loss, train, test, new LandscapeOptions { BatchSize = r.BatchSize, RecomputeBatchNorm = r.RecomputeBatchNorm, Group = group, Parameters = all });
-        // Rank 0 reads the points file of an earlier run of these inputs; every rank resumes from the same points, and rank 0
-        // appends each round's points as they finish.
-        var pointsPath = Path.Combine(r.OutDir, "points.csv");
-        var earlier = group.Broadcast(group.IsRoot() && File.Exists(pointsPath) ? File.ReadAllBytes(pointsPath) : []);
-        var finished = group.Agree(() => PointsFile.Parse(System.Text.Encoding.UTF8.GetString(earlier), spec, pointsPath));
-        // Opened with the first finished points, so that a grid refused before any point leaves the folder as it was.
-        StreamWriter? writer = null;
-        GridResult result;
-        try
-        {
-            result = evaluator.Run(d1, d2, spec, finished, points =>
-            {
-                if (!group.IsRoot()) return;
-                writer ??= PointsFile.OpenForAppend(pointsPath, earlier);
-                foreach (var p in points) writer.WriteLine(PointsFile.Format(p));
-                writer.Flush();
-            }, progress, ct, endpoint, kind: r.Mode.ToString());
-        }
-        finally { writer?.Dispose(); }
-        result = result with { Description = desc, TrajectoryX = tx, TrajectoryY = ty, ExplainedVariance = explained };
-        var title = $"{r.Model}: {Describe(r, twoD)}";
-        if (group.IsRoot()) LandscapeFigures.WriteAll(result, r.OutDir, title, r.View);
-        return result;
+        return (d1, d2, endpoint, range, tx, ty, explained);
     }
 
     static string Describe(LandscapeRequest r, bool twoD) => r.Mode switch

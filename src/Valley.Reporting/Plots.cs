@@ -4,7 +4,7 @@ using Valley.Curvature.Spectrum;
 
 namespace Valley.Reporting;
 
-/// <summary>PNG/SVG figures (ScottPlot).</summary>
+/// <summary>Figures as PNG (ScottPlot): a spectral density, training curves. The landscape's are in <see cref="LandscapeFigures"/>.</summary>
 public static class Plots
 {
     /// <summary>
@@ -36,7 +36,7 @@ public static class Plots
     }
 
     /// <summary>Label a left axis whose data are log10 values with powers of ten.</summary>
-    public static void LogAxis(Plot plt)
+    internal static void LogAxis(Plot plt)
     {
         var ticks = new ScottPlot.TickGenerators.NumericAutomatic
         {
@@ -93,7 +93,7 @@ public static class Plots
     }
 
     /// <summary>A labelled line (markers only for short series), optionally dashed: the one line style of Valley's figures.</summary>
-    public static void Line(Plot plt, double[] xs, double[] ys, string label, Color color, bool dashed = false)
+    internal static void Line(Plot plt, double[] xs, double[] ys, string label, Color color, bool dashed = false)
     {
         var s = plt.Add.Scatter(xs, ys);
         s.LegendText = label;
@@ -104,7 +104,7 @@ public static class Plots
     }
 
     /// <summary>Render plots one above another into one PNG (atomically).</summary>
-    public static void Stack(IReadOnlyList<Plot> plots, string path, int width, int heightEach)
+    internal static void Stack(IReadOnlyList<Plot> plots, string path, int width, int heightEach)
     {
         using var surface = SkiaSharp.SKSurface.Create(new SkiaSharp.SKImageInfo(width, heightEach * plots.Count));
         surface.Canvas.Clear(SkiaSharp.SKColors.White);
@@ -120,7 +120,7 @@ public static class Plots
     }
 
     /// <summary>Save as PNG or SVG by extension, atomically.</summary>
-    public static void Save(Plot plt, string path, int width, int height)
+    internal static void Save(Plot plt, string path, int width, int height)
     {
         var full = Path.GetFullPath(path);
         var tmp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileNameWithoutExtension(full)}.{Environment.ProcessId}.tmp{Path.GetExtension(full)}");

@@ -8,7 +8,7 @@ namespace Valley.Reporting;
 /// A landscape's points.csv: one line per finished grid point, appended as it finishes, so that a killed run resumes
 /// from the points it wrote. Only lines ended by a newline count; a line torn by a kill is cut off before appending.
 /// </summary>
-public static class PointsFile
+internal static class PointsFile
 {
     /// <summary>The header line of points.csv.</summary>
     public const string Header = "i,j,x,y,train_loss,train_accuracy,test_loss,test_accuracy";

@@ -11,61 +11,72 @@ namespace Valley.Study;
 /// <summary>The study's figures: Keskar's parametric plot, overlaid 1D slices, contours of the flattest and sharpest model, densities, scatter plots.</summary>
 internal static class StudyFigures
 {
+    static readonly ScottPlot.Palettes.Category10 Palette = new();
+
     public static void WriteAll(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, Dataset measureData, string dir, CancellationToken ct)
     {
-        var o = s.Options;
-        // Keskar's parametric plot between the small- and large-batch Adam models of the first seed.
-        var adam = s.Models.Where(m => m.Hyperparameters["optimizer"] == "adam").GroupBy(m => m.Hyperparameters["seed"]).First()
-            .OrderBy(m => long.Parse(m.Hyperparameters["batch_size"])).ToList();
-        if (adam.Count >= 2)
-        {
-            var a = models[adam[0].Name];
-            var b = models[adam[^1].Name];
-            var ps = ParameterSet.From(a);
-            var pb = ParameterSet.From(b);
-            using var wb = pb.GetFlat();
-            using var wa = ps.GetFlat();
-            using var d = wb - wa;
-            var grid = new LandscapeEvaluator(a, o.EffectiveLoss, train, test).Run(d, null,
-                new GridSpec(GridSpec.Range(-1, 2, o.ParametricPoints), null), ct: ct, endpoint: wb, kind: "parametric");
-            var xs = grid.Points.Select(p => p.X).ToArray();
-            var loss = new Plot();
-            Plots.Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TrainLoss, 1e-6))).ToArray(), "train loss", Colors.Navy, false);
-            Plots.Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TestLoss!.Value, 1e-6))).ToArray(), "test loss", Colors.Navy, true);
-            loss.Title($"Keskar's parametric plot: (1−α)·{adam[0].Name} + α·{adam[^1].Name}");
-            loss.YLabel("loss (log10)");
-            Plots.LogAxis(loss);
-            var acc = new Plot();
-            Plots.Line(acc, xs, grid.Points.Select(p => 100 * p.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.FireBrick, false);
-            Plots.Line(acc, xs, grid.Points.Select(p => 100 * p.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.FireBrick, true);
-            acc.XLabel("α (0 = small batch, 1 = large batch)");
-            acc.YLabel("accuracy (%)");
-            loss.ShowLegend(Alignment.UpperCenter);
-            acc.ShowLegend(Alignment.LowerCenter);
-            Plots.Stack([loss, acc], Path.Combine(dir, "parametric.png"), 900, 340);
-        }
+        Parametric(s, models, train, test, dir, ct);
+        Slices(s, models, measureData, dir, ct);
+        Contours(s, models, measureData, dir, ct);
+        Densities(s, dir);
+        Scatters(s, dir);
+    }
 
-        // Filter-normalized 1D slices of every model, overlaid (same direction seed for each).
+    /// <summary>Keskar's parametric plot between the small- and large-batch Adam models of the first seed.</summary>
+    static void Parametric(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, string dir, CancellationToken ct)
+    {
+        var o = s.Options;
+        var adam = s.Models.Where(m => m.Hyperparameters["optimizer"] == "adam").GroupBy(m => m.Hyperparameters["seed"]).FirstOrDefault()?
+            .OrderBy(m => long.Parse(m.Hyperparameters["batch_size"])).ToList();
+        if (adam is not { Count: >= 2 }) return;
+        var a = models[adam[0].Name];
+        var b = models[adam[^1].Name];
+        using var wb = ParameterSet.From(b).GetFlat();
+        using var wa = ParameterSet.From(a).GetFlat();
+        using var d = wb - wa;
+        var grid = new LandscapeEvaluator(a, o.EffectiveLoss, train, test).Run(d, null,
+            new GridSpec(GridSpec.Range(-1, 2, o.ParametricPoints), null), ct: ct, endpoint: wb, kind: "parametric");
+        var xs = grid.Points.Select(p => p.X).ToArray();
+        var loss = new Plot();
+        Plots.Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TrainLoss, 1e-6))).ToArray(), "train loss", Colors.Navy, false);
+        Plots.Line(loss, xs, grid.Points.Select(p => Math.Log10(Math.Max(p.TestLoss!.Value, 1e-6))).ToArray(), "test loss", Colors.Navy, true);
+        loss.Title($"Keskar's parametric plot: (1−α)·{adam[0].Name} + α·{adam[^1].Name}");
+        loss.YLabel("loss (log10)");
+        Plots.LogAxis(loss);
+        var acc = new Plot();
+        Plots.Line(acc, xs, grid.Points.Select(p => 100 * p.TrainAccuracy!.Value).ToArray(), "train accuracy", Colors.FireBrick, false);
+        Plots.Line(acc, xs, grid.Points.Select(p => 100 * p.TestAccuracy!.Value).ToArray(), "test accuracy", Colors.FireBrick, true);
+        acc.XLabel("α (0 = small batch, 1 = large batch)");
+        acc.YLabel("accuracy (%)");
+        loss.ShowLegend(Alignment.UpperCenter);
+        acc.ShowLegend(Alignment.LowerCenter);
+        Plots.Stack([loss, acc], Path.Combine(dir, "parametric.png"), 900, 340);
+    }
+
+    /// <summary>Filter-normalized 1D slices of every model, overlaid (the same direction seed for each).</summary>
+    static void Slices(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset measureData, string dir, CancellationToken ct)
+    {
+        var o = s.Options;
         var slices = new Plot();
-        var palette = new ScottPlot.Palettes.Category10();
         int k = 0;
-        var slicesByModel = new Dictionary<string, GridResult>();
         foreach (var m in s.Models)
         {
             var model = models[m.Name];
-            var ps = ParameterSet.From(model);
-            using var dir1 = Directions.Random(ps, DirectionNormalization.Filter, false, o.Seed + 11);
+            using var dir1 = Directions.Random(ParameterSet.From(model), DirectionNormalization.Filter, false, o.Seed + 11);
             var g = new LandscapeEvaluator(model, o.EffectiveLoss, measureData, null).Run(dir1, null, new GridSpec(GridSpec.Range(-1, 1, o.SlicePoints), null), ct: ct);
-            slicesByModel[m.Name] = g;
-            Plots.Line(slices, g.Points.Select(p => p.X).ToArray(), g.Points.Select(p => Math.Min(p.TrainLoss, 10)).ToArray(), m.Name, palette.GetColor(k++), false);
+            Plots.Line(slices, g.Points.Select(p => p.X).ToArray(), g.Points.Select(p => Math.Min(p.TrainLoss, 10)).ToArray(), m.Name, Palette.GetColor(k++), false);
         }
         slices.Title("1D filter-normalized slices (train loss, clipped at 10)");
         slices.XLabel("α");
         slices.YLabel("train loss");
         slices.ShowLegend(Alignment.UpperCenter);
         Plots.Save(slices, Path.Combine(dir, "slices.png"), 900, 520);
+    }
 
-        // 2D contours of the flattest and the sharpest model by λmax.
+    /// <summary>2D contours of the flattest and the sharpest model by λmax.</summary>
+    static void Contours(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset measureData, string dir, CancellationToken ct)
+    {
+        var o = s.Options;
         var flattest = s.Models.MinBy(m => m.Measures["lambda_max"])!;
         var sharpest = s.Models.MaxBy(m => m.Measures["lambda_max"])!;
         var panels = new List<Plot>();
@@ -89,14 +100,17 @@ internal static class StudyFigures
             panels.Add(plt);
         }
         Plots.Stack(panels, Path.Combine(dir, "contours.png"), 640, 560);
+    }
 
-        // Spectral densities overlaid.
+    /// <summary>The models' SLQ spectral densities, overlaid.</summary>
+    static void Densities(StudySummary s, string dir)
+    {
         var dens = new Plot();
-        k = 0;
+        int k = 0;
         foreach (var m in s.Models.Where(m => m.DensityNodes.Length > 0))
         {
             var (grid, density, _) = StochasticLanczosQuadrature.Broaden(m.DensityNodes, m.DensityWeights, 1e-5, 2000);
-            Plots.Line(dens, grid, density.Select(v => Math.Log10(v + 1e-7)).ToArray(), m.Name, palette.GetColor(k++), false);
+            Plots.Line(dens, grid, density.Select(v => Math.Log10(v + 1e-7)).ToArray(), m.Name, Palette.GetColor(k++), false);
         }
         Plots.LogAxis(dens);
         dens.Title("Hessian spectral densities (SLQ)");
@@ -104,17 +118,20 @@ internal static class StudyFigures
         dens.YLabel("density (log scale)");
         dens.ShowLegend(Alignment.UpperRight);
         Plots.Save(dens, Path.Combine(dir, "densities.png"), 900, 520);
+    }
 
-        // Measure vs accuracy gap, for the six best-ranked measures.
+    /// <summary>Each of the six best-ranked measures against the accuracy gap.</summary>
+    static void Scatters(StudySummary s, string dir)
+    {
         var scatters = new List<Plot>();
         foreach (var t in s.Tau.Take(6))
         {
             var plt = new Plot();
-            k = 0;
+            int k = 0;
             foreach (var m in s.Models)
             {
                 var sc = plt.Add.Scatter(new[] { m.Measures[t.Measure] }, new[] { 100 * m.AccuracyGap });
-                sc.Color = palette.GetColor(k++);
+                sc.Color = Palette.GetColor(k++);
                 sc.MarkerSize = 9;
                 sc.LegendText = m.Name;
             }
@@ -126,5 +143,4 @@ internal static class StudyFigures
         }
         if (scatters.Count > 0) Plots.Stack(scatters, Path.Combine(dir, "scatter.png"), 700, 300);
     }
-
 }

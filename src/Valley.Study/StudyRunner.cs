@@ -74,7 +74,7 @@ public sealed record StudySummary
 public readonly record struct StudyProgress(string Stage, int Done, int Total);
 
 /// <summary>
-/// The seed claim on real data (DESIGN.md §8): trains the study's models (resumable), measures every measure on each
+/// The seed claim on real data (docs/design.md §8): trains the study's models (resumable), measures every measure on each
 /// (cached per model), relates them to the generalization gap by Kendall τ, draws the figures and writes the report.
 /// With a group of ranks, model k is trained and measured by rank k mod Size (each rank holds all the data); rank 0 gathers
 /// the measurements and the trained weights, and writes the figures and the report. Every rank returns the same summary.

@@ -6,7 +6,7 @@ namespace Valley;
 /// <summary>
 /// Loads LibTorch and, when it cannot be loaded, explains the real cause. TorchSharp reports a too-old
 /// libstdc++ as "doesn't contain a reference to libtorch-cpu-linux-x64", which sends users the wrong way
-/// (DESIGN.md §2).
+/// (docs/design.md §2).
 /// </summary>
 public static class TorchRuntime
 {

@@ -82,18 +82,10 @@ public static class SharpnessCommand
     /// <summary>The run, with a spinner per measure where a terminal shows progress.</summary>
     static SharpnessReport Compute(SharpnessRun run, CommonOptions.Context ctx, SharpnessSuiteOptions options, bool json, IAnsiConsole term, CancellationToken ct)
     {
-        if (!CommonOptions.ShowProgress(json)) return run.Compute(ctx.Objective, options, ct: ct);
         SharpnessReport? report = null;
-        term.Progress().AutoClear(false).Columns(new TaskDescriptionColumn(), new SpinnerColumn(), new ElapsedTimeColumn())
-            .Start(c =>
-            {
-                ProgressTask? task = null;
-                report = run.Compute(ctx.Objective, options, new Valley.Curvature.Spectrum.SyncProgress<SharpnessProgress>(pr =>
-                {
-                    if (pr.Stage == SharpnessStage.Started) task = c.AddTask(Markup.Escape(pr.Measure), maxValue: 1);
-                    else if (pr.Stage == SharpnessStage.Finished && task is not null) { task.Value = 1; task.StopTask(); }
-                }), ct);
-            });
+        ProgressBars.Run<SharpnessProgress>(term, CommonOptions.ShowProgress(json),
+            pr => new Bar(pr.Measure, pr.Measure, pr.Stage == SharpnessStage.Finished ? 1 : 0, 1),
+            progress => report = run.Compute(ctx.Objective, options, progress, ct), spinner: true);
         return report!;
     }
 

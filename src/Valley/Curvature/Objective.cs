@@ -6,13 +6,13 @@ using static TorchSharp.torch;
 
 namespace Valley.Curvature;
 
-/// <summary>Options of an <see cref="Objective"/>; defaults as in DESIGN.md §3.</summary>
+/// <summary>Options of an <see cref="Objective"/>; defaults as in docs/design.md §3.</summary>
 public sealed record ObjectiveOptions
 {
     /// <summary>Examples per batch. The objective does not depend on it (batches are weighted by size); it only trades memory for speed.</summary>
     public long BatchSize { get; init; } = 1024;
 
-    /// <summary>Evaluate in training mode (BatchNorm batch statistics, dropout on). Default false: eval mode, as PyHessian and DESIGN.md §3.</summary>
+    /// <summary>Evaluate in training mode (BatchNorm batch statistics, dropout on). Default false: eval mode, as PyHessian and docs/design.md §3.</summary>
     public bool TrainMode { get; init; }
 
     /// <summary>Compute in this dtype (Float32 or Float64); the model and data are converted. Null keeps the model's dtype.</summary>
@@ -46,14 +46,16 @@ public sealed record ObjectiveOptions
 public sealed record Evaluation(double Loss, double? Accuracy, long Examples);
 
 /// <summary>
-/// L(w) = (1/N) Σ_i ℓ(f(x_i; w), y_i) over a whole data set (DESIGN.md §3): the model, its loss and the data.
+/// L(w) = (1/N) Σ_i ℓ(f(x_i; w), y_i) over a whole data set (docs/design.md §3): the model, its loss and the data.
 /// Every quantity (loss, gradient, Hessian-vector products) is the full-data value: each batch's mean loss
 /// is weighted by |B|/N, so results do not depend on the batch size. The model is in eval mode unless
 /// <see cref="ObjectiveOptions.TrainMode"/> is set, and is put back into the mode it had after each call.
 /// </summary>
 public sealed class Objective : IDisposable
 {
+    /// <summary>The model f(x; w); its trainable parameters (filtered by <see cref="ObjectiveOptions.ParameterFilter"/>) are w.</summary>
     public nn.Module<Tensor, Tensor> Model { get; }
+    /// <summary>The per-batch mean loss ℓ (e.g. <see cref="Losses.CrossEntropy"/>).</summary>
     public LossFunction Loss { get; }
 
     /// <summary>The examples the objective passes over: an in-memory <see cref="Dataset"/> or a streaming source.</summary>
@@ -66,7 +68,9 @@ public sealed class Objective : IDisposable
     public Dataset Data => Source as Dataset
         ?? throw new InvalidOperationException($"{Source.Name}: this objective streams its data; this computation needs the examples in memory (a Dataset)");
 
+    /// <summary>The parameters w every product and gradient is taken with respect to.</summary>
     public ParameterSet Parameters { get; }
+    /// <summary>The options the objective was made with.</summary>
     public ObjectiveOptions Options { get; }
     /// <summary>The ranks the data are sharded over (the single process unless <see cref="ObjectiveOptions.Group"/> is set).</summary>
     public IProcessGroup Group { get; }
@@ -194,7 +198,7 @@ public sealed class Objective : IDisposable
         return (loss / n, grad);
     }
 
-    /// <summary>Full-data Hessian-vector product H v by double backward (DESIGN.md §3).</summary>
+    /// <summary>Full-data Hessian-vector product H v by double backward (docs/design.md §3).</summary>
     public Tensor HessianVectorProduct(Tensor v, CancellationToken ct = default)
     {
         using var scope = NewDisposeScope();
@@ -377,7 +381,7 @@ public sealed class Objective : IDisposable
             throw new ValleyException("the loss does not depend on any selected parameter (does the model use them, and is autograd enabled?)");
         if (scalar.numel() != 1) throw new ValleyException($"the loss must be a scalar, got shape [{string.Join(", ", scalar.shape)}]");
         var inputs = Parameters.Tensors.Cast<Tensor>().ToList();
-        // retain_graph must be passed explicitly together with create_graph (DESIGN.md §2).
+        // retain_graph must be passed explicitly together with create_graph (docs/design.md §2).
         var grads = autograd.grad([scalar], inputs, retain_graph: retainGraph || createGraph, create_graph: createGraph, allow_unused: allowUnusedZeroFill);
         var result = new Tensor[grads.Count];
         for (int i = 0; i < result.Length; i++)
@@ -391,6 +395,7 @@ public sealed class Objective : IDisposable
         catch (Exception) { return false; }
     }
 
+    /// <summary>Gives the model back its dtype and releases the data the objective owns (a converted or standardized copy).</summary>
     public void Dispose()
     {
         DropCachedGraph();

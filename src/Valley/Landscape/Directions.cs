@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 
 namespace Valley.Landscape;
 
-/// <summary>How a random direction is scaled to the weights (Li et al. 2018; DESIGN.md §6).</summary>
+/// <summary>How a random direction is scaled to the weights (Li et al. 2018; docs/design.md §6).</summary>
 public enum DirectionNormalization
 {
     /// <summary>Per filter / output neuron (slice along dim 0 of every tensor of rank ≥ 2): d_f ← d_f ‖w_f‖/(‖d_f‖ + 1e-10).</summary>

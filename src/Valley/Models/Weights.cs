@@ -19,7 +19,7 @@ public enum WeightsFormat
 /// <summary>
 /// Loads and saves model weights. Loading reads the whole file into a name → tensor dictionary first and
 /// checks it against the model (names, shapes, finite values) before anything is copied, because the
-/// underlying loaders accept files whose shapes do not match (DESIGN.md §2). PyTorch pickles are read by
+/// underlying loaders accept files whose shapes do not match (docs/design.md §2). PyTorch pickles are read by
 /// <see cref="PyTorchStateDict"/>, which builds tensors only; anything else is refused with a clear error.
 /// Saving is atomic (temporary file, then rename).
 /// </summary>

@@ -28,4 +28,24 @@ public class CodeRulesTests
             .Select(x => $"{Path.GetRelativePath(Root(), x.f)}:{x.i + 1}: {x.line.Trim()}").ToList();
         Assert.True(offenders.Count == 0, "torch.tensor(array) in src (use OwnedTensor.From):\n" + string.Join("\n", offenders));
     }
+
+    /// <summary>
+    /// A clone holds the product: no file of it may send the reader to a document outside the repository (the design
+    /// notes beside the project folder are not part of a clone; docs/design.md is).
+    /// </summary>
+    [Fact]
+    public void NoFileOfTheProductRefersToADocumentOutsideTheRepository()
+    {
+        string root = Root();
+        string[] forbidden = ["../" + "shared", "DESIGN" + ".md"];
+        var files = new[] { "src", "scripts", "docs", "bench", ".ci" }.Select(d => Path.Combine(root, d)).Where(Directory.Exists)
+            .SelectMany(d => Directory.EnumerateFiles(d, "*", SearchOption.AllDirectories))
+            .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}") && !f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}"))
+            .Where(f => Path.GetExtension(f) is ".cs" or ".md" or ".sh" or ".csproj" or ".nuspec" or ".json" or "" && new FileInfo(f).Length < 1_000_000)
+            .Append(Path.Combine(root, "README.md"));
+        var offenders = files.SelectMany(f => File.ReadLines(f).Select((line, i) => (f, i, line)))
+            .Where(x => forbidden.Any(x.line.Contains))
+            .Select(x => $"{Path.GetRelativePath(root, x.f)}:{x.i + 1}: {x.line.Trim()}").ToList();
+        Assert.True(offenders.Count == 0, "references to documents outside the repository:\n" + string.Join("\n", offenders));
+    }
 }
