@@ -200,13 +200,13 @@ public static class StudyRunner
         var errors = new Dictionary<string, double>();
         using var obj = new Objective(model, o.EffectiveLoss, measureData, new ObjectiveOptions { BatchSize = measureData.Count });
         var op = new HessianOperator(obj) { Cancellation = ct };
-        var top = Lanczos.Compute(op, new LanczosOptions { K = 5, Tolerance = 1e-3, MaxProducts = o.MaxProducts, Seed = m.Seed });
+        var top = Lanczos.Compute(op, new LanczosOptions { K = 5, Tolerance = 1e-3, MaxProducts = o.MaxProducts, Seed = m.Seed }, ct: ct);
         measures["lambda_max"] = top.Values[0];
         measures["top5_sum"] = top.Values.Sum();
-        var tr = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = 0.05, MaxProducts = o.MaxProducts, Seed = m.Seed, Cancellation = ct });
+        var tr = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = 0.05, MaxProducts = o.MaxProducts, Seed = m.Seed }, ct: ct);
         measures["trace"] = tr.Trace;
         errors["trace"] = tr.StandardError;
-        var density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = m.Seed, Cancellation = ct });
+        var density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = m.Seed }, ct: ct);
         measures["negative_mass"] = density.NegativeMass;
         using var init = spec.Build(train, m.Seed);
         var suite = SharpnessSuite.Run(obj, new SharpnessSuiteOptions

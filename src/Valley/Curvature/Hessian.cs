@@ -51,45 +51,47 @@ public sealed class Hessian : IDisposable
 
     /// <summary>The k largest eigenvalues by Lanczos (<see cref="Eigenpairs.Values"/>, largest first), with their residuals and stop reason.</summary>
     /// <param name="k">How many.</param>
-    /// <param name="options">Tolerance, budget, seed, progress, cancellation; <see cref="LanczosOptions.K"/> and <see cref="LanczosOptions.Target"/> are set from the call.</param>
-    public Eigenpairs TopEigenvalues(int k = 1, LanczosOptions? options = null) =>
-        Lanczos.Compute(For(options?.Cancellation), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Largest });
+    /// <param name="options">Tolerance, budget, seed; <see cref="LanczosOptions.K"/> and <see cref="LanczosOptions.Target"/> are set from the call.</param>
+    public Eigenpairs TopEigenvalues(int k = 1, LanczosOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        Lanczos.Compute(For(ct), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Largest }, progress, ct);
 
     /// <summary>As <see cref="TopEigenvalues"/>, with the eigenvectors in <see cref="Eigenpairs.Vectors"/> (rows [k, n], float64).</summary>
     /// <param name="k">How many.</param>
     /// <param name="options">As for <see cref="TopEigenvalues"/>.</param>
-    public Eigenpairs TopEigenpairs(int k = 1, LanczosOptions? options = null) =>
-        Lanczos.Compute(For(options?.Cancellation), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Largest, ReturnVectors = true });
+    public Eigenpairs TopEigenpairs(int k = 1, LanczosOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        Lanczos.Compute(For(ct), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Largest, ReturnVectors = true }, progress, ct);
 
     /// <summary>The k smallest (most negative) eigenvalues by Lanczos, smallest first.</summary>
     /// <param name="k">How many.</param>
     /// <param name="options">As for <see cref="TopEigenvalues"/>.</param>
-    public Eigenpairs BottomEigenvalues(int k = 1, LanczosOptions? options = null) =>
-        Lanczos.Compute(For(options?.Cancellation), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Smallest });
+    public Eigenpairs BottomEigenvalues(int k = 1, LanczosOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        Lanczos.Compute(For(ct), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Smallest }, progress, ct);
 
     /// <summary>The trace by <paramref name="method"/> with its default options (to 1 % relative standard error, at most 1,000 products).</summary>
     /// <param name="method">Hutch++ (default) or Hutchinson.</param>
-    public TraceEstimate Trace(TraceMethod method = TraceMethod.HutchPlusPlus) =>
-        method == TraceMethod.Hutchinson ? Trace(new HutchinsonOptions()) : Trace(new HutchPlusPlusOptions());
+    public TraceEstimate Trace(TraceMethod method = TraceMethod.HutchPlusPlus, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        method == TraceMethod.Hutchinson ? Trace(new HutchinsonOptions(), progress, ct) : Trace(new HutchPlusPlusOptions(), progress, ct);
 
     /// <summary>The trace by Hutch++ with these options.</summary>
-    /// <param name="options">Target, budget, sketch size, seed, progress, cancellation.</param>
-    public TraceEstimate Trace(HutchPlusPlusOptions options) => HutchPlusPlus.Estimate(For(options.Cancellation), options);
+    /// <param name="options">Target, budget, sketch size, seed.</param>
+    public TraceEstimate Trace(HutchPlusPlusOptions options, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        HutchPlusPlus.Estimate(For(ct), options, progress, ct);
 
     /// <summary>The trace by Hutchinson's estimator with these options.</summary>
-    /// <param name="options">Target, budget, seed, progress, cancellation.</param>
-    public TraceEstimate Trace(HutchinsonOptions options) => Hutchinson.Estimate(For(options.Cancellation), options);
+    /// <param name="options">Target, budget, seed.</param>
+    public TraceEstimate Trace(HutchinsonOptions options, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        Hutchinson.Estimate(For(ct), options, progress, ct);
 
     /// <summary>The spectral density by stochastic Lanczos quadrature (default: 10 runs × 80 steps, Ghorbani et al. 2019).</summary>
-    /// <param name="options">Runs, steps, broadening, seed, progress, cancellation.</param>
-    public SpectralDensity Density(SpectralDensityOptions? options = null) =>
-        StochasticLanczosQuadrature.Estimate(For(options?.Cancellation), options ?? new SpectralDensityOptions());
+    /// <param name="options">Runs, steps, broadening, seed.</param>
+    public SpectralDensity Density(SpectralDensityOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        StochasticLanczosQuadrature.Estimate(For(ct), options ?? new SpectralDensityOptions(), progress, ct);
 
     /// <summary>The exact Hessian matrix (n products; for models of up to <see cref="ExactHessian.DefaultMaxSize"/> parameters).</summary>
     public DenseMatrix Exact() => ExactHessian.Compute(Operator);
 
     /// <summary>The operator with the estimator's cancellation token, so that a long product stops between batches too.</summary>
-    HessianOperator For(CancellationToken? ct) => ct is { CanBeCanceled: true } token ? new HessianOperator(Objective) { Cancellation = token } : Operator;
+    HessianOperator For(CancellationToken ct) => ct.CanBeCanceled ? new HessianOperator(Objective) { Cancellation = ct } : Operator;
 
     /// <summary>Disposes the objective when <see cref="Of(nn.Module{Tensor, Tensor}, LossFunction, Dataset, ObjectiveOptions?)"/> made it (the model stays yours).</summary>
     public void Dispose()

@@ -36,12 +36,6 @@ public sealed record HutchPlusPlusOptions
 
     /// <summary>Seed of the sketch and the probes.</summary>
     public long Seed { get; init; }
-
-    /// <summary>Reports products and the relative standard error after the sketch and each block of probes.</summary>
-    public IProgress<EstimatorProgress>? Progress { get; init; }
-
-    /// <summary>Checked before every block of probes.</summary>
-    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>
@@ -62,7 +56,7 @@ public static class HutchPlusPlus
 
     /// <summary>Estimates tr(A) within the budget: to the relative standard error asked for, or with the whole budget when there is no target.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="HutchPlusPlusOptions"/>).</exception>
-    public static TraceEstimate Estimate(ICurvatureOperator op, HutchPlusPlusOptions? options = null)
+    public static TraceEstimate Estimate(ICurvatureOperator op, HutchPlusPlusOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
     {
         var o = options ?? new HutchPlusPlusOptions();
         if (o.RelativeStandardError is { } rse) Check.PositiveFinite(rse, nameof(o.RelativeStandardError));
@@ -79,7 +73,7 @@ public static class HutchPlusPlus
         {
             // No room for a sketch and two residual probes: Hutchinson with the whole budget.
             var (samples, converged) = Hutchinson.Probe(budget, gen, null, 0, m, o.RelativeStandardError, (int)Math.Min(o.MinProbes, m), o.BlockSize,
-                "hutchinson", o.Progress, o.Cancellation);
+                "hutchinson", progress, ct);
             var (mean, se) = Statistics.MeanAndStandardError(samples);
             return new TraceEstimate
             {
@@ -94,7 +88,7 @@ public static class HutchPlusPlus
         var Q = qc.t().contiguous(); // rows
         // 2. Exact trace of the low-rank part: tr(Qᵀ A Q).
         double low = (Q.t() * budget.Apply(Q.t())).sum().ToDouble();
-        o.Progress?.Report(new EstimatorProgress("hutch++ sketch", budget.Used, budget.Max, null));
+        progress?.Report(new EstimatorProgress("hutch++ sketch", budget.Used, budget.Max, null));
         if (s >= n)
         {
             // Q spans the whole space: the low-rank part is the trace, exactly.
@@ -106,7 +100,7 @@ public static class HutchPlusPlus
         }
         // 3. Hutchinson on (I − QQᵀ) A (I − QQᵀ) with what is left of the budget.
         var (residual, done) = Hutchinson.Probe(budget, gen, Q, low, budget.Left, o.RelativeStandardError, o.MinProbes, o.BlockSize, "hutch++",
-            o.Progress, o.Cancellation);
+            progress, ct);
         var (rest, err) = Statistics.MeanAndStandardError(residual);
         return new TraceEstimate
         {

@@ -24,12 +24,6 @@ public sealed record HutchinsonOptions
 
     /// <summary>Seed of the probes.</summary>
     public long Seed { get; init; }
-
-    /// <summary>Reports products and the relative standard error after each block of probes.</summary>
-    public IProgress<EstimatorProgress>? Progress { get; init; }
-
-    /// <summary>Checked before every block of probes.</summary>
-    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>
@@ -41,7 +35,7 @@ public static class Hutchinson
 {
     /// <summary>Estimates tr(A) to the relative standard error asked for, or until the budget runs out.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="HutchinsonOptions"/>).</exception>
-    public static TraceEstimate Estimate(ICurvatureOperator op, HutchinsonOptions? options = null)
+    public static TraceEstimate Estimate(ICurvatureOperator op, HutchinsonOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
     {
         var o = options ?? new HutchinsonOptions();
         Check.PositiveFinite(o.RelativeStandardError, nameof(o.RelativeStandardError));
@@ -51,7 +45,7 @@ public static class Hutchinson
         var sw = Stopwatch.StartNew();
         var budget = new ProductBudget(op, o.MaxProducts, "Hutchinson");
         var gen = new Generator((ulong)o.Seed);
-        var (samples, converged) = Probe(budget, gen, null, 0, o.MaxProducts, o.RelativeStandardError, o.MinProbes, o.BlockSize, "hutchinson", o.Progress, o.Cancellation);
+        var (samples, converged) = Probe(budget, gen, null, 0, o.MaxProducts, o.RelativeStandardError, o.MinProbes, o.BlockSize, "hutchinson", progress, ct);
         var (mean, se) = Statistics.MeanAndStandardError(samples);
         return new TraceEstimate
         {

@@ -50,12 +50,6 @@ public sealed record LanczosOptions
 
     /// <summary>Vectors (rows [l, n]) the Krylov space is kept orthogonal to (deflation).</summary>
     public Tensor? Locked { get; init; }
-
-    /// <summary>Reports products and the worst relative residual after each convergence check.</summary>
-    public IProgress<EstimatorProgress>? Progress { get; init; }
-
-    /// <summary>Checked before every step.</summary>
-    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>
@@ -85,7 +79,7 @@ public static class Lanczos
 
     /// <summary>The k wanted eigenpairs of a symmetric operator.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="LanczosOptions"/>).</exception>
-    public static Eigenpairs Compute(ICurvatureOperator op, LanczosOptions? options = null)
+    public static Eigenpairs Compute(ICurvatureOperator op, LanczosOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
     {
         var o = options ?? new LanczosOptions();
         long n = op.Size;
@@ -105,7 +99,7 @@ public static class Lanczos
         var sw = Stopwatch.StartNew();
         var budget = new ProductBudget(op, o.MaxProducts, "Lanczos");
 
-        var result = Run(op, o, budget, reserve);
+        var result = Run(op, o, budget, reserve, progress, ct);
         var values = result.Values.ToList();
         var vectors = result.Vectors;
         int iterations = result.Iterations;
@@ -119,7 +113,7 @@ public static class Lanczos
                 long left = budget.Left - reserve;
                 var locked = o.Locked is null ? vectors : cat([o.Locked, vectors], 0);
                 if (locked.shape[0] >= n || left < Math.Max(2, Math.Min(o.BlockSize, n - locked.shape[0]))) break;
-                var probe = Run(op, o with { K = 1, Locked = locked, Seed = o.Seed + 1000 + round }, budget, reserve);
+                var probe = Run(op, o with { K = 1, Locked = locked, Seed = o.Seed + 1000 + round }, budget, reserve, progress, ct);
                 iterations += probe.Iterations;
                 orthogonality = Math.Max(orthogonality, probe.OrthogonalityDefect);
                 double kth = values[^1];
@@ -203,7 +197,7 @@ public static class Lanczos
     readonly record struct RunResult(double[] Values, double[] Residuals, Tensor Vectors, RunStop Stop, int Iterations, double NormEstimate,
         double WorstEstimate, double OrthogonalityDefect);
 
-    static RunResult Run(ICurvatureOperator op, LanczosOptions o, ProductBudget budget, long reserve)
+    static RunResult Run(ICurvatureOperator op, LanczosOptions o, ProductBudget budget, long reserve, IProgress<EstimatorProgress>? progress, CancellationToken ct)
     {
         long n = op.Size;
         long lockedCount = o.Locked?.shape[0] ?? 0;
@@ -221,7 +215,7 @@ public static class Lanczos
         int iter = 0;
         while (true)
         {
-            o.Cancellation.ThrowIfCancellationRequested();
+            ct.ThrowIfCancellationRequested();
             proc.Step();
             iter++;
             int m = proc.TridiagonalSize;
@@ -236,15 +230,15 @@ public static class Lanczos
             // Lanczos' residual estimate: ‖A y − θ y‖ = ‖B_m s_last‖ for the Ritz vector y = Q s (exact once the space is invariant).
             res = wanted.Select(i => exhausted ? 0.0 : (lastB * S.Column(i).SubVector(m - b, b)).L2Norm()).ToArray();
             worst = wanted.Select((i, j) => res[j] / Math.Max(Math.Abs(theta[i]), o.ZeroThreshold * normEst + 1e-300)).DefaultIfEmpty(double.PositiveInfinity).Max();
-            o.Progress?.Report(new EstimatorProgress("lanczos", budget.Used, budget.Max, worst));
+            progress?.Report(new EstimatorProgress("lanczos", budget.Used, budget.Max, worst));
             if (exhausted) { stop = RunStop.Exhausted; break; }
             if (wanted.Length == o.K && worst <= o.Tolerance) { stop = RunStop.Converged; break; }
             if (outOfBudget) { stop = RunStop.Budget; break; }
         }
         var basis = proc.Basis(proc.TridiagonalSize);
         var coeffs = Matrix<double>.Build.Dense(proc.TridiagonalSize, wanted.Length, (r, c) => S![r, wanted[c]]);
-        var ct = Data.OwnedTensor.From(coeffs.ToColumnMajorArray(), wanted.Length, proc.TridiagonalSize).to(basis.device);
-        var raw = ct.matmul(basis);
+        var coefficients = Data.OwnedTensor.From(coeffs.ToColumnMajorArray(), wanted.Length, proc.TridiagonalSize).to(basis.device);
+        var raw = coefficients.matmul(basis);
         // The coefficient vectors are orthonormal, so the Ritz vectors are too unless the basis lost orthogonality.
         var norms = raw.norm(1, keepdim: true);
         var vectors = raw / norms;

@@ -22,12 +22,6 @@ public sealed record PowerIterationOptions
 
     /// <summary>Recompute each residual ‖Av − θv‖ with a product at the end (TopN more products). Default true.</summary>
     public bool VerifyResiduals { get; init; } = true;
-
-    /// <summary>Reports products and the relative change of the eigenvalue after each iteration.</summary>
-    public IProgress<EstimatorProgress>? Progress { get; init; }
-
-    /// <summary>Checked before every iteration.</summary>
-    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>
@@ -40,7 +34,7 @@ public static class PowerIteration
 {
     /// <summary>The TopN largest-magnitude eigenvalues and their vectors.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="PowerIterationOptions"/>).</exception>
-    public static Eigenpairs Compute(ICurvatureOperator op, PowerIterationOptions? options = null)
+    public static Eigenpairs Compute(ICurvatureOperator op, PowerIterationOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
     {
         var o = options ?? new PowerIterationOptions();
         Check.AtLeast(o.TopN, 1, nameof(o.TopN));
@@ -62,7 +56,7 @@ public static class PowerIteration
             bool converged = false;
             for (int it = 0; it < o.MaxIterations; it++)
             {
-                o.Cancellation.ThrowIfCancellationRequested();
+                ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 foreach (var u in vectors) v = v - u.dot(v) * u;
                 v = v / v.norm();
@@ -71,7 +65,7 @@ public static class PowerIteration
                 v = (hv / hv.norm()).MoveToOuterDisposeScope();
                 iterations++;
                 double? change = eig is null ? null : Math.Abs(eig.Value - tmp) / (Math.Abs(eig.Value) + 1e-6);
-                o.Progress?.Report(new EstimatorProgress($"power iteration {e + 1}", budget.Used, budget.Max, change));
+                progress?.Report(new EstimatorProgress($"power iteration {e + 1}", budget.Used, budget.Max, change));
                 if (eig is null) eig = tmp;
                 else if (change < o.Tolerance) { converged = true; break; }
                 else eig = tmp;

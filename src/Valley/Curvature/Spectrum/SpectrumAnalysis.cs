@@ -135,18 +135,18 @@ public static class SpectrumAnalysis
             return r;
         }
         if (o.Top > 0 && report.Top is null)
-            report = Update(report with { Top = Lanczos.Compute(op, new LanczosOptions { K = o.Top, Target = EigenTarget.Largest, Tolerance = o.Tolerance, MaxProducts = o.MaxProducts, Seed = o.Seed, Progress = progress, Cancellation = ct }) });
+            report = Update(report with { Top = Lanczos.Compute(op, new LanczosOptions { K = o.Top, Target = EigenTarget.Largest, Tolerance = o.Tolerance, MaxProducts = o.MaxProducts, Seed = o.Seed }, progress, ct) });
         if (o.Bottom > 0 && report.Bottom is null)
-            report = Update(report with { Bottom = Lanczos.Compute(op, new LanczosOptions { K = o.Bottom, Target = EigenTarget.Smallest, Tolerance = o.Tolerance, MaxProducts = o.MaxProducts, Seed = o.Seed + 1, Progress = progress, Cancellation = ct }) });
+            report = Update(report with { Bottom = Lanczos.Compute(op, new LanczosOptions { K = o.Bottom, Target = EigenTarget.Smallest, Tolerance = o.Tolerance, MaxProducts = o.MaxProducts, Seed = o.Seed + 1 }, progress, ct) });
         if (o.Trace && report.Trace is null)
             report = Update(report with
             {
                 Trace = o.TraceMethod == TraceMethod.Hutchinson
-                    ? Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2, Progress = progress, Cancellation = ct })
-                    : HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2, Progress = progress, Cancellation = ct }),
+                    ? Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct)
+                    : HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
             });
         if (o.Density && report.Density is null)
-            report = Update(report with { Density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = o.Seed + 3, Progress = progress, Cancellation = ct }) });
+            report = Update(report with { Density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = o.Seed + 3 }, progress, ct) });
         if (o.Exact && report.Exact is null)
         {
             var esw = Stopwatch.StartNew();

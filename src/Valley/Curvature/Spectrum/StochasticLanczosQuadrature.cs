@@ -27,12 +27,6 @@ public sealed record SpectralDensityOptions
 
     /// <summary>Advance all runs together, one block product per step (shared forward passes). False: one run after another, single products. Default true.</summary>
     public bool BlockProducts { get; init; } = true;
-
-    /// <summary>Reports products after each step.</summary>
-    public IProgress<EstimatorProgress>? Progress { get; init; }
-
-    /// <summary>Checked before every step.</summary>
-    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>
@@ -46,7 +40,7 @@ public static class StochasticLanczosQuadrature
 {
     /// <summary>The spectral density of a symmetric operator, with Runs × Steps products.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="SpectralDensityOptions"/>).</exception>
-    public static SpectralDensity Estimate(ICurvatureOperator op, SpectralDensityOptions? options = null)
+    public static SpectralDensity Estimate(ICurvatureOperator op, SpectralDensityOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
     {
         var o = options ?? new SpectralDensityOptions();
         Check.AtLeast(o.Runs, 1, nameof(o.Runs));
@@ -62,10 +56,10 @@ public static class StochasticLanczosQuadrature
         var gen = new Generator((ulong)o.Seed);
         var starts = SpectrumMath.Rademacher(o.Runs, op.Size, gen, ScalarType.Float64) / Math.Sqrt(op.Size);
         var tri = new List<(double[] Alpha, double[] Beta)>();
-        if (o.BlockProducts) tri.AddRange(LanczosLockstep(op, budget, starts, m, o));
+        if (o.BlockProducts) tri.AddRange(LanczosLockstep(op, budget, starts, m, o, progress, ct));
         else
             for (int r = 0; r < o.Runs; r++)
-                tri.AddRange(LanczosLockstep(op, budget, starts.narrow(0, r, 1), m, o));
+                tri.AddRange(LanczosLockstep(op, budget, starts.narrow(0, r, 1), m, o, progress, ct));
         var nodes = new double[o.Runs][];
         var weights = new double[o.Runs][];
         for (int r = 0; r < o.Runs; r++) (nodes[r], weights[r]) = GaussQuadrature(tri[r].Alpha, tri[r].Beta);
@@ -130,7 +124,8 @@ public static class StochasticLanczosQuadrature
     /// Independent single-vector Lanczos runs from the given start rows, advanced together with one block product per step
     /// (not block Lanczos: each run keeps its own Krylov space, as the quadrature needs independent runs).
     /// </summary>
-    static List<(double[] Alpha, double[] Beta)> LanczosLockstep(ICurvatureOperator op, ProductBudget budget, Tensor startRows, int m, SpectralDensityOptions o)
+    static List<(double[] Alpha, double[] Beta)> LanczosLockstep(ICurvatureOperator op, ProductBudget budget, Tensor startRows, int m, SpectralDensityOptions o,
+        IProgress<EstimatorProgress>? progress, CancellationToken ct)
     {
         int r = (int)startRows.shape[0];
         long n = op.Size;
@@ -146,7 +141,7 @@ public static class StochasticLanczosQuadrature
         double normEst = 0;
         for (int j = 0; j < m; j++)
         {
-            o.Cancellation.ThrowIfCancellationRequested();
+            ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
             var V = basis[.., j, ..].to(ScalarType.Float64);                      // [r, n]
             var W = budget.Apply(V.t()).t();                                      // [r, n]
@@ -173,7 +168,7 @@ public static class StochasticLanczosQuadrature
                     if (j + 1 < length[i] && bv[i] <= 1e-10 * normEst) length[i] = j + 1; // invariant subspace: the run is exact
                 basis[.., j + 1, ..] = next.to(basisType);
             }
-            o.Progress?.Report(new EstimatorProgress("density", budget.Used, budget.Max, null));
+            progress?.Report(new EstimatorProgress("density", budget.Used, budget.Max, null));
         }
         return Enumerable.Range(0, r).Select(i => (alpha[i][..length[i]], beta[i][..Math.Max(0, length[i] - 1)])).ToList();
     }
