@@ -138,4 +138,30 @@ public class BudgetAndStopTests
         Assert.Equal("converged", json.GetProperty("stop_reason").GetString());
         Assert.StartsWith("every wanted pair", json.GetProperty("stop_message").GetString());
     }
+
+    /// <summary>
+    /// Every estimator takes progress and cancellation as its last two arguments: the reports arrive, and a token cancelled
+    /// after the first report stops the estimator before its next block of products.
+    /// </summary>
+    [Fact]
+    public void EveryEstimatorReportsProgressAndStopsWhenCancelled()
+    {
+        using var dense = DenseOperator.WithSpectrum(Indefinite(80), seed: 24);
+        var runs = new (string Name, Action<IProgress<EstimatorProgress>, CancellationToken> Run)[]
+        {
+            ("lanczos", (p, ct) => Lanczos.Compute(dense, new LanczosOptions { K = 3, Tolerance = 1e-12 }, p, ct)),
+            ("power iteration", (p, ct) => PowerIteration.Compute(dense, new PowerIterationOptions { TopN = 2, Tolerance = 1e-12 }, p, ct)),
+            ("hutchinson", (p, ct) => Hutchinson.Estimate(dense, new HutchinsonOptions { RelativeStandardError = 1e-6, BlockSize = 1 }, p, ct)),
+            ("hutch++", (p, ct) => HutchPlusPlus.Estimate(dense, new HutchPlusPlusOptions { RelativeStandardError = 1e-6 }, p, ct)),
+            ("slq", (p, ct) => StochasticLanczosQuadrature.Estimate(dense, new SpectralDensityOptions { Runs = 4, Steps = 30 }, p, ct)),
+        };
+        foreach (var (name, run) in runs)
+        {
+            using var cts = new CancellationTokenSource();
+            int reports = 0;
+            var progress = new SyncProgress<EstimatorProgress>(r => { reports++; Assert.True(r.Products <= r.MaxProducts, $"{name}: {r.Products} > {r.MaxProducts}"); cts.Cancel(); });
+            Assert.ThrowsAny<OperationCanceledException>(() => run(progress, cts.Token));
+            Assert.True(reports == 1, $"{name}: {reports} reports before stopping");
+        }
+    }
 }
