@@ -89,6 +89,11 @@ public class CorePackageTests
         Assert.Equal(objective.Size.ToString(CultureInfo.InvariantCulture), lines["parameters"][0]);
         Assert.Equal(exact[^1], lambdaMax, 1e-7 * Math.Abs(exact[^1]));
         Assert.True(Math.Abs(trace - exact.Sum()) <= 4 * se, $"trace {trace} ± {se}, exact {exact.Sum()}");
+        // Hessian.Of: the three largest eigenvalues and a Hutch++ trace.
+        for (int i = 0; i < 3; i++)
+            Assert.Equal(exact[^(i + 1)], double.Parse(lines["top3"][i], CultureInfo.InvariantCulture), 1e-6 * Math.Abs(exact[^1]));
+        double hpp = double.Parse(lines["hutchpp"][0], CultureInfo.InvariantCulture), hppSe = double.Parse(lines["hutchpp"][1], CultureInfo.InvariantCulture);
+        Assert.True(Math.Abs(hpp - exact.Sum()) <= 4 * hppSe + 1e-9 * Math.Abs(exact.Sum()), $"Hutch++ trace {hpp} ± {hppSe}, exact {exact.Sum()}");
     }
 
     /// <summary>The app's module, again (the app is built on its own, from its own copy).</summary>

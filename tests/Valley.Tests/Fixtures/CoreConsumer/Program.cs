@@ -23,6 +23,14 @@ var trace = Hutchinson.Estimate(hessian, new HutchinsonOptions { RelativeStandar
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"parameters {objective.Size}"));
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"lambda_max {top.Values[0]:R}"));
 Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"trace {trace.Trace:R} {trace.StandardError:R}"));
+// The one-call entry: the same numbers through Hessian.Of.
+using (var h = Hessian.Of(model, smoothed, data))
+{
+    var top3 = h.TopEigenvalues(3, new LanczosOptions { Tolerance = 1e-8 });
+    var hpp = h.Trace(new HutchPlusPlusOptions { RelativeStandardError = 0.02, MaxProducts = 400, Seed = 4 });
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"top3 {top3.Values[0]:R} {top3.Values[1]:R} {top3.Values[2]:R}"));
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"hutchpp {hpp.Trace:R} {hpp.StandardError:R}"));
+}
 
 /// <summary>A custom module: a hidden tanh layer with a skip connection from the input to the output.</summary>
 sealed class Residual : nn.Module<Tensor, Tensor>
