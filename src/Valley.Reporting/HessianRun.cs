@@ -80,8 +80,8 @@ public sealed class HessianRun
         group ??= SingleProcess.Instance;
         var path = Path.Combine(folder, JsonFile);
         string? replaced = null;
-        var accepted = group.Broadcast(group.IsRoot() ? Resumable(path, description.Inputs, out replaced) : []);
-        var earlier = accepted.Length > 0 ? JsonSerializer.Deserialize<SpectrumReport>(accepted, AtomicFile.Json) : null;
+        var accepted = group.Broadcast(group.IsRoot() ? description.Inputs.ReadEarlier<HessianOutput>(path, h => h.Inputs, h => h.Report is not null, out replaced) : []);
+        var earlier = accepted.Length > 0 ? JsonSerializer.Deserialize<HessianOutput>(accepted, AtomicFile.Json)!.Report : null;
         if (group.IsRoot() && earlier is null && Directory.Exists(folder))
             foreach (var f in DensityFiles.Append(JsonFile)) File.Delete(Path.Combine(folder, f));
         return new HessianRun(folder, description, earlier, earlier is null ? replaced : null, group);
@@ -106,22 +106,6 @@ public sealed class HessianRun
 
     /// <summary>What hessian.json holds for <paramref name="report"/>.</summary>
     public HessianOutput Output(SpectrumReport report) => Description with { Report = report };
-
-    /// <summary>
-    /// The report of an earlier run of identical inputs in hessian.json, as JSON; empty when there is none. When the file holds
-    /// a run of other inputs, <paramref name="replaced"/> says what differs.
-    /// </summary>
-    static byte[] Resumable(string jsonPath, RunInputs inputs, out string? replaced)
-    {
-        replaced = null;
-        if (!File.Exists(jsonPath)) return [];
-        HessianOutput? prev = null;
-        try { prev = JsonSerializer.Deserialize<HessianOutput>(File.ReadAllBytes(jsonPath), AtomicFile.Json); }
-        catch (JsonException) { /* not a hessian.json of this version: start afresh */ }
-        if (prev?.Report is not null && inputs.SameAs(prev.Inputs)) return JsonSerializer.SerializeToUtf8Bytes(prev.Report, AtomicFile.Json);
-        replaced = inputs.DifferencesFrom(prev?.Inputs);
-        return [];
-    }
 
     void WriteDensity(SpectrumReport r)
     {

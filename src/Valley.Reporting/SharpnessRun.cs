@@ -83,7 +83,8 @@ public sealed class SharpnessRun
         group ??= SingleProcess.Instance;
         var path = System.IO.Path.Combine(outDir, FileName);
         string? replaced = null;
-        var accepted = group.Broadcast(group.IsRoot() ? Resumable(path, header.Inputs, out replaced) : []);
+        var accepted = group.Broadcast(group.IsRoot() ? header.Inputs.ReadEarlier<SharpnessReport>(path, r => r.Inputs,
+            r => r.Results is not null && r.Finished is not null && r.FinishedResults <= r.Results.Count, out replaced) : []);
         var earlier = accepted.Length > 0 ? JsonSerializer.Deserialize<SharpnessReport>(accepted, AtomicFile.Json) : null;
         var report = header with
         {
@@ -129,20 +130,6 @@ public sealed class SharpnessRun
         SharpnessSuite.Run(objective, options, relay, finished.ToHashSet(), ct);
         Save();
         return Report;
-    }
-
-    /// <summary>An earlier report of identical inputs, as JSON (empty when there is none); <paramref name="replaced"/> says what differs otherwise.</summary>
-    static byte[] Resumable(string path, RunInputs inputs, out string? replaced)
-    {
-        replaced = null;
-        if (!File.Exists(path)) return [];
-        SharpnessReport? earlier = null;
-        try { earlier = JsonSerializer.Deserialize<SharpnessReport>(File.ReadAllBytes(path), AtomicFile.Json); }
-        catch (JsonException) { /* not a sharpness.json of this version: start afresh */ }
-        if (earlier?.Results is not null && earlier.Finished is not null && inputs.SameAs(earlier.Inputs) && earlier.FinishedResults <= earlier.Results.Count)
-            return JsonSerializer.SerializeToUtf8Bytes(earlier, AtomicFile.Json);
-        replaced = inputs.DifferencesFrom(earlier?.Inputs);
-        return [];
     }
 
     /// <summary>Calls its handler on the reporting thread, so each result is saved before the suite goes on.</summary>

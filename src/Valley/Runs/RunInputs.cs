@@ -41,6 +41,24 @@ public sealed record RunInputs
     public bool SameAs(RunInputs? earlier) => earlier is not null && earlier.Fingerprint == Fingerprint;
 
     /// <summary>
+    /// The result file of an earlier run at <paramref name="path"/>, as JSON, when it exists, parses as a
+    /// <typeparamref name="T"/>, is <paramref name="usable"/> and was computed from these inputs; empty otherwise, and then
+    /// <paramref name="replaced"/> says what differs when a file was there (a file of another version counts as other inputs).
+    /// </summary>
+    internal byte[] ReadEarlier<T>(string path, Func<T, RunInputs?> inputsOf, Func<T, bool> usable, out string? replaced) where T : class
+    {
+        replaced = null;
+        if (!File.Exists(path)) return [];
+        T? earlier = null;
+        try { earlier = System.Text.Json.JsonSerializer.Deserialize<T>(File.ReadAllBytes(path), IO.AtomicFile.Json); }
+        catch (System.Text.Json.JsonException) { /* not a result file of this version: start afresh */ }
+        if (earlier is not null && usable(earlier) && SameAs(inputsOf(earlier)))
+            return System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(earlier, IO.AtomicFile.Json);
+        replaced = DifferencesFrom(earlier is null ? null : inputsOf(earlier));
+        return [];
+    }
+
+    /// <summary>
     /// What differs from an earlier run, for messages: e.g. "data contents, --seed (0 → 1)". Digests are not shown, only that
     /// the content differs.
     /// </summary>
