@@ -58,6 +58,41 @@ public class InterruptionTests
         return killed;
     }
 
+    /// <summary>
+    /// Start and SIGKILL once the run has committed at least each of <paramref name="epochs"/> (read from its resume files),
+    /// after a random further delay, so that the kill lands at a random moment of a later epoch whatever the machine's speed;
+    /// then run to the end. Returns how many runs were killed before they finished.
+    /// </summary>
+    static int KillAfterEpochs(string[] args, string dir, int[] epochs, int seed)
+    {
+        var rng = new Random(seed);
+        int killed = 0;
+        foreach (int epoch in epochs)
+        {
+            using var p = Start(args);
+            while (!p.HasExited && CommittedEpoch(dir) < epoch) Thread.Sleep(5);
+            if (p.WaitForExit(rng.Next(0, 60))) continue; // finished before the kill
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            killed++;
+        }
+        Assert.Equal(0, RunToEnd(args));
+        return killed;
+    }
+
+    /// <summary>The latest epoch whose resume state is on disk (0 before the first).</summary>
+    static int CommittedEpoch(string dir)
+    {
+        var resume = Path.Combine(dir, "resume");
+        if (!Directory.Exists(resume)) return 0;
+        try
+        {
+            return Directory.EnumerateFiles(resume).Select(f => System.Text.RegularExpressions.Regex.Match(Path.GetFileName(f), @"-(\d{4})\."))
+                .Where(m => m.Success).Select(m => int.Parse(m.Groups[1].Value)).DefaultIfEmpty(0).Max();
+        }
+        catch (IOException) { return 0; } // a file deleted while listing: look again
+    }
+
     [Fact]
     public void TrainingKilledAtRandomMomentsResumesToTheUninterruptedWeights()
     {
@@ -65,10 +100,10 @@ public class InterruptionTests
         string[] Args(string dir) => ["train", "--data", data, "--model", "mlp:6-32-32-3", "--optimizer", "sam", "--epochs", "150", "--batch-size", "10",
                                       "--schedule", "cosine", "--threads", "2", "--out", dir, "--resume"];
         var clean = TestUtil.TempDir("kill-clean");
-        double seconds = TimedRun(Args(clean));
+        Assert.Equal(0, RunToEnd(Args(clean)));
         var dir = TestUtil.TempDir("kill-run");
-        int killed = KillRepeatedly(Args(dir), kills: 3, seed: 11, seconds);
-        Assert.True(killed >= 1, "no run was killed mid-way; make the run longer");
+        int killed = KillAfterEpochs(Args(dir), dir, epochs: [20, 60, 100], seed: 11);
+        Assert.True(killed == 3, $"{killed} of 3 runs were killed mid-way");
         Assert.Equal(File.ReadAllBytes(Path.Combine(clean, "model.dat")), File.ReadAllBytes(Path.Combine(dir, "model.dat")));
         Assert.Empty(Directory.GetFiles(dir, "*.tmp", SearchOption.AllDirectories));
     }
