@@ -168,6 +168,45 @@ public class DataFormatTests
         Assert.True(Same(a.Train.X, c.Train.X) && Same(a.Train.Y, c.Train.Y));
     }
 
+    sealed class FakeRank(int rank, int size) : Valley.Distributed.IProcessGroup
+    {
+        public int Rank => rank;
+        public int Size => size;
+        public void Sum(double[] values) => throw new NotSupportedException();
+        public double[] AllGather(double[] values) => throw new NotSupportedException();
+        public byte[] Broadcast(byte[] value, int root = 0) => throw new NotSupportedException();
+        public byte[][]? Gather(byte[] value, int root = 0) => throw new NotSupportedException();
+        public void Barrier() => throw new NotSupportedException();
+        public void Abort(int exitCode) => throw new NotSupportedException();
+        public double CommunicationSeconds => 0;
+    }
+
+    [Fact]
+    public void RanksHoldTheShardsOfTheCsvAndRankFilesNameTheirOwnShardOfDataAndLabels()
+    {
+        for (int r = 0; r < 3; r++)
+        {
+            var group = new FakeRank(r, 3);
+            using var csv = DistributedData.LoadLocal(new DataRequest { Path = F("cls_split") }, group);
+            using var npz = DistributedData.LoadLocal(new DataRequest { Path = F("cls_split.npz") }, group);
+            AssertSame(csv.Train, npz.Train);
+            AssertSame(csv.Test!, npz.Test!);
+            Assert.Equal(4, npz.Train.Count);
+        }
+        // {rank} in --data and --labels: each rank opens its own pair.
+        var dir = TestUtil.TempDir("rank-npy");
+        for (int r = 0; r < 2; r++)
+        {
+            File.Copy(F("cls_x.npy"), Path.Combine(dir, $"x{r}.npy"));
+            File.Copy(F("cls_y.npy"), Path.Combine(dir, $"y{r}.npy"));
+        }
+        File.Delete(Path.Combine(dir, "y1.npy"));
+        var request = new DataRequest { Path = Path.Combine(dir, "x{rank}.npy"), Labels = Path.Combine(dir, "y{rank}.npy") };
+        using (var rank0 = DistributedData.LoadLocal(request, new FakeRank(0, 2))) Assert.Equal(12, rank0.Train.Count);
+        var e = Assert.Throws<DataException>(() => DistributedData.LoadLocal(request, new FakeRank(1, 2)));
+        Assert.Contains("y1.npy: file not found", e.Message);
+    }
+
     [Fact]
     public void BinaryCrossEntropyEqualsItsClosedForm()
     {
