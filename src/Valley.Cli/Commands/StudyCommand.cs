@@ -56,6 +56,7 @@ public static class StudyCommand
                     }
                     sp = DataSources.Open(p.GetValue(data), labels: p.GetValue(labels), task: CommonOptions.ParseTask(p.GetValue(task)));
                     options = options with { Loss = Valley.Curvature.Losses.Named(p.GetValue(loss), sp.Train.Task) };
+                    Valley.Curvature.Losses.CheckTargets(options.EffectiveLoss, sp.Train);
                     if (sp.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
                     ModelSpecCheck(options.Model, sp.Train);
                     // A study folder is continued only by a study of identical inputs: the data by content, not by name.

@@ -97,6 +97,21 @@ public class TensorDataCliTests
         Assert.Single(err.Trim().Split('\n'));
     }
 
+    [Theory]
+    [InlineData("cls.npz", "no test set")]
+    [InlineData("cls_split.npz", "binary cross-entropy needs floating-point targets", "--loss", "bce")]
+    [InlineData("cls_split.npz", "none named 'x' to use as the inputs; the file holds 'x_test' [6×3] float32", "--labels", "cls_y.npy")]
+    public void StudyTakesTensorDataAndRefusesBadOnesBeforeWriting(string file, string expected, params string[] extra)
+    {
+        var outDir = Path.Combine(TestUtil.TempDir("study-bad"), "s");
+        if (extra.Length == 2 && extra[0] == "--labels") extra = ["--labels", F(extra[1])];
+        var (code, _, err) = Run(["study", "--preset", "quick", "--model", "mlp:3-4-3", "--data", F(file), "--out", outDir, .. extra]);
+        Assert.Equal(ValleyCli.ExitBadInput, code);
+        Assert.Contains(expected, err);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.False(File.Exists(Path.Combine(outDir, "study.json")));
+    }
+
     [Fact]
     public void LabelsTaskAndLossAreRunInputs()
     {

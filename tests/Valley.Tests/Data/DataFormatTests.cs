@@ -69,6 +69,15 @@ public class DataFormatTests
     }
 
     [Fact]
+    public void BoolLabelsAreTwoClasses()
+    {
+        using var csv = DataSources.Open(F("bin.csv"));
+        using var npz = DataSources.Open(F("bin_bool.npz"));
+        AssertSame(csv.Train, npz.Train);
+        Assert.Equal(2, npz.Train.NumClasses);
+    }
+
+    [Fact]
     public void ImagesReadAsTheIdxFolderDoes()
     {
         using var idx = DataSources.Open(F("img"));
@@ -133,6 +142,7 @@ public class DataFormatTests
     [InlineData("bad_truncated.npy", "truncated")]
     [InlineData("bad_evil.pt", "posix.system, which Valley never runs")]
     [InlineData("bad_list.pt", "entry 'x' is a list, not a tensor")]
+    [InlineData("bad_uint8_inputs.npz", "'x' holds uint8 values; inputs must be float16, float32 or float64")]
     public void BadFilesAreRefusedWithOneLineNamingTheFile(string file, string expected)
     {
         File.Delete("/tmp/valley-pwned");
