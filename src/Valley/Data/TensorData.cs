@@ -84,6 +84,8 @@ internal static class TensorData
     /// </summary>
     public static DataSplit OpenFile(string path, string? labelsPath, int classes, TaskKind? task, ScalarType dtype)
     {
+        if (labelsPath is null && Sniff(path) == Kind.Npy)
+            throw new DataException(path, "a .npy file holds one array; give its labels or targets as a second file (--labels y.npy), or use a .npz file or a folder with x.npy and y.npy");
         var arrays = ReadArrays(path);
         Dictionary<string, Tensor>? labels = null;
         try

@@ -160,6 +160,8 @@ public class DataFormatTests
         Assert.Contains("'y' label 2 is 2, out of range for 2 classes", e.Message);
         e = Assert.Throws<DataException>(() => DataSources.Open(F("bad_label_float_cls.npz"), task: TaskKind.Classification));
         Assert.Contains("'y' value 0 is 0.5, not a class label", e.Message);
+        e = Assert.Throws<DataException>(() => DataSources.Open(F("cls_x.npy")));
+        Assert.Contains("cls_x.npy: a .npy file holds one array; give its labels", e.Message);
         e = Assert.Throws<DataException>(() => DataSources.Open(F("cls.csv"), labels: F("cls_y.npy")));
         Assert.Contains("goes with a tensor file of inputs", e.Message);
     }
