@@ -32,7 +32,11 @@ internal static class TensorData
             if (n >= 4 && head[..4].SequenceEqual("PK\x03\x04"u8))
             {
                 fs.Position = 0;
-                using var zip = new ZipArchive(fs, ZipArchiveMode.Read, leaveOpen: true);
+                ZipArchive zip;
+                // A damaged zip archive: the NumPy reader says what is wrong with it.
+                try { zip = new ZipArchive(fs, ZipArchiveMode.Read, leaveOpen: true); }
+                catch (InvalidDataException) { return Kind.Npz; }
+                using var _ = zip;
                 if (zip.Entries.Any(e => e.FullName.EndsWith("/data.pkl", StringComparison.Ordinal))) return Kind.PyTorch;
                 if (zip.Entries.Any(e => e.FullName.EndsWith(".npy", StringComparison.Ordinal))) return Kind.Npz;
                 return Kind.None;

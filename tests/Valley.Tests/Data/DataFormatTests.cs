@@ -154,6 +154,20 @@ public class DataFormatTests
     }
 
     [Fact]
+    public void DamagedArchivesAreRefusedAsSuch()
+    {
+        var dir = TestUtil.TempDir("npz-damaged");
+        var raw = File.ReadAllBytes(F("cls.npz"));
+        File.WriteAllBytes(Path.Combine(dir, "cut.npz"), raw[..(raw.Length - 30)]);
+        Assert.Contains("cut.npz: corrupt zip", Assert.Throws<DataException>(() => DataSources.Open(Path.Combine(dir, "cut.npz"))).Message);
+        // One flipped byte in a stored array: its CRC-32 no longer matches.
+        var flipped = (byte[])raw.Clone();
+        flipped[200] ^= 0x40;
+        File.WriteAllBytes(Path.Combine(dir, "flipped.npz"), flipped);
+        Assert.Contains("flipped.npz: entry x.npy does not match its CRC-32", Assert.Throws<DataException>(() => DataSources.Open(Path.Combine(dir, "flipped.npz"))).Message);
+    }
+
+    [Fact]
     public void LabelsBeyondTheClassCountAndFloatLabelsAsClassesAreRefused()
     {
         var e = Assert.Throws<DataException>(() => DataSources.Open(F("cls.npz"), classes: 2));
@@ -251,6 +265,28 @@ public class DataFormatTests
         Assert.Equal(right, eval.Accuracy!.Value, 12);
         using var l = torch.nn.functional.binary_cross_entropy_with_logits(z, t);
         Assert.Equal(l.ToDouble(), eval.Loss, 6);
+    }
+
+    [Fact]
+    public void TrainingWithBinaryCrossEntropyLowersItAndRecordsItsAccuracy()
+    {
+        using var split = DataSources.Open(F("multilabel.npz"));
+        torch.manual_seed(1);
+        var model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2));
+        var options = new Valley.Training.TrainOptions { Epochs = 30, BatchSize = 4, LearningRate = 0.1 };
+        double before;
+        using (var o = new Objective(model, Losses.BinaryCrossEntropy, split.Train)) before = o.Value();
+        var log = new Valley.Training.Trainer(model, split.Train, options, Losses.BinaryCrossEntropy).Run();
+        using var after = new Objective(model, Losses.BinaryCrossEntropy, split.Train);
+        var eval = after.Evaluate();
+        Assert.True(eval.Loss < before, $"{eval.Loss} !< {before}");
+        Assert.Equal(eval.Loss, log.Epochs[^1].TrainLoss, 6);
+        Assert.Equal(eval.Accuracy!.Value, log.Epochs[^1].TrainAccuracy!.Value, 12);
+        Assert.Contains("binary cross-entropy needs floating-point targets", Assert.Throws<ValleyException>(() =>
+        {
+            using var cls = DataSources.Open(F("cls.npz"));
+            new Valley.Training.Trainer(torch.nn.Linear(3, 3), cls.Train, options, Losses.BinaryCrossEntropy).Run();
+        }).Message);
     }
 
     [Fact]
