@@ -155,7 +155,8 @@ internal static class TensorData
 
     static Tensor Need(string path, Dictionary<string, Tensor> arrays, string key) =>
         arrays.TryGetValue(key, out var t) ? t
-        : throw new DataException(path, $"no array '{key}': expected arrays 'x' and 'y', or 'x_train', 'y_train' (and optionally 'x_test', 'y_test'); {Holds(arrays)}");
+        : throw new DataException(path, $"no array '{key}': expected arrays 'x' and 'y', or 'x_train', 'y_train' (and optionally 'x_test', 'y_test'); {Holds(arrays)}"
+            + (arrays.Keys.Any(k => k.EndsWith(".weight", StringComparison.Ordinal)) ? " (model weights? pass them as --weights)" : ""));
 
     static string Holds(Dictionary<string, Tensor> arrays) =>
         arrays.Count == 0 ? "the file holds no arrays"

@@ -174,6 +174,10 @@ public class DataFormatTests
         Assert.Contains("'y' label 2 is 2, out of range for 2 classes", e.Message);
         e = Assert.Throws<DataException>(() => DataSources.Open(F("bad_label_float_cls.npz"), task: TaskKind.Classification));
         Assert.Contains("'y' value 0 is 0.5, not a class label", e.Message);
+        e = Assert.Throws<DataException>(() => DataSources.Open(Path.Combine(AppContext.BaseDirectory, "Fixtures", "mlp_4_5_3.pt")));
+        Assert.Contains("no array 'x'", e.Message);
+        Assert.Contains("'0.weight' [5×4] float32", e.Message);
+        Assert.Contains("(model weights? pass them as --weights)", e.Message);
         e = Assert.Throws<DataException>(() => DataSources.Open(F("cls_x.npy")));
         Assert.Contains("cls_x.npy: a .npy file holds one array; give its labels", e.Message);
         e = Assert.Throws<DataException>(() => DataSources.Open(F("cls.csv"), labels: F("cls_y.npy")));
