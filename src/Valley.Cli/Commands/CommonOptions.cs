@@ -25,7 +25,7 @@ public sealed class CommonOptions
     public readonly Option<string?> Loss = new Option<string?>("--loss") { Description = "cross-entropy, mse or bce (binary cross-entropy with logits, float targets in [0,1]); default: cross-entropy for classification, mse for regression" }.AcceptOnlyFromAmong(Losses.Names.ToArray());
     public readonly Option<int> Classes = new("--classes")
     {
-        Description = "Number of classes (default or 0: 10 for IDX data, inferred from CSV labels)",
+        Description = "Number of classes (default or 0: 10 for IDX data, inferred from CSV labels and integer label arrays)",
         Validators = { r => { if (DataSources.ClassCountProblem(r.GetValueOrDefault<int>()) is { } problem) r.AddError(problem); } },
     };
     public readonly Option<long> Subset;
