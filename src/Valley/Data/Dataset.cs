@@ -13,8 +13,8 @@ public enum TaskKind
 }
 
 /// <summary>
-/// An in-memory data set: inputs <see cref="X"/> of shape [N, ...] (float32) and targets
-/// <see cref="Y"/> ([N] int64 labels for classification, [N] or [N, k] float32 for regression).
+/// An in-memory data set: inputs <see cref="X"/> of shape [N, ...] (float32, or float64 when read so) and targets
+/// <see cref="Y"/> ([N] int64 labels for classification, [N] or [N, k] floating point for regression, e.g. multi-label targets in [0, 1]).
 /// Batches are views (<c>narrow</c>) into these tensors, so batching copies nothing.
 /// The data set owns its tensors; dispose it when done.
 /// </summary>

@@ -124,6 +124,28 @@ public class MpiTests
     }
 
     [Fact]
+    public void HessianOnANpzWithBinaryCrossEntropyOnTwoRanksEqualsOneProcessOnTheCsv()
+    {
+        var root = TestUtil.TempDir("mpi-npz");
+        string[] Args(string data, string dir, params string[] extra) => ["hessian", "--data", data, "--subset", "0", "--threads", "1",
+            "--normalize", "standardize", "--top", "2", "--tol", "1e-6", "--out", dir, "--format", "json", .. extra];
+        InProcess(Args(Valley.Tests.Data.NumPyFileTests.Fixture("cls.csv"), Path.Combine(root, "one"), "--model", "mlp:3-6-3:tanh"));
+        var run = Exec(2, Cli, Args(Valley.Tests.Data.NumPyFileTests.Fixture("cls.npz"), Path.Combine(root, "two"), "--model", "mlp:3-6-3:tanh"));
+        Assert.True(run.Code == 0, run.Stderr);
+        var one = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "one", "hessian.json"))).RootElement.GetProperty("report").GetProperty("top").GetProperty("values");
+        var two = JsonDocument.Parse(run.Stdout).RootElement.GetProperty("report").GetProperty("top").GetProperty("values");
+        for (int i = 0; i < 2; i++) Close(one[i].GetDouble(), two[i].GetDouble(), 1e-5, $"λ{i + 1}");
+
+        var multi = Valley.Tests.Data.NumPyFileTests.Fixture("multilabel.npz");
+        InProcess(Args(multi, Path.Combine(root, "bce-one"), "--loss", "bce", "--model", "mlp:3-6-2:tanh"));
+        var bce = Exec(2, Cli, Args(multi, Path.Combine(root, "bce-two"), "--loss", "bce", "--model", "mlp:3-6-2:tanh"));
+        Assert.True(bce.Code == 0, bce.Stderr);
+        var b1 = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "bce-one", "hessian.json"))).RootElement.GetProperty("report").GetProperty("lambda_max").GetDouble();
+        var b2 = JsonDocument.Parse(bce.Stdout).RootElement.GetProperty("report").GetProperty("lambda_max").GetDouble();
+        Close(b1, b2, 1e-5, "λmax under bce");
+    }
+
+    [Fact]
     public void SharpnessMeasuresOnTwoRanksEqualOneProcess()
     {
         var data = TestUtil.CsvFolder("mpi-sharp", 240, 6, 3, seed: 7);
