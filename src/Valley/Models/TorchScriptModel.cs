@@ -19,6 +19,7 @@ namespace Valley.Models;
 public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
 {
     readonly jit.ScriptModule _script;
+    bool _disposed;
 
     /// <summary>The archive file.</summary>
     public string Path { get; }
@@ -134,23 +135,23 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>The archive's parameters, with its own names.</summary>
-    public override IEnumerable<(string name, Parameter parameter)> named_parameters(bool recurse = true) => _script.named_parameters(recurse);
+    public override IEnumerable<(string name, Parameter parameter)> named_parameters(bool recurse = true) => _disposed ? [] : _script.named_parameters(recurse);
 
     /// <summary>The archive's parameters.</summary>
-    public override IEnumerable<Parameter> parameters(bool recurse = true) => _script.parameters(recurse);
+    public override IEnumerable<Parameter> parameters(bool recurse = true) => _disposed ? [] : _script.parameters(recurse);
 
     /// <summary>The archive's buffers (e.g. BatchNorm running statistics), with its own names.</summary>
     public override IEnumerable<(string name, Tensor buffer)> named_buffers(bool recurse = true, bool include_nonpersistent = true) =>
-        _script.named_buffers(recurse, include_nonpersistent);
+        _disposed ? [] : _script.named_buffers(recurse, include_nonpersistent);
 
     /// <summary>The archive's buffers.</summary>
-    public override IEnumerable<Tensor> buffers(bool recurse = true, bool include_nonpersistent = true) => _script.buffers(recurse, include_nonpersistent);
+    public override IEnumerable<Tensor> buffers(bool recurse = true, bool include_nonpersistent = true) => _disposed ? [] : _script.buffers(recurse, include_nonpersistent);
 
     /// <summary>The archive's submodules.</summary>
-    public override IEnumerable<(string name, nn.Module module)> named_modules() => _script.named_modules();
+    public override IEnumerable<(string name, nn.Module module)> named_modules() => _disposed ? [] : _script.named_modules();
 
     /// <summary>The archive's direct submodules.</summary>
-    public override IEnumerable<(string name, nn.Module module)> named_children() => _script.named_children();
+    public override IEnumerable<(string name, nn.Module module)> named_children() => _disposed ? [] : _script.named_children();
 
     /// <summary>Train or eval mode for the archive and all its submodules.</summary>
     public override void train(bool train = true) => _script.train(train);
@@ -288,7 +289,12 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
     /// <summary>Frees the archive.</summary>
     protected override void Dispose(bool disposing)
     {
-        if (disposing) _script.Dispose();
+        // The base class disposes what named_parameters, named_buffers and named_modules list: after the archive, nothing.
+        if (disposing && !_disposed)
+        {
+            _script.Dispose();
+            _disposed = true;
+        }
         base.Dispose(disposing);
     }
 
