@@ -209,6 +209,7 @@ public static class LandscapeRunner
             .With("model state", RunInputs.Digest(model))
             .With("data", RunInputs.Digest(train))
             .With("test data", test is null ? "none" : RunInputs.Digest(test))
+            .With("loss", Losses.NameOf(r.Loss ?? Losses.For(train.Task)) ?? "the caller's")
             .With("--from", r.From is null ? null : RunInputs.FileDigest(r.From))
             .With("--to", r.To is null ? null : RunInputs.FileDigest(r.To))
             .With("--third", r.Third is null ? null : RunInputs.FileDigest(r.Third))

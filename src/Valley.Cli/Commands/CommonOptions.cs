@@ -17,8 +17,12 @@ public sealed class CommonOptions
 {
     public readonly Option<string> Model = new("--model", "-m") { Description = "Architecture spec: mlp:784-128-64-10[:tanh], lenet, resnet[:WIDTH[:BLOCKS]]; or the path of your PyTorch model as a TorchScript archive (torch.jit.script(model).save(\"model.pt\"))", DefaultValueFactory = _ => "mlp:784-128-64-10" };
     public readonly Option<string?> Weights = new("--weights", "-w") { Description = "Weights file: TorchSharp .dat, PyTorch state_dict .pt/.pth/.bin, .safetensors, or a TorchScript archive (default: the archive's own weights, or a built-in spec freshly initialized with --seed)" };
-    public readonly Option<string?> Data = new("--data", "-d") { Description = "Data: an MNIST-format IDX folder, a CSV file, or a folder with train.csv/test.csv (default: Fashion-MNIST from /usr/share/datasets/fashion-mnist). " +
+    public readonly Option<string?> Data = new("--data", "-d") { Description = "Data: an MNIST-format IDX folder, a CSV file, a folder with train.csv/test.csv, a tensor file (.npz, .npy with --labels, a PyTorch file of tensors, .safetensors: " +
+                                                                              "arrays x, y or x_train, y_train, x_test, y_test) or a folder with x.npy, y.npy (default: Fashion-MNIST from /usr/share/datasets/fashion-mnist). " +
                                                                               "Under mpiexec, a path with {rank} gives each rank its own shard" };
+    public readonly Option<string?> Labels = new("--labels") { Description = "Labels or targets for a tensor file of inputs given as --data (e.g. --data x.npy --labels y.npy); {rank} as in --data" };
+    public readonly Option<string?> Task = new Option<string?>("--task") { Description = "classification or regression (default: told by the data: integer labels are classes, float targets regression)" }.AcceptOnlyFromAmong("classification", "regression");
+    public readonly Option<string?> Loss = new Option<string?>("--loss") { Description = "cross-entropy, mse or bce (binary cross-entropy with logits, float targets in [0,1]); default: cross-entropy for classification, mse for regression" }.AcceptOnlyFromAmong(Losses.Names.ToArray());
     public readonly Option<int> Classes = new("--classes")
     {
         Description = "Number of classes (default or 0: 10 for IDX data, inferred from CSV labels)",
@@ -44,7 +48,7 @@ public sealed class CommonOptions
 
     public void AddTo(Command cmd, bool layer = true)
     {
-        foreach (var o in new Option[] { Model, Weights, Data, Classes, Subset, BatchSize, Seed, DType, Threads, Device, TrainMode, Format, Normalize, Verbose }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { Model, Weights, Data, Labels, Task, Loss, Classes, Subset, BatchSize, Seed, DType, Threads, Device, TrainMode, Format, Normalize, Verbose }) cmd.Options.Add(o);
         if (layer) cmd.Options.Add(Layer);
     }
 
@@ -113,7 +117,8 @@ public sealed class CommonOptions
 
     DataRequest Request(ParseResult p, bool shard) => new()
     {
-        Path = p.GetValue(Data), Classes = p.GetValue(Classes), Standardize = p.GetValue(Normalize) == "standardize",
+        Path = p.GetValue(Data), Labels = p.GetValue(Labels), Task = ParseTask(p.GetValue(Task)), DType = ParseDType(p.GetValue(DType)),
+        Classes = p.GetValue(Classes), Standardize = p.GetValue(Normalize) == "standardize",
         Subset = p.GetValue(Subset), Seed = p.GetValue(Seed), Shard = shard,
     };
 
@@ -137,7 +142,7 @@ public sealed class CommonOptions
         var data = DistributedData.Connect(local.Data, Request(p, shard), Group);
         try
         {
-            var objective = new Objective(local.Model!, Losses.For(data.Train.Task), data.Train, new ObjectiveOptions
+            var objective = new Objective(local.Model!, LossOf(p, data.Train), data.Train, new ObjectiveOptions
             {
                 BatchSize = p.GetValue(BatchSize),
                 TrainMode = p.GetValue(TrainMode),
@@ -153,6 +158,20 @@ public sealed class CommonOptions
             throw;
         }
     }
+
+    /// <summary>--task as the library's task kind (null: told by the data).</summary>
+    public static TaskKind? ParseTask(string? task) => task switch
+    {
+        null => null,
+        "classification" => TaskKind.Classification,
+        "regression" => TaskKind.Regression,
+        _ => throw new ValleyException($"--task: expected classification or regression, got '{task}'"),
+    };
+
+    static ScalarType ParseDType(string? dtype) => dtype == "float64" ? ScalarType.Float64 : ScalarType.Float32;
+
+    /// <summary>The loss --loss names, or the data's task's default.</summary>
+    public LossFunction LossOf(ParseResult p, Dataset train) => Losses.Named(p.GetValue(Loss), train.Task);
 
     /// <summary>Options that say where results go or how they are shown, never change a number, and so are no input of a run.</summary>
     static readonly HashSet<string> NotInputs = ["--out", "--format", "--verbose", "--resume"];
@@ -176,7 +195,8 @@ public sealed class CommonOptions
             .With("model", new ModelSource(p.GetValue<string>("--model")!).Digest);
         foreach (var option in p.CommandResult.Command.Options)
         {
-            if (NotInputs.Contains(option.Name) || option.Name is "--data" or "--weights") continue;
+            // Files are inputs by content: the data (with --labels) and the model state are digested above.
+            if (NotInputs.Contains(option.Name) || option.Name is "--data" or "--weights" or "--labels") continue;
             inputs = inputs.With(option.Name, p.GetValue<object?>(option.Name));
         }
         return inputs;

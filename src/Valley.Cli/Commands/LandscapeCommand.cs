@@ -55,7 +55,7 @@ public static class LandscapeCommand
             var (lockFile, ctx) = o.Prepare(p, request.OutDir, shard: false);
             using var _lock = lockFile;
             using var _ctx = ctx;
-            request = request with { DataName = ctx.Train.Name };
+            request = request with { DataName = ctx.Train.Name, Loss = ctx.Objective.Loss };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
             var tst = p.GetValue(test) ? ctx.Test : null;

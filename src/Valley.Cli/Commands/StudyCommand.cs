@@ -19,13 +19,16 @@ public static class StudyCommand
             .AcceptOnlyFromAmong("quick", "default", "full");
         var model = new Option<string>("--model", "-m") { Description = "Architecture of every model: a built-in spec, or a TorchScript archive (every model then starts from the archive's weights)", DefaultValueFactory = _ => "mlp:784-128-64-10" };
         var data = new Option<string?>("--data", "-d") { Description = "Data with a test set (default: Fashion-MNIST)" };
+        var labels = new Option<string?>("--labels") { Description = "Labels for a tensor file of inputs given as --data (e.g. --data x.npy --labels y.npy)" };
+        var task = new Option<string?>("--task") { Description = "classification or regression (default: told by the data)" }.AcceptOnlyFromAmong("classification", "regression");
+        var loss = new Option<string?>("--loss") { Description = "cross-entropy, mse or bce (default: cross-entropy for classification, mse for regression)" }.AcceptOnlyFromAmong([.. Valley.Curvature.Losses.Names]);
         var outDir = new Option<string>("--out", "-o") { Description = "Output folder (reused and continued when it holds an earlier run of the same preset)", DefaultValueFactory = _ => "out/study" };
         var threads = new Option<int>("--threads") { Description = "CPU threads for LibTorch (0 = default)", DefaultValueFactory = _ => 0 };
         var format = new Option<string>("--format") { Description = "Terminal output", DefaultValueFactory = _ => "table" }.AcceptOnlyFromAmong("table", "json");
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces on errors" };
         var cmd = new Command("study", "Train models that differ in batch size, optimizer (SGD, Adam, SAM) and seed; measure every curvature and sharpness measure; " +
                                        "relate them to the generalization gap (Kendall τ); write report.html, summary.json, results.csv and figures")
-            { preset, model, data, outDir, threads, format, verbose };
+            { preset, model, data, labels, task, loss, outDir, threads, format, verbose };
         cmd.SetAction((p, ct) =>
         {
             var group = CommonOptions.Group;
@@ -51,11 +54,13 @@ public static class StudyCommand
                         AtomicFile.EnsureWritableFolder(dir);
                         lk = OutputLock.Acquire(dir);
                     }
-                    sp = DataSources.Open(p.GetValue(data));
+                    sp = DataSources.Open(p.GetValue(data), labels: p.GetValue(labels), task: CommonOptions.ParseTask(p.GetValue(task)));
+                    options = options with { Loss = Valley.Curvature.Losses.Named(p.GetValue(loss), sp.Train.Task) };
                     if (sp.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
                     ModelSpecCheck(options.Model, sp.Train);
                     // A study folder is continued only by a study of identical inputs: the data by content, not by name.
                     inputs = new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version).With("--preset", options.Preset).With("--model", new Models.ModelSource(options.Model).Digest)
+                        .With("--loss", Valley.Curvature.Losses.NameOf(options.EffectiveLoss)).With("--task", p.GetValue(task))
                         .With("data", RunInputs.Digest(sp.Train)).With("test data", RunInputs.Digest(sp.Test));
                     if (group.IsRoot() && File.Exists(marker))
                     {

@@ -66,7 +66,7 @@ public static class TrainCommand
             if (f64) TorchSharp.ModuleExtensionMethods.to(model, TorchSharp.torch.ScalarType.Float64);
             TorchSharp.ModuleExtensionMethods.to(model, CommonOptions.ParseDevice(p.GetValue(o.Device)!));
             using var lockFile = OutputLock.Acquire(dir);
-            var trainer = new Trainer(model, train64 ?? train, options)
+            var trainer = new Trainer(model, train64 ?? train, options, o.LossOf(p, train))
             {
                 Test = test64 ?? split.Test, OutputFolder = dir, ModelName = source.Name, Stopped = log => Reporting.Plots.Training(log, Path.Combine(dir, "training.png")),
             };

@@ -42,7 +42,11 @@ public sealed record ObjectiveOptions
     public bool AllowNonFiniteLoss { get; init; }
 }
 
-/// <summary>Loss and accuracy of a model over a whole data set.</summary>
+/// <summary>
+/// Loss and accuracy of a model over a whole data set. Accuracy: the fraction of examples whose largest logit is their label
+/// (classification), or, under binary cross-entropy, the fraction of yes/no targets right when a positive logit means yes
+/// (target above 0.5); null for other losses on regression targets.
+/// </summary>
 public sealed record Evaluation(double Loss, double? Accuracy, long Examples);
 
 /// <summary>
@@ -95,6 +99,7 @@ public sealed class Objective : IDisposable
         Group = Options.Group ?? SingleProcess.Instance;
         Examples = Group.Size == 1 ? data.Count : (long)Group.Total(data.Count)[0];
         if (Examples == 0) throw new ValleyException($"{data.Name}: the data set is empty");
+        if (data is Dataset targets) Losses.CheckTargets(loss, targets);
         Model = model;
         Loss = loss;
         var p0 = model.parameters().FirstOrDefault() ?? throw new ValleyException("the model has no parameters");
@@ -131,11 +136,13 @@ public sealed class Objective : IDisposable
     /// <summary>Loss and accuracy of the model on another data set (e.g. the test set), same options; with a group, this rank's shard of it.</summary>
     public Evaluation Evaluate(IBatchSource data, CancellationToken ct = default)
     {
+        if (data is Dataset targets && !ReferenceEquals(data, Source)) Losses.CheckTargets(Loss, targets);
         using var mode = new ModeScope(Model, Options.TrainMode);
         using var _ = no_grad();
-        double loss = 0;
-        long correct = 0;
+        double loss = 0, correct = 0;
         bool classification = data.Task == TaskKind.Classification;
+        // Binary cross-entropy: the fraction of yes/no labels right, deciding yes where the logit is positive.
+        bool binary = ReferenceEquals(Loss, Losses.BinaryCrossEntropy);
         long start = 0;
         foreach (var (x, y, size) in data.Batches(Options.BatchSize))
         {
@@ -149,15 +156,20 @@ public sealed class Objective : IDisposable
             loss += batchLoss * size;
             start += size;
             if (classification) correct += output.argmax(1).eq(yb).sum().ToInt64();
+            else if (binary)
+            {
+                var o = output.dim() == 2 && output.shape[1] == 1 && yb.dim() == 1 ? output.squeeze(1) : output;
+                correct += o.gt(0).eq(yb.gt(0.5)).to(ScalarType.Float64).mean().ToDouble() * size;
+            }
         }
-        var (sumLoss, sumCorrect, count) = (loss, (double)correct, (double)data.Count);
+        var (sumLoss, sumCorrect, count) = (loss, correct, (double)data.Count);
         if (Group.Size > 1)
         {
             var totals = Group.Total(loss, correct, data.Count);
             (sumLoss, sumCorrect, count) = (totals[0], totals[1], totals[2]);
         }
         if (count == 0) throw new ValleyException($"{data.Name}: the data set is empty");
-        return new Evaluation(sumLoss / count, classification ? sumCorrect / count : null, (long)count);
+        return new Evaluation(sumLoss / count, classification || binary ? sumCorrect / count : null, (long)count);
     }
 
     /// <summary>Full-data loss and gradient ∇L(w) as a flat vector.</summary>
@@ -326,6 +338,7 @@ public sealed class Objective : IDisposable
     /// </summary>
     internal static void CheckModelFits(nn.Module<Tensor, Tensor> model, LossFunction loss, Dataset data)
     {
+        Losses.CheckTargets(loss, data);
         if (data.Task != TaskKind.Classification || !ReferenceEquals(loss, Losses.CrossEntropy) || data.Count == 0) return;
         using var _ = no_grad();
         using var scope = NewDisposeScope();

@@ -24,30 +24,65 @@ public static class DataSources
     /// <summary>
     /// Open a data source by path: null or "fashion-mnist" for the default Fashion-MNIST folder;
     /// a folder with IDX files (<c>train-images*</c>, <c>train-labels*</c>, optional <c>t10k-*</c> or <c>test-*</c>);
-    /// a CSV file (training data only); or a folder with <c>train.csv</c> and optionally <c>test.csv</c>.
+    /// a CSV file (training data only); a folder with <c>train.csv</c> and optionally <c>test.csv</c>;
+    /// a tensor file, told by its content: NumPy <c>.npz</c>, a PyTorch file of tensors (<c>torch.save({"x": X, "y": Y})</c>) or
+    /// <c>.safetensors</c> with arrays <c>x</c>, <c>y</c> (or <c>x_train</c>, <c>y_train</c>, <c>x_test</c>, <c>y_test</c>), or a
+    /// <c>.npy</c> file of inputs with a <paramref name="labels"/> file; or a folder with <c>x.npy</c>, <c>y.npy</c> (and
+    /// optionally <c>x_test.npy</c>, <c>y_test.npy</c>).
     /// </summary>
-    public static DataSplit Open(string? path, int classes = 0)
+    /// <param name="path">The data file or folder.</param>
+    /// <param name="classes">Number of classes; 0: inferred from the labels (10 for IDX data).</param>
+    /// <param name="labels">A separate file of labels or targets for a tensor file of inputs (e.g. <c>y.npy</c> beside <c>x.npy</c>).</param>
+    /// <param name="task">
+    /// Classification or regression; null: told by the data (a CSV file's label or target column, integer or floating-point
+    /// arrays). Given, it decides for tensor files (whole-number float labels as classes, integer labels as regression targets)
+    /// and must agree with a CSV file's or IDX folder's labels.
+    /// </param>
+    /// <param name="dtype">Floating-point type of the inputs (and regression targets) read from tensor files; null: float32.</param>
+    public static DataSplit Open(string? path, int classes = 0, string? labels = null, TaskKind? task = null, ScalarType? dtype = null)
     {
         CheckClassCount(classes);
+        var dt = dtype ?? ScalarType.Float32;
+        if (dt is not (ScalarType.Float32 or ScalarType.Float64)) throw Check.OutOfRange(nameof(dtype), dt, "must be Float32 or Float64");
         if (string.IsNullOrEmpty(path) || path == "fashion-mnist")
         {
             path = Environment.GetEnvironmentVariable("VALLEY_FASHION_MNIST") ?? FashionMnistFolder;
             if (!Directory.Exists(path))
                 throw new DataException(path, "Fashion-MNIST not found; install Debian's 'dataset-fashion-mnist' package (scripts/setup.sh does) or pass --data PATH");
         }
+        if (labels is not null && !File.Exists(labels)) throw new DataException(labels, Directory.Exists(labels) ? "is a folder, expected a file of labels" : "file not found");
+        var split = OpenPath(path, classes, labels, task, dt);
+        if (task is { } t && split.Train.Task != t)
+        {
+            split.Dispose();
+            throw new DataException(path, $"holds {(split.Train.Task == TaskKind.Classification ? "class labels (classification)" : "regression targets")}, not {(t == TaskKind.Classification ? "class labels" : "regression targets")} as asked");
+        }
+        return split;
+    }
+
+    static DataSplit OpenPath(string path, int classes, string? labels, TaskKind? task, ScalarType dtype)
+    {
         if (File.Exists(path))
         {
+            if (TensorData.Sniff(path) != TensorData.Kind.None) return TensorData.OpenFile(path, labels, classes, task, dtype);
+            if (labels is not null) throw new DataException(path, $"a separate labels file ({labels}) goes with a tensor file of inputs (.npy, .npz, .pt, .safetensors); this is not one");
             if (path.EndsWith(".csv", StringComparison.OrdinalIgnoreCase)) return new DataSplit(OpenCsv(path, classes), null);
-            throw new DataException(path, "unknown data file type; expected a .csv file or a folder of IDX files");
+            throw new DataException(path, "unknown data file type; expected a .csv file, a tensor file (.npy, .npz, a PyTorch file of tensors, .safetensors) or a folder of IDX or .npy files");
         }
         if (!Directory.Exists(path)) throw new DataException(path, "no such file or folder");
+        if (labels is not null) throw new DataException(path, $"a separate labels file ({labels}) goes with a tensor file of inputs, not with a folder");
+        if (TensorData.IsNpyFolder(path)) return TensorData.OpenFolder(path, classes, task, dtype);
         var trainCsv = System.IO.Path.Combine(path, "train.csv");
         if (File.Exists(trainCsv))
         {
             var testCsv = System.IO.Path.Combine(path, "test.csv");
             var train = OpenCsv(trainCsv, classes);
-            var test = File.Exists(testCsv) ? OpenCsv(testCsv, train.NumClasses, train.Features) : null;
-            return new DataSplit(train, test);
+            try
+            {
+                var test = File.Exists(testCsv) ? OpenCsv(testCsv, train.NumClasses, train.Features) : null;
+                return new DataSplit(train, test);
+            }
+            catch { train.Dispose(); throw; }
         }
         return OpenIdxFolder(path, classes);
     }

@@ -13,6 +13,12 @@ public sealed record DataRequest
     public string? Path { get; init; }
     /// <summary>Number of classes; 0: inferred from the labels (10 for IDX data).</summary>
     public int Classes { get; init; }
+    /// <summary>A separate file of labels or targets for a tensor file of inputs (e.g. y.npy for x.npy); "{rank}" as in <see cref="Path"/>.</summary>
+    public string? Labels { get; init; }
+    /// <summary>Classification or regression; null: told by the data (see <see cref="DataSources.Open"/>).</summary>
+    public TaskKind? Task { get; init; }
+    /// <summary>Floating-point type of inputs read from tensor files; null: float32.</summary>
+    public TorchSharp.torch.ScalarType? DType { get; init; }
     /// <summary>Standardize inputs with the training set's mean and standard deviation (over all shards).</summary>
     public bool Standardize { get; init; }
     /// <summary>A seeded subset of this many training examples; 0: all of them.</summary>
@@ -76,8 +82,13 @@ public static class DistributedData
         bool perRank = path?.Contains("{rank}", StringComparison.Ordinal) == true;
         if (perRank && !r.Shard)
             throw new ArgumentException($"{path}: {{rank}} shards are for data-parallel computations; this one needs all the data on every rank", nameof(r.Path));
-        if (perRank) path = path!.Replace("{rank}", group.Rank.ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal);
-        var split = DataSources.Open(path, r.Classes);
+        var labels = r.Labels;
+        if (perRank)
+        {
+            path = path!.Replace("{rank}", group.Rank.ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal);
+            labels = labels?.Replace("{rank}", group.Rank.ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal);
+        }
+        var split = DataSources.Open(path, r.Classes, labels, r.Task, r.DType);
         // One data set: standardized with its own statistics before sharding. Shards: with all shards' statistics, in Connect.
         if (r.Standardize && !perRank) split = DataSources.Standardize(split);
         Dataset? train = null, test = split.Test;

@@ -147,7 +147,7 @@ public static class Weights
     /// within the file, and every tensor's byte range inside the data, matching its dtype and shape, and not overlapping
     /// another's. A corrupt header would otherwise ask for gigabytes of memory.
     /// </summary>
-    static Dictionary<string, Tensor> ReadSafetensors(string path)
+    internal static Dictionary<string, Tensor> ReadSafetensors(string path)
     {
         long fileLength = new FileInfo(path).Length;
         using (var fs = File.OpenRead(path))

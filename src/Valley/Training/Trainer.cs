@@ -141,6 +141,7 @@ public sealed class Trainer
         var inputs = new RunInputs()
             .With("initial weights", RunInputs.Digest(_model))
             .With("data", RunInputs.Digest(_train))
+            .With("loss", Losses.NameOf(_loss) ?? "the caller's")
             .With("test data", Test is null ? "none" : RunInputs.Digest(Test));
         var fresh = new TrainingLog { Model = ModelName, Options = _o, Inputs = inputs };
         if (OutputFolder is not { } dir) return fresh;
