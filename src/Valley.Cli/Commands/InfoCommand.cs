@@ -61,12 +61,12 @@ public static class InfoCommand
         var term = CommonOptions.Terminal(json: false);
         term.MarkupLine($"[bold]{Markup.Escape(spec)}[/]: TorchScript archive, {info.Parameters:N0} parameters in {parameters.Count} tensors, {buffers.Count} buffers ({Markup.Escape(archive.Digest)})");
         var t = new Table().AddColumns("parameter", "shape", "count", "dtype", "trainable");
-        foreach (var e in parameters) t.AddRow(Markup.Escape(e.Name), $"[{string.Join("×", e.Shape)}]", e.Count.ToString("N0"), e.DType, e.Trainable ? "yes" : "no");
+        foreach (var e in parameters) t.AddRow(Markup.Escape(e.Name), Markup.Escape($"[{string.Join("×", e.Shape)}]"), e.Count.ToString("N0"), e.DType, e.Trainable ? "yes" : "no");
         term.Write(t);
         if (buffers.Count > 0)
         {
             var b = new Table().AddColumns("buffer", "shape", "count", "dtype");
-            foreach (var e in buffers) b.AddRow(Markup.Escape(e.Name), $"[{string.Join("×", e.Shape)}]", e.Count.ToString("N0"), e.DType);
+            foreach (var e in buffers) b.AddRow(Markup.Escape(e.Name), Markup.Escape($"[{string.Join("×", e.Shape)}]"), e.Count.ToString("N0"), e.DType);
             term.Write(b);
         }
         term.MarkupLine("--layer filters by these names' prefixes; --weights files must use them.");

@@ -3,6 +3,7 @@ using System.Text.Json;
 using Valley.Cli;
 using Valley.Data;
 using Valley.Models;
+using Valley.Training;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -99,8 +100,46 @@ public class ArchiveCommandTests
     }
 
     [Fact]
+    public void SwaOnAnArchiveWithBatchNormRecomputesItsStatisticsAndTheLandscapeRecomputesThemAtEveryPoint()
+    {
+        var data = Fixture("resnet_bn_data.npz");
+        var dir = Path.Combine(TestUtil.TempDir("archive-swa"), "t");
+        var (code, _, err) = Run("train", "--model", Fixture("resnet_bn.pt"), "--data", data, "--optimizer", "asam", "--epochs", "2", "--swa-start", "1",
+            "--batch-size", "16", "--lr", "0.05", "--out", dir);
+        Assert.True(code == 0, err);
+        using var ds = DataSources.Open(data).Train;
+        // The SWA weights' BatchNorm statistics are those of a recomputation over the training data: recomputing again changes nothing.
+        using var model = TorchScriptModel.Load(Fixture("resnet_bn.pt"));
+        Weights.Load(model, Path.Combine(dir, "model.pt"));
+        var saved = model.named_buffers().ToDictionary(b => b.name, b => b.buffer.clone());
+        Assert.NotEqual(saved["bn.running_mean"].data<float>().ToArray(), TorchScriptModel.Load(Fixture("resnet_bn.pt")).named_buffers().First().buffer.data<float>().ToArray());
+        WeightAverage.RecomputeBatchNorm(model, ds, 2048);
+        foreach (var (name, b) in model.named_buffers()) Assert.True(b.allclose(saved[name], rtol: 1e-5, atol: 1e-6), name);
+
+        // A 1D slice with --recompute-bn through the archive at α = 0: the loss after recomputing at the trained weights.
+        using var perturbed = TorchScriptModel.Load(Fixture("resnet_bn.pt"));
+        Weights.Load(perturbed, Path.Combine(dir, "model.pt"));
+        using (no_grad()) foreach (var (_, b) in perturbed.named_buffers()) if (b.is_floating_point()) b.mul_(3);
+        var weights = Path.Combine(dir, "perturbed.safetensors");
+        Weights.Save(perturbed, weights);
+        WeightAverage.RecomputeBatchNorm(perturbed, ds, 10_000);
+        double expected;
+        using (var obj = new Valley.Curvature.Objective(perturbed, Valley.Curvature.Losses.CrossEntropy, ds)) expected = obj.Evaluate().Loss;
+        var land = Path.Combine(TestUtil.TempDir("archive-bn-land"), "l");
+        (code, _, err) = Run("landscape", "1d", "--model", Fixture("resnet_bn.pt"), "--weights", weights, "--data", data, "--points", "3", "--recompute-bn", "--out", land);
+        Assert.True(code == 0, err);
+        var centre = JsonDocument.Parse(File.ReadAllText(Path.Combine(land, "grid.json"))).RootElement.GetProperty("points").EnumerateArray().Single(q => q.GetProperty("x").GetDouble() == 0);
+        Assert.Equal(expected, centre.GetProperty("train_loss").GetDouble(), 1e-5);
+        // The trajectory of the run's checkpoints (weights with the archive's names).
+        (code, _, err) = Run("landscape", "trajectory", "--model", Fixture("resnet_bn.pt"), "--data", data, "--checkpoints", Path.Combine(dir, "checkpoints"),
+            "--points", "3x3", "--out", Path.Combine(TestUtil.TempDir("archive-traj"), "t"));
+        Assert.True(code == 0, err);
+    }
+
+    [Fact]
     public void InfoShowsTheArchivesParameterTableAndBuffers()
     {
+        Assert.Equal(0, Run("info", "--model", Fixture("resnet_bn.pt")).Code);
         var (code, json, err) = Run("info", "--model", Fixture("resnet_bn.pt"), "--format", "json");
         Assert.True(code == 0, err);
         var info = JsonDocument.Parse(json).RootElement;
