@@ -232,3 +232,34 @@ public class TorchScriptModelTests
         Assert.NotEqual(source.Digest, new ModelSource(Fixture("resnet_bn.pt")).Digest);
     }
 }
+
+/// <summary>docs/library.md's "Your own PyTorch model" snippet, on the fixtures.</summary>
+public class TorchScriptLibrarySnippetTests
+{
+    public TorchScriptLibrarySnippetTests() => TestUtil.Init();
+
+    [Fact]
+    public void TheLibraryDocsSnippetRunsOnAnArchive()
+    {
+        string F(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", "TorchScript", name);
+        var dir = TestUtil.TempDir("snippet");
+        // As in docs/library.md, with the fixtures' paths.
+        var source = new ModelSource(F("resnet_bn.pt"), WeightsPath: F("resnet_bn.pt"));
+        using var split = DataSources.Open(F("resnet_bn_data.npz"));
+        using var model = source.Build(split.Train);
+        using var objective = new Objective(model, Losses.CrossEntropy, split.Train,
+            new ObjectiveOptions { ParameterFilter = ParameterSet.PrefixFilter("fc") });
+        using var hessian = Hessian.Of(objective);
+        double top = hessian.TopEigenvalues(1).Values[0];
+        Assert.True(top > 0);
+
+        using var archive = TorchScriptModel.Load(F("resnet_bn.pt"));
+        archive.CheckInput(split.Train.ExampleShape, split.Train.NumClasses);
+        new Trainer(archive, split.Train, new TrainOptions { Optimizer = Optimizer.Sam, Epochs = 1 }) { OutputFolder = Path.Combine(dir, "sam") }.Run();
+        Weights.Save(archive, Path.Combine(dir, "trained.safetensors"));
+        archive.SaveArchive(Path.Combine(dir, "trained.torchscript.pt"));
+        using var back = TorchScriptModel.Load(Path.Combine(dir, "trained.torchscript.pt"));
+        Weights.Load(back, Path.Combine(dir, "trained.safetensors"));
+        Assert.Equal(archive.named_parameters().Select(p => p.name), back.named_parameters().Select(p => p.name));
+    }
+}
