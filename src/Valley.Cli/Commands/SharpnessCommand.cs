@@ -60,6 +60,8 @@ public static class SharpnessCommand
             options = options with { Initialization = init };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
+            if (!json && p.GetValue(o.Weights) is null && new ModelSource(p.GetValue(o.Model)!).IsFile)
+                term.MarkupLine("[yellow]w₀ of the \"init\" bounds is the archive's own weights (an archive has no seeded initialization): without --weights their distance term is 0[/]");
             var run = SharpnessRun.Open(dir, new SharpnessReport
             {
                 Model = p.GetValue(o.Model)!, Weights = p.GetValue(o.Weights), Data = ctx.TrainName, Examples = ctx.TrainExamples, Seed = p.GetValue(o.Seed),

@@ -50,6 +50,7 @@ public sealed record ModelSource(string Spec, string? WeightsPath = null, long S
     public nn.Module<Tensor, Tensor> Initialization(long[] exampleShape, int outputs)
     {
         if (!IsFile) return ModelSpec.Parse(Spec).Build(exampleShape, outputs, Seed);
+        Validate();
         var archive = TorchScriptModel.Load(Spec);
         try
         {
