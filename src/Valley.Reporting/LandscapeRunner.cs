@@ -214,7 +214,7 @@ public static class LandscapeRunner
             .With("--to", r.To is null ? null : RunInputs.FileDigest(r.To))
             .With("--third", r.Third is null ? null : RunInputs.FileDigest(r.Third))
             .With("--checkpoints", Checkpoints())
-            .With("mode", r.Mode).With("--model", r.Model)
+            .With("mode", r.Mode).With("--model", new Valley.Models.ModelSource(r.Model).Digest)
             .With("--range", r.Range is { } g ? FormattableString.Invariant($"{g.From:R}:{g.To:R}") : null)
             .With("--points", r.Points is { } q ? $"{q.X}x{q.Y}" : null)
             .With("--normalization", r.Normalization).With("--include-bias-bn", r.IncludeBiasBn).With("--seed", r.Seed)

@@ -93,7 +93,7 @@ public static class StudyRunner
         using var train = o.TrainExamples > 0 && o.TrainExamples < data.Train.Count ? data.Train.Subset(o.TrainExamples, o.Seed) : data.Train.Subset(data.Train.Count, o.Seed);
         using var test = o.TestExamples > 0 && o.TestExamples < data.Test.Count ? data.Test.Subset(o.TestExamples, o.Seed) : data.Test.Subset(data.Test.Count, o.Seed);
         using var measureData = train.Subset(Math.Min(o.MeasureExamples, train.Count), o.Seed + 1);
-        var spec = ModelSpec.Parse(o.Model);
+        var spec = new ModelSource(o.Model);
         var results = new List<ModelMeasurements>();
         var trained = new Dictionary<string, nn.Module<Tensor, Tensor>>();
         var mine = o.Models.Where((_, k) => k % group.Size == group.Rank).ToList();
@@ -104,13 +104,13 @@ public static class StudyRunner
             ct.ThrowIfCancellationRequested();
             var dir = Path.Combine(outDir, "models", m.Name);
             progress?.Report(new StudyProgress($"training {m.Name}", step++, total));
-            var model = spec.Build(train, m.Seed);
+            var model = (spec with { Seed = m.Seed }).Build(train);
             var log = new Trainer(model, train, new TrainOptions
             {
                 Optimizer = Enum.Parse<Optimizer>(m.Optimizer, ignoreCase: true), BaseOptimizer = BaseOptimizer.Sgd, LearningRate = m.LearningRate, Momentum = 0.9,
                 Rho = m.Rho, BatchSize = m.BatchSize, Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed, CheckpointEvery = Math.Max(1, o.MaxEpochs),
             }, o.EffectiveLoss)
-            { Test = test, OutputFolder = dir, ModelName = o.Model, Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }
+            { Test = test, OutputFolder = dir, ModelName = spec.Name, Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }
                 .Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
             trained[m.Name] = model;
             progress?.Report(new StudyProgress($"measuring {m.Name}", step++, total));
@@ -145,7 +145,7 @@ public static class StudyRunner
     /// Brings every rank's models to rank 0 (measurements as JSON, weights and buffers as float64 in state_dict order, loaded
     /// into a fresh model of the same spec) and every model's measurements to every rank, in the study's model order.
     /// </summary>
-    static List<ModelMeasurements> Exchange(IProcessGroup group, StudyOptions o, ModelSpec spec, Dataset train, List<ModelMeasurements> mine,
+    static List<ModelMeasurements> Exchange(IProcessGroup group, StudyOptions o, ModelSource spec, Dataset train, List<ModelMeasurements> mine,
         Dictionary<string, nn.Module<Tensor, Tensor>> trained)
     {
         using var stream = new MemoryStream();
@@ -171,7 +171,7 @@ public static class StudyRunner
                 for (int k = 0; k < count; k++)
                 {
                     var mm = JsonSerializer.Deserialize<ModelMeasurements>(reader.ReadString(), AtomicFile.Json)!;
-                    var model = spec.Build(train, long.Parse(mm.Hyperparameters["seed"], System.Globalization.CultureInfo.InvariantCulture));
+                    var model = (spec with { Seed = long.Parse(mm.Hyperparameters["seed"], System.Globalization.CultureInfo.InvariantCulture) }).Build(train);
                     var tensors = model.state_dict().Values.ToList();
                     int n = reader.ReadInt32();
                     if (n != tensors.Count) throw new ValleyException($"study: rank {r} sent {n} tensors for {mm.Name}, the model has {tensors.Count}");
@@ -192,7 +192,7 @@ public static class StudyRunner
         return JsonSerializer.Deserialize<List<ModelMeasurements>>(json, AtomicFile.Json)!;
     }
 
-    static ModelMeasurements Measure(StudyModel m, nn.Module<Tensor, Tensor> model, TrainingLog log, Dataset measureData, ModelSpec spec, Dataset train, StudyOptions o, CancellationToken ct)
+    static ModelMeasurements Measure(StudyModel m, nn.Module<Tensor, Tensor> model, TrainingLog log, Dataset measureData, ModelSource spec, Dataset train, StudyOptions o, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
         var last = log.Epochs[^1];
@@ -208,7 +208,7 @@ public static class StudyRunner
         errors["trace"] = tr.StandardError;
         var density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = m.Seed }, ct: ct);
         measures["negative_mass"] = density.NegativeMass;
-        using var init = spec.Build(train, m.Seed);
+        using var init = (spec with { Seed = m.Seed }).Initialization(train);
         var suite = SharpnessSuite.Run(obj, new SharpnessSuiteOptions
         {
             Measures = [SharpnessMeasures.Keskar, SharpnessMeasures.Sam, SharpnessMeasures.WorstCaseL2Adaptive, SharpnessMeasures.AverageCaseAdaptive,

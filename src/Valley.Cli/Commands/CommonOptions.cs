@@ -15,8 +15,8 @@ namespace Valley.Cli.Commands;
 /// <summary>Options most commands share (model, weights, data, subset, batching, seed, dtype, threads, output), and turning them into library objects.</summary>
 public sealed class CommonOptions
 {
-    public readonly Option<string> Model = new("--model", "-m") { Description = "Architecture spec: mlp:784-128-64-10[:tanh], lenet, resnet[:WIDTH[:BLOCKS]]", DefaultValueFactory = _ => "mlp:784-128-64-10" };
-    public readonly Option<string?> Weights = new("--weights", "-w") { Description = "Weights file: TorchSharp .dat, PyTorch state_dict .pt/.pth/.bin, or .safetensors (default: freshly initialized with --seed)" };
+    public readonly Option<string> Model = new("--model", "-m") { Description = "Architecture spec: mlp:784-128-64-10[:tanh], lenet, resnet[:WIDTH[:BLOCKS]]; or the path of your PyTorch model as a TorchScript archive (torch.jit.script(model).save(\"model.pt\"))", DefaultValueFactory = _ => "mlp:784-128-64-10" };
+    public readonly Option<string?> Weights = new("--weights", "-w") { Description = "Weights file: TorchSharp .dat, PyTorch state_dict .pt/.pth/.bin, .safetensors, or a TorchScript archive (default: the archive's own weights, or a built-in spec freshly initialized with --seed)" };
     public readonly Option<string?> Data = new("--data", "-d") { Description = "Data: an MNIST-format IDX folder, a CSV file, a folder with train.csv/test.csv, a tensor file (.npz, .npy with --labels, a PyTorch file of tensors, .safetensors: " +
                                                                               "arrays x, y or x_train, y_train, x_test, y_test) or a folder with x.npy, y.npy (default: Fashion-MNIST from /usr/share/datasets/fashion-mnist). " +
                                                                               "Under mpiexec, a path with {rank} gives each rank its own shard" };
@@ -190,7 +190,9 @@ public sealed class CommonOptions
             // The thread count LibTorch runs with (--threads 0 means its default, which depends on the machine): it changes rounding.
             .With("threads", get_num_threads())
             .With("data", RunInputs.AcrossRanks(Group, RunInputs.Digest(ctx.Train)))
-            .With("model state", RunInputs.Digest(ctx.Model));
+            .With("model state", RunInputs.Digest(ctx.Model))
+            // An archive's code, not only its weights, makes the model.
+            .With("model", new ModelSource(p.GetValue<string>("--model")!).Digest);
         foreach (var option in p.CommandResult.Command.Options)
         {
             // Files are inputs by content: the data (with --labels) and the model state are digested above.

@@ -54,11 +54,14 @@ public static class SharpnessCommand
             var (lockFile, ctx) = o.Prepare(p, dir);
             using var _lock = lockFile;
             using var _ctx = ctx;
-            // w₀ for the "init" bounds: the architecture's initialization with the same seed (what valley train starts from).
-            using var init = ModelSpec.Parse(p.GetValue(o.Model)!).Build(ctx.Train, p.GetValue(o.Seed));
+            // w₀ for the "init" bounds: the architecture's initialization with the same seed (what valley train starts from);
+            // for a TorchScript archive, the weights it was exported with (what valley train starts from too).
+            using var init = new ModelSource(p.GetValue(o.Model)!, null, p.GetValue(o.Seed)).Initialization(ctx.Train);
             options = options with { Initialization = init };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
+            if (!json && p.GetValue(o.Weights) is null && new ModelSource(p.GetValue(o.Model)!).IsFile)
+                term.MarkupLine("[yellow]w₀ of the \"init\" bounds is the archive's own weights (an archive has no seeded initialization): without --weights their distance term is 0[/]");
             var run = SharpnessRun.Open(dir, new SharpnessReport
             {
                 Model = p.GetValue(o.Model)!, Weights = p.GetValue(o.Weights), Data = ctx.TrainName, Examples = ctx.TrainExamples, Seed = p.GetValue(o.Seed),

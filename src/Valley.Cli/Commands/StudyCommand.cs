@@ -11,13 +11,13 @@ namespace Valley.Cli.Commands;
 /// <summary><c>valley study</c>: Valley's main job, "do sharp minima generalize worse?" on real data, with a self-contained report.</summary>
 public static class StudyCommand
 {
-    static void ModelSpecCheck(string model, Dataset train) => Models.ModelSpec.Parse(model).CheckInput(train.ExampleShape, train.NumClasses);
+    static void ModelSpecCheck(string model, Dataset train) => new Models.ModelSource(model).CheckInput(train.ExampleShape, train.NumClasses);
 
     public static Command Build()
     {
         var preset = new Option<string>("--preset") { Description = "quick (≈1 minute smoke run), default (≤ 10 minutes on 2 cores), full (all 60,000 images, 3 seeds)", DefaultValueFactory = _ => "default" }
             .AcceptOnlyFromAmong("quick", "default", "full");
-        var model = new Option<string>("--model", "-m") { Description = "Architecture of every model", DefaultValueFactory = _ => "mlp:784-128-64-10" };
+        var model = new Option<string>("--model", "-m") { Description = "Architecture of every model: a built-in spec, or a TorchScript archive (every model then starts from the archive's weights)", DefaultValueFactory = _ => "mlp:784-128-64-10" };
         var data = new Option<string?>("--data", "-d") { Description = "Data with a test set (default: Fashion-MNIST)" };
         var labels = new Option<string?>("--labels") { Description = "Labels for a tensor file of inputs given as --data (e.g. --data x.npy --labels y.npy)" };
         var task = new Option<string?>("--task") { Description = "classification or regression (default: told by the data)" }.AcceptOnlyFromAmong("classification", "regression");
@@ -36,7 +36,7 @@ public static class StudyCommand
             {
                 CommonOptions.SetThreads(p.GetValue(threads));
                 var opts = StudyOptions.For(p.GetValue(preset)!, p.GetValue(model)!);
-                Models.ModelSpec.Parse(opts.Model);
+                new Models.ModelSource(opts.Model).Validate();
                 return opts;
             });
             var dir = p.GetValue(outDir)!;
@@ -60,7 +60,7 @@ public static class StudyCommand
                     if (sp.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
                     ModelSpecCheck(options.Model, sp.Train);
                     // A study folder is continued only by a study of identical inputs: the data by content, not by name.
-                    inputs = new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version).With("--preset", options.Preset).With("--model", options.Model)
+                    inputs = new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version).With("--preset", options.Preset).With("--model", new Models.ModelSource(options.Model).Digest)
                         .With("--loss", Valley.Curvature.Losses.NameOf(options.EffectiveLoss)).With("--task", p.GetValue(task))
                         .With("data", RunInputs.Digest(sp.Train)).With("test data", RunInputs.Digest(sp.Test));
                     if (group.IsRoot() && File.Exists(marker))

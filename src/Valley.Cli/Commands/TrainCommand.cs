@@ -61,13 +61,14 @@ public static class TrainCommand
             using var train64 = f64 ? train.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
             using var test64 = f64 ? split.Test?.To(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float64) : null;
             var spec = p.GetValue(o.Model)!;
-            var model = new ModelSource(spec, p.GetValue(o.Weights), p.GetValue(o.Seed)).Build(train);
+            var source = new ModelSource(spec, p.GetValue(o.Weights), p.GetValue(o.Seed));
+            var model = source.Build(train);
             if (f64) TorchSharp.ModuleExtensionMethods.to(model, TorchSharp.torch.ScalarType.Float64);
             TorchSharp.ModuleExtensionMethods.to(model, CommonOptions.ParseDevice(p.GetValue(o.Device)!));
             using var lockFile = OutputLock.Acquire(dir);
             var trainer = new Trainer(model, train64 ?? train, options, o.LossOf(p, train))
             {
-                Test = test64 ?? split.Test, OutputFolder = dir, ModelName = spec, Stopped = log => Reporting.Plots.Training(log, Path.Combine(dir, "training.png")),
+                Test = test64 ?? split.Test, OutputFolder = dir, ModelName = source.Name, Stopped = log => Reporting.Plots.Training(log, Path.Combine(dir, "training.png")),
             };
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
@@ -91,7 +92,7 @@ public static class TrainCommand
             if (last.TestLoss is { } tl) t.AddRow("test", $"{tl:G5}", last.TestAccuracy is { } b ? $"{100 * b:F2}%" : "-");
             term.Write(t);
             if (log.Monitor.Count > 0) term.MarkupLine($"λmax at step {log.Monitor[^1].Step}: {log.Monitor[^1].LambdaMax:G5}" + (log.StabilityThreshold is { } th ? $" (2/η = {th:G4})" : ""));
-            term.MarkupLine($"{Markup.Escape(log.StopReason ?? "")}. Weights: [blue]{Markup.Escape(Path.Combine(dir, "model.dat"))}[/]; log.csv, train.json, training.png, checkpoints/ in {Markup.Escape(dir)}");
+            term.MarkupLine($"{Markup.Escape(log.StopReason ?? "")}. Weights: [blue]{Markup.Escape(Path.Combine(dir, "model.dat"))}[/]{(model is TorchScriptModel ? " (and model.pt, model.safetensors with the archive's names, model.torchscript.pt)" : "")}; log.csv, train.json, training.png, checkpoints/ in {Markup.Escape(dir)}");
             return Task.FromResult(0);
         });
         return cmd;

@@ -110,6 +110,13 @@ public static class Weights
     /// <summary>Read a weights file into a name → tensor dictionary (the caller disposes the tensors).</summary>
     public static Dictionary<string, Tensor> ReadStateDict(string path)
     {
+        // A TorchScript archive's own weights (e.g. the other end of an interpolation), whatever its extension.
+        if (TorchScriptModel.IsArchive(path))
+        {
+            using var archive = TorchScriptModel.Load(path);
+            using var _ = no_grad();
+            return archive.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        }
         var format = FormatOf(path);
         if (!File.Exists(path)) throw new WeightsException(path, "file not found");
         if (new FileInfo(path).Length == 0) throw new WeightsException(path, "empty file");

@@ -53,6 +53,8 @@ public sealed class SharpnessAwareMinimization : OptimizerHelper
 {
     readonly OptimizerHelper _base;
     readonly NormBase[] _norms;
+    readonly Models.TorchScriptModel? _archive;
+    Tensor[]? _archiveBuffers;
     Parameter[] _params;
     Tensor[]? _copies;
     // Saved between first_step and second_step: BatchNorm momenta and counters (null when not at the perturbed point).
@@ -78,6 +80,8 @@ public sealed class SharpnessAwareMinimization : OptimizerHelper
         _base = baseOptimizer;
         Options = options;
         _norms = model.modules().OfType<NormBase>().ToArray();
+        // A TorchScript archive's BatchNorm momentum is out of reach: its running statistics are put back instead.
+        _archive = model as Models.TorchScriptModel;
         // The very groups of the base optimizer, so that a learning rate set through either is seen by both.
         _parameter_groups = baseOptimizer.ParamGroups as IList<ParamGroup> ?? baseOptimizer.ParamGroups.Cast<ParamGroup>().ToList();
         _params = [];
@@ -272,6 +276,10 @@ public sealed class SharpnessAwareMinimization : OptimizerHelper
     {
         // Momentum 0 keeps the running statistics as they are; the batch counter is put back afterwards.
         var saved = new (double?, Tensor?)[_norms.Length];
+        if (_archive is not null)
+            using (no_grad())
+                _archiveBuffers = _archive.BatchNorms().SelectMany(n => new[] { n.Mean, n.Var, n.Count }).OfType<Tensor>()
+                    .Select(b => b.clone().DetachFromDisposeScope()).ToArray();
         for (int i = 0; i < _norms.Length; i++)
         {
             saved[i] = (_norms[i].momentum, _norms[i].num_batches_tracked?.clone().DetachFromDisposeScope());
@@ -283,6 +291,12 @@ public sealed class SharpnessAwareMinimization : OptimizerHelper
     void UnfreezeNorms((double? Momentum, Tensor? Count)[] saved)
     {
         using var _ = no_grad();
+        if (_archive is not null && _archiveBuffers is { } kept)
+        {
+            var live = _archive.BatchNorms().SelectMany(n => new[] { n.Mean, n.Var, n.Count }).OfType<Tensor>().ToArray();
+            for (int i = 0; i < live.Length; i++) { live[i].copy_(kept[i]); kept[i].Dispose(); }
+            _archiveBuffers = null;
+        }
         for (int i = 0; i < _norms.Length; i++)
         {
             _norms[i].momentum = saved[i].Momentum;
@@ -302,6 +316,8 @@ public sealed class SharpnessAwareMinimization : OptimizerHelper
             foreach (var c in _copies ?? []) c.Dispose();
             _copies = null;
             foreach (var (_, count) in _frozen ?? []) count?.Dispose();
+            foreach (var b in _archiveBuffers ?? []) b.Dispose();
+            _archiveBuffers = null;
             _frozen = null;
         }
         base.Dispose(disposing);

@@ -264,7 +264,13 @@ public sealed class Trainer
         if (OutputFolder is { } dir)
         {
             Weights.Save(_model, Path.Combine(dir, "model.dat"));
-            if (_o.SavePyTorch) Weights.Save(_model, Path.Combine(dir, "model.pt"));
+            if (_o.SavePyTorch || _model is TorchScriptModel) Weights.Save(_model, Path.Combine(dir, "model.pt"));
+            if (_model is TorchScriptModel archive)
+            {
+                // What the user's PyTorch code loads: the state_dict under the archive's own names, and the archive itself.
+                Weights.Save(_model, Path.Combine(dir, "model.safetensors"));
+                archive.SaveArchive(Path.Combine(dir, "model.torchscript.pt"));
+            }
             AtomicFile.WriteJson(Path.Combine(dir, StateFile), log);
             WriteLogFiles(dir, log);
         }

@@ -67,6 +67,7 @@ public sealed class WeightAverage : IDisposable
     /// </summary>
     public static void RecomputeBatchNorm(nn.Module<Tensor, Tensor> model, Dataset data, long batchSize)
     {
+        if (model is Models.TorchScriptModel archive) { archive.RecomputeBatchNorm(data, batchSize); return; }
         var norms = model.modules().OfType<NormBase>().ToArray();
         if (norms.Length == 0) return;
         var momenta = norms.Select(n => n.momentum).ToArray();
