@@ -249,10 +249,10 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
                     if (batches == 0)
                     {
                         foreach (var n in norms) { n.Mean.fill_(1); n.Var.fill_(1); n.Count?.zero_(); }
-                        forward(xb);
+                        Forward(xb);
                         var ones = norms.Select(n => n.Mean.to(ScalarType.Float64)).ToArray();
                         foreach (var n in norms) { n.Mean.zero_(); n.Var.zero_(); n.Count?.zero_(); }
-                        forward(xb);
+                        Forward(xb);
                         for (int i = 0; i < norms.Count; i++)
                         {
                             momentum[i] = 1 - (ones[i] - norms[i].Mean.to(ScalarType.Float64)).mean().ToDouble();
@@ -263,7 +263,7 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
                     else
                     {
                         foreach (var n in norms) { n.Mean.zero_(); n.Var.zero_(); n.Count?.zero_(); }
-                        forward(xb);
+                        Forward(xb);
                     }
                     for (int i = 0; i < norms.Count; i++)
                     {
@@ -283,6 +283,23 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
         finally
         {
             foreach (var t in sumMean.Concat(sumVar)) t.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A train-mode forward for the statistics: LibTorch's refusal (e.g. BatchNorm1d on a batch of one example) becomes one
+    /// line naming the archive, instead of LibTorch's multi-line trace.
+    /// </summary>
+    void Forward(Tensor x)
+    {
+        try { forward(x).Dispose(); }
+        catch (Exception e) when (e is not ValleyException and not OperationCanceledException)
+        {
+            // The TorchScript interpreter's message is a traceback whose last "SomeError: ..." line says what went wrong.
+            var lines = e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            var first = lines.Select(l => System.Text.RegularExpressions.Regex.Match(l, @"^[A-Za-z_][\w.]*(Error|Exception):\s*(.+)$"))
+                .LastOrDefault(m => m.Success)?.Groups[2].Value ?? lines.FirstOrDefault() ?? e.GetType().Name;
+            throw new ValleyException($"{Path}: recomputing the BatchNorm statistics failed on a batch of {x.shape[0]} example(s): {first}", e);
         }
     }
 

@@ -131,8 +131,11 @@ public class InterruptionTests
         using var p = Process.Start(psi)!;
         var err = p.StandardError.ReadToEndAsync();
         var outp = p.StandardOutput.ReadToEndAsync();
-        Thread.Sleep(4000);
+        // Ctrl-C once two epochs are committed, however long the start-up takes on a loaded machine (the run has 2,000).
+        var waited = Stopwatch.StartNew();
+        while (!p.HasExited && CommittedEpoch(dir) < 2 && waited.Elapsed < TimeSpan.FromMinutes(3)) Thread.Sleep(10);
         Assert.False(p.HasExited, "training ended before Ctrl-C");
+        Assert.True(CommittedEpoch(dir) >= 2, "no epoch committed within 3 minutes");
         Process.Start("kill", ["-INT", p.Id.ToString()])!.WaitForExit();
         Assert.True(p.WaitForExit(30_000), "the process did not stop after Ctrl-C");
         Assert.Equal(ValleyCli.ExitInterrupted, p.ExitCode);
