@@ -177,13 +177,16 @@ internal static class TensorData
         var test = Build(name, xPath, yPath, x, y, train.Task == TaskKind.Classification ? train.NumClasses : 0, train.Task, dtype, xKey, yKey);
         if (!test.ExampleShape.SequenceEqual(train.ExampleShape))
         {
+            // The message is made before the test set is disposed: its shape is read from the tensors.
+            var message = $"'{xKey}' examples have shape [{string.Join("×", test.ExampleShape)}], the training examples [{string.Join("×", train.ExampleShape)}]";
             test.Dispose();
-            throw new DataException(xPath, $"'{xKey}' examples have shape [{string.Join("×", test.ExampleShape)}], the training examples [{string.Join("×", train.ExampleShape)}]");
+            throw new DataException(xPath, message);
         }
         if (train.Task == TaskKind.Regression && !test.Y.shape.Skip(1).SequenceEqual(train.Y.shape.Skip(1)))
         {
+            var message = $"'{yKey}' targets have shape [{string.Join("×", test.Y.shape)}], unlike the training targets [{string.Join("×", train.Y.shape)}]";
             test.Dispose();
-            throw new DataException(yPath, $"'{yKey}' targets have shape [{string.Join("×", test.Y.shape)}], unlike the training targets [{string.Join("×", train.Y.shape)}]");
+            throw new DataException(yPath, message);
         }
         return test;
     }

@@ -112,9 +112,10 @@ internal static class ModelFiles
         {
             return $"a PyTorch file in the legacy (pre-1.6) torch.save format, not a TorchScript archive: {Export}";
         }
-        catch (Exception e) when (e is WeightsException or IOException or InvalidDataException or UnauthorizedAccessException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
-            return $"not a TorchScript archive (no TorchScript code in it) nor a PyTorch file: {Export}";
+            // Whatever else the restricted reader finds (a corrupt pickle, a truncated zip), the file is not a model Valley can use.
+            return $"not a TorchScript archive (no TorchScript code in it) nor a readable PyTorch file: {Export}";
         }
     }
 }

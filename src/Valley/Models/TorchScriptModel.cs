@@ -115,7 +115,8 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
         if (y.dim() != 2 || y.shape[0] != 2)
             throw new ValleyException($"{Path}: for 2 examples of shape [{shape}] the TorchScript model returns shape [{string.Join(", ", y.shape)}]; Valley needs [examples, outputs]");
         if (per != outputs)
-            throw new ValleyException($"{Path}: the TorchScript model has {per} outputs per example, the data have {outputs} classes/targets");
+            throw new ValleyException($"{Path}: the TorchScript model has {per} outputs per example, the data have {outputs} classes/targets" +
+                (per > outputs ? $" (if the data lack the highest classes, give the class count: --classes {per})" : ""));
     }
 
     static string Describe(object? r) => r switch
@@ -129,7 +130,14 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
     /// <summary>The archive's forward on a batch.</summary>
     public override Tensor forward(Tensor x)
     {
-        var result = _script.forward(x);
+        object result;
+        // An error raised inside the archive's code (a failed check, BatchNorm1d on one example in train mode) comes back as
+        // the interpreter's traceback: one line with its reason instead.
+        try { result = _script.forward(x); }
+        catch (Exception e) when (e is not ValleyException and not OperationCanceledException and not OutOfMemoryException)
+        {
+            throw new ValleyException($"{Path}: the TorchScript model failed on a batch of {x.shape[0]} example(s) of shape [{string.Join("×", x.shape.Skip(1))}]: {LastLine(e.Message)}", e);
+        }
         if (result is Tensor t) return t;
         throw new ValleyException($"{Path}: the TorchScript model's forward returned {Describe(result)}; Valley needs one tensor (logits or regression outputs)");
     }
@@ -318,8 +326,10 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
     /// <summary>The last informative line of a LibTorch error (TorchScript errors end with the Python-side exception).</summary>
     internal static string LastLine(string message)
     {
-        var lines = message.Split('\n').Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
+        // TorchScript tracebacks end with "SomeError: reason"; c10 errors start with the reason and go on with C++ frames.
+        var lines = message.Split('\n').Select(l => l.Trim())
+            .Where(l => l.Length > 0 && !l.StartsWith("frame #", StringComparison.Ordinal) && !l.StartsWith("Exception raised from", StringComparison.Ordinal)).ToArray();
         var error = lines.LastOrDefault(l => l.Contains("Error:", StringComparison.Ordinal) || l.StartsWith("RuntimeError", StringComparison.Ordinal));
-        return error ?? (lines.Length > 0 ? lines[0] : message);
+        return error ?? lines.FirstOrDefault() ?? message;
     }
 }

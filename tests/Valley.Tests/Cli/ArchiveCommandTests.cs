@@ -167,4 +167,35 @@ public class ArchiveCommandTests
             Assert.StartsWith("error: ", err);
         }
     }
+
+    /// <summary>
+    /// An error raised inside the archive's code during a computation (not at loading) is one line with the interpreter's
+    /// reason and exit code 1, not an internal error: BatchNorm1d on a last batch of one example in train mode, and an
+    /// archive that raises on large inputs.
+    /// </summary>
+    [Fact]
+    public void AnErrorInsideTheArchivesCodeIsOneLineWithItsReason()
+    {
+        // 9 examples with 5 features and 3 classes; batches of 4 leave a last batch of one.
+        var dir = TestUtil.TempDir("archive-errors");
+        var csv = Path.Combine(dir, "d.csv");
+        File.WriteAllLines(csv, new[] { "a,b,c,d,e,label" }.Concat(Enumerable.Range(0, 9).Select(i =>
+            string.Join(",", Enumerable.Range(0, 5).Select(j => ((i * 5 + j) % 7 * 0.3 - 1).ToString(CultureInfo.InvariantCulture))) + "," + (i % 3))));
+        var big = Path.Combine(dir, "big.csv");
+        File.WriteAllLines(big, File.ReadAllLines(csv).Select((l, i) => i == 3 ? "5000,0,0,0,0,1" : l));
+        foreach (var (args, expected) in new (string[], string)[]
+        {
+            (["train", "--model", Fixture("bad_bn1d.pt"), "--data", csv, "--epochs", "1", "--batch-size", "4", "--out", Path.Combine(dir, "t")],
+                "Expected more than 1 value per channel when training"),
+            (["eval", "--model", Fixture("bad_bn1d.pt"), "--data", csv, "--batch-size", "4", "--train-mode"], "Expected more than 1 value per channel when training"),
+            (["eval", "--model", Fixture("bad_raises.pt"), "--data", big, "--subset", "0"], "input too large"),
+        })
+        {
+            var (code, _, err) = Run(args);
+            Assert.True(code == ValleyCli.ExitBadInput, $"{string.Join(" ", args)}: exit {code}: {err}");
+            Assert.Contains(expected, err);
+            Assert.Contains("the TorchScript model failed on a batch", err);
+            Assert.Single(err.Trim().Split('\n'));
+        }
+    }
 }

@@ -115,6 +115,27 @@ public class DataFormatTests
         Assert.Contains("class labels (classification), not regression targets", e.Message);
     }
 
+    /// <summary>
+    /// A test split whose examples (or regression targets) have another shape than the training split's is one line naming
+    /// the array; the message was once built from a disposed tensor (an internal error).
+    /// </summary>
+    [Fact]
+    public void ATestSplitOfAnotherShapeIsOneLine()
+    {
+        using var cls = DataSources.Open(F("cls.npz"));
+        var path = Path.Combine(TestUtil.TempDir("split-shape"), "split.npz");
+        using var narrow = cls.Train.X.narrow(1, 0, cls.Train.X.shape[1] - 1);
+        WriteNpz(path, ("x_train", "<f4", cls.Train.X), ("y_train", "<i8", cls.Train.Y), ("x_test", "<f4", narrow), ("y_test", "<i8", cls.Train.Y));
+        var e = Assert.Throws<DataException>(() => DataSources.Open(path));
+        Assert.Contains("'x_test' examples have shape", e.Message);
+        using var reg = DataSources.Open(F("reg.npz"));
+        var regPath = Path.Combine(TestUtil.TempDir("split-shape"), "reg.npz");
+        using var wide = reg.Train.Y.reshape(-1, 1).repeat(1, 2);
+        WriteNpz(regPath, ("x_train", "<f4", reg.Train.X), ("y_train", "<f4", reg.Train.Y), ("x_test", "<f4", reg.Train.X), ("y_test", "<f4", wide));
+        var r = Assert.Throws<DataException>(() => DataSources.Open(regPath));
+        Assert.Contains("'y_test' targets have shape", r.Message);
+    }
+
     /// <summary>A stored .npz of the given arrays (C order, little-endian).</summary>
     internal static void WriteNpz(string path, params (string Name, string Descr, Tensor T)[] arrays)
     {
