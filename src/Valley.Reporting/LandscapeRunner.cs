@@ -130,11 +130,17 @@ public static class LandscapeRunner
             case LandscapeMode.Interpolate:
             {
                 var wa = Load(model, all, r.From ?? throw new ValleyException("landscape interpolate: --from is required"));
+                var statsA = BatchNormStatistics(model);
                 var wb = Load(model, all, r.To ?? throw new ValleyException("landscape interpolate: --to is required"));
+                CheckSameStatistics(model, statsA, r, r.To);
                 all.SetFlat(wa);
                 d1 = wb - wa;
                 endpoint = wb;
-                if (r.Third is not null) d2 = Load(model, all, r.Third) - wa;
+                if (r.Third is not null)
+                {
+                    d2 = Load(model, all, r.Third) - wa;
+                    CheckSameStatistics(model, statsA, r, r.Third);
+                }
                 all.SetFlat(wa);
                 desc["from"] = r.From; desc["to"] = r.To;
                 if (r.Third is not null) desc["third"] = r.Third;
@@ -179,6 +185,27 @@ public static class LandscapeRunner
         LandscapeMode.Eigen => "top-2 Hessian eigenvectors",
         _ => $"{(twoD ? "2D" : "1D")} random, {r.Normalization.ToString().ToLowerInvariant()}-normalized",
     };
+
+    /// <summary>The model's floating-point buffers (BatchNorm running statistics), flattened; empty when it has none.</summary>
+    static Tensor BatchNormStatistics(nn.Module model)
+    {
+        var buffers = model.named_buffers().Select(b => b.buffer).Where(b => b.is_floating_point()).Select(b => b.detach().reshape(-1).to(ScalarType.Float64)).ToArray();
+        return buffers.Length == 0 ? zeros(0, ScalarType.Float64) : cat(buffers);
+    }
+
+    /// <summary>
+    /// The interpolation moves the weights only, and the model keeps the running statistics of the last file loaded: with
+    /// models whose statistics differ, the α = 0 end would be evaluated with the other model's statistics. Refused unless
+    /// the statistics are recomputed at every point.
+    /// </summary>
+    static void CheckSameStatistics(nn.Module model, Tensor first, LandscapeRequest r, string other)
+    {
+        if (r.RecomputeBatchNorm) return;
+        using var stats = BatchNormStatistics(model);
+        if (stats.shape[0] == first.shape[0] && (stats.shape[0] == 0 || stats.allclose(first, rtol: 0, atol: 0))) return;
+        throw new ValleyException($"landscape interpolate: {r.From} and {other} hold different BatchNorm running statistics, and interpolation moves the weights only; " +
+                                  "pass --recompute-bn to recompute the statistics at every point");
+    }
 
     static Tensor Load(nn.Module model, ParameterSet all, string path)
     {

@@ -198,4 +198,30 @@ public class ArchiveCommandTests
             Assert.Single(err.Trim().Split('\n'));
         }
     }
+
+    /// <summary>
+    /// Interpolation moves the weights only: between models whose BatchNorm statistics differ, the α = 0 end would be
+    /// evaluated with the other model's statistics, so it is refused unless --recompute-bn recomputes them at every point.
+    /// </summary>
+    [Fact]
+    public void InterpolatingModelsWithOtherBatchNormStatisticsNeedsRecomputation()
+    {
+        var dir = TestUtil.TempDir("interp-bn");
+        string a = Path.Combine(dir, "a.dat"), b = Path.Combine(dir, "b.dat");
+        using (var model = TorchScriptModel.Load(Fixture("resnet_bn.pt")))
+        {
+            Valley.Models.Weights.Save(model, a);
+            using (TorchSharp.torch.no_grad())
+                foreach (var (name, buffer) in model.named_buffers())
+                    if (name.EndsWith("running_mean", StringComparison.Ordinal)) buffer.add_(0.5);
+            Valley.Models.Weights.Save(model, b);
+        }
+        string[] Args(string o, params string[] more) => ["landscape", "interpolate", "--model", Fixture("resnet_bn.pt"), "--data", Fixture("resnet_bn_data.npz"),
+            "--from", a, "--to", b, "--points", "3", "--range", "0:1", "--out", Path.Combine(dir, o), .. more];
+        var (code, _, err) = Run(Args("plain"));
+        Assert.Equal(ValleyCli.ExitBadInput, code);
+        Assert.Contains("hold different BatchNorm running statistics", err);
+        (code, _, err) = Run(Args("recomputed", "--recompute-bn"));
+        Assert.True(code == 0, err);
+    }
 }
