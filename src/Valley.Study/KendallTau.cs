@@ -26,19 +26,6 @@ public static class KendallTau
     /// other hyperparameter (groups of one are skipped); Ψ is the mean over hyperparameters that had a group.
     /// </summary>
     public static (double Psi, Dictionary<string, double> PerHyperparameter) Granulated(
-        IReadOnlyList<IReadOnlyDictionary<string, string>> hyper, IReadOnlyList<double> measure, IReadOnlyList<double> gap)
-    {
-        var per = new Dictionary<string, double>();
-        var names = hyper.SelectMany(h => h.Keys).Distinct().ToList();
-        foreach (var h in names)
-        {
-            var groups = Enumerable.Range(0, hyper.Count)
-                .GroupBy(i => string.Join("|", names.Where(n => n != h).Select(n => hyper[i].GetValueOrDefault(n, ""))))
-                .Where(g => g.Select(i => hyper[i].GetValueOrDefault(h, "")).Distinct().Count() > 1)
-                .Select(g => Compute(g.Select(i => measure[i]).ToList(), g.Select(i => gap[i]).ToList()))
-                .Where(double.IsFinite).ToList();
-            if (groups.Count > 0) per[h] = groups.Average();
-        }
-        return (per.Count > 0 ? per.Values.Average() : double.NaN, per);
-    }
+        IReadOnlyList<IReadOnlyDictionary<string, string>> hyper, IReadOnlyList<double> measure, IReadOnlyList<double> gap) =>
+        RankStatistics.Granulated(hyper, measure, gap);
 }

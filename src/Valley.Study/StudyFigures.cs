@@ -120,22 +120,24 @@ internal static class StudyFigures
         Plots.Save(dens, Path.Combine(dir, "densities.png"), 900, 520);
     }
 
-    /// <summary>Each of the six best-ranked measures against the accuracy gap.</summary>
+    /// <summary>Each of the six best-ranked measures or baselines (by the lower bound of τ) against the accuracy gap.</summary>
     static void Scatters(StudySummary s, string dir)
     {
         var scatters = new List<Plot>();
-        foreach (var t in s.Tau.Take(6))
+        foreach (var t in s.Ranking.Rows.Where(r => double.IsFinite(r.AccuracyGap.Tau)).Take(6))
         {
             var plt = new Plot();
             int k = 0;
             foreach (var m in s.Models)
             {
-                var sc = plt.Add.Scatter(new[] { m.Measures[t.Measure] }, new[] { 100 * m.AccuracyGap });
+                var x = t.IsBaseline ? m.Baselines[t.Measure] : m.Measures[t.Measure];
+                var sc = plt.Add.Scatter(new[] { x }, new[] { 100 * m.AccuracyGap });
                 sc.Color = Palette.GetColor(k++);
                 sc.MarkerSize = 9;
                 sc.LegendText = m.Name;
             }
-            plt.Title($"{t.Measure}: τ = {t.TauAccuracyGap:+0.00;-0.00}");
+            var a = t.AccuracyGap;
+            plt.Title($"{t.Measure}{(t.IsBaseline ? " (baseline)" : "")}: τ = {a.Tau:+0.00;-0.00} [{a.Lower:+0.00;-0.00}, {a.Upper:+0.00;-0.00}]");
             plt.XLabel(t.Measure);
             plt.YLabel("accuracy gap (%)");
             if (scatters.Count == 0) plt.ShowLegend(Alignment.UpperLeft);

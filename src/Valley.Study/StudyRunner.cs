@@ -38,6 +38,14 @@ public sealed record ModelMeasurements
     public double AccuracyGap => TrainAccuracy - TestAccuracy;
     /// <summary>Measure name → value (larger = sharper, except the flatness measures, where larger = flatter by name).</summary>
     public required Dictionary<string, double> Measures { get; init; }
+    /// <summary>
+    /// Baseline name → value, oriented larger = more complex (<see cref="Valley.Generalization.BaselineResult.Values"/>): parameter norm,
+    /// distance from initialization, products of spectral and Frobenius norms, path norm, negated 10th-percentile margin, steps.
+    /// Baselines undefined for the model are absent (see <see cref="BaselineNotes"/>).
+    /// </summary>
+    public Dictionary<string, double> Baselines { get; init; } = [];
+    /// <summary>Baseline name → why it is undefined for this model.</summary>
+    public Dictionary<string, string> BaselineNotes { get; init; } = [];
     /// <summary>Measure name → standard error, for the measures that are estimates.</summary>
     public required Dictionary<string, double> StandardErrors { get; init; }
     /// <summary>The top-5 Hessian eigenvalues.</summary>
@@ -50,9 +58,6 @@ public sealed record ModelMeasurements
     public double Seconds { get; init; }
 }
 
-/// <summary>One measure's rank correlation with the generalization gaps.</summary>
-public sealed record TauRow(string Measure, double TauAccuracyGap, double TauLossGap, double GranulatedPsi, Dictionary<string, double> PerHyperparameter);
-
 /// <summary>What a study found: the models' measurements, the rank correlations and the findings; serialized as summary.json.</summary>
 public sealed record StudySummary
 {
@@ -62,8 +67,8 @@ public sealed record StudySummary
     public required string Data { get; init; }
     /// <summary>Every model's measurements, in the grid's order.</summary>
     public required List<ModelMeasurements> Models { get; init; }
-    /// <summary>Every measure's rank correlations with the gaps.</summary>
-    public required List<TauRow> Tau { get; init; }
+    /// <summary>Every measure's and baseline's rank correlations with the gaps, with intervals, best first.</summary>
+    public required RankingAnalysis Ranking { get; init; }
     /// <summary>Findings in plain language, only as strong as the numbers allow.</summary>
     public required List<string> Findings { get; init; }
     /// <summary>Wall time of the study.</summary>
@@ -126,9 +131,9 @@ public static class StudyRunner
             results.Add(mm);
         }
         if (group.Size > 1) results = Exchange(group, o, spec, train, results, trained);
-        var tau = Correlations(results);
-        var findings = Findings.Write(results, tau, o);
-        var summary = new StudySummary { Options = o, Data = $"{train.Name} ({train.Count} training, {test.Count} test examples)", Models = results, Tau = tau, Findings = findings, Seconds = sw.Elapsed.TotalSeconds };
+        var ranking = StudyStatistics.Analyze(results, new StatisticsOptions { Seed = o.Seed }, ct);
+        var findings = Findings.Write(results, ranking, o);
+        var summary = new StudySummary { Options = o, Data = $"{train.Name} ({train.Count} training, {test.Count} test examples)", Models = results, Ranking = ranking, Findings = findings, Seconds = sw.Elapsed.TotalSeconds };
         if (group.IsRoot())
         {
             progress?.Report(new StudyProgress("figures and report", total, total));
@@ -221,35 +226,25 @@ public static class StudyRunner
             measures[key] = r.Value;
             if (r.StandardError is { } se && double.IsFinite(se)) errors[key] = se;
         }
+        // Baselines (Jiang et al. 2020): the margin on the measures' training examples, steps to the stopping rule from the log.
+        var baselines = Valley.Generalization.GeneralizationBaselines.Compute(model, measureData,
+            new Valley.Generalization.BaselineOptions { Initialization = init, Steps = log.CompletedSteps }, ct);
         return new ModelMeasurements
         {
             Name = m.Name, Hyperparameters = m.Hyperparameters, Epochs = log.CompletedEpochs,
             TrainLoss = last.TrainLoss, TrainAccuracy = last.TrainAccuracy ?? 0, TestLoss = last.TestLoss ?? 0, TestAccuracy = last.TestAccuracy ?? 0,
-            Measures = measures, StandardErrors = errors, TopEigenvalues = top.Values, DensityNodes = density.Nodes, DensityWeights = density.Weights,
+            Measures = measures, StandardErrors = errors, Baselines = baselines.Values(), BaselineNotes = baselines.Notes, TopEigenvalues = top.Values, DensityNodes = density.Nodes, DensityWeights = density.Weights,
             Seconds = sw.Elapsed.TotalSeconds,
         };
-    }
-
-    /// <summary>Kendall τ of every measure with both gaps, and the granulated Ψ, sorted by |τ| with the accuracy gap.</summary>
-    public static List<TauRow> Correlations(IReadOnlyList<ModelMeasurements> models)
-    {
-        var names = models.SelectMany(m => m.Measures.Keys).Distinct().Where(k => models.All(m => m.Measures.ContainsKey(k)));
-        var accGap = models.Select(m => m.AccuracyGap).ToList();
-        var lossGap = models.Select(m => m.LossGap).ToList();
-        var hyper = models.Select(m => (IReadOnlyDictionary<string, string>)m.Hyperparameters).ToList();
-        return names.Select(n =>
-        {
-            var v = models.Select(m => m.Measures[n]).ToList();
-            var (psi, per) = KendallTau.Granulated(hyper, v, accGap);
-            return new TauRow(n, KendallTau.Compute(v, accGap), KendallTau.Compute(v, lossGap), psi, per);
-        }).OrderByDescending(t => double.IsFinite(t.TauAccuracyGap) ? Math.Abs(t.TauAccuracyGap) : -1).ToList();
     }
 
     static void WriteCsv(StudySummary s, string path)
     {
         var keys = s.Models.SelectMany(m => m.Measures.Keys).Distinct().ToList();
-        Csv.Write(path, new[] { "model", "optimizer", "batch_size", "seed", "epochs", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "loss_gap", "accuracy_gap" }.Concat(keys).ToList(),
+        var baselineKeys = s.Models.SelectMany(m => m.Baselines.Keys).Distinct().Where(k => !keys.Contains(k)).ToList();
+        Csv.Write(path, new[] { "model", "optimizer", "batch_size", "seed", "epochs", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "loss_gap", "accuracy_gap" }.Concat(keys).Concat(baselineKeys).ToList(),
             s.Models.Select(m => new object[] { m.Name, m.Hyperparameters["optimizer"], m.Hyperparameters["batch_size"], m.Hyperparameters["seed"], m.Epochs,
-                m.TrainLoss, m.TrainAccuracy, m.TestLoss, m.TestAccuracy, m.LossGap, m.AccuracyGap }.Concat(keys.Select(k => (object)m.Measures.GetValueOrDefault(k, double.NaN)))));
+                m.TrainLoss, m.TrainAccuracy, m.TestLoss, m.TestAccuracy, m.LossGap, m.AccuracyGap }.Concat(keys.Select(k => (object)m.Measures.GetValueOrDefault(k, double.NaN)))
+                .Concat(baselineKeys.Select(k => (object)m.Baselines.GetValueOrDefault(k, double.NaN)))));
     }
 }

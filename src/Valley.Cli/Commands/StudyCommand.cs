@@ -91,13 +91,26 @@ public static class StudyCommand
             if (json) { p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(summary)); return Task.FromResult(0); }
             var table = new Table().AddColumns("model", "epochs", "λmax", "Keskar ε=1e-3", "test acc", "acc gap", "loss gap");
             foreach (var m in summary.Models)
-                table.AddRow(Markup.Escape(m.Name), m.Epochs.ToString(), $"{m.Measures["lambda_max"]:G4}", $"{m.Measures.GetValueOrDefault("keskar_eps1e-3"):G4}",
+                table.AddRow(Markup.Escape(m.Name), m.Epochs.ToString(), $"{m.Measures.GetValueOrDefault("lambda_max", double.NaN):G4}", $"{m.Measures.GetValueOrDefault("keskar_eps1e-3", double.NaN):G4}",
                     $"{100 * m.TestAccuracy:F2}%", $"{100 * m.AccuracyGap:F2}%", $"{m.LossGap:G3}");
             term.Write(table);
-            var tt = new Table().AddColumns("measure", "τ (acc gap)", "τ (loss gap)", "Ψ");
-            foreach (var r in summary.Tau.Take(8))
-                tt.AddRow(Markup.Escape(r.Measure), $"{r.TauAccuracyGap:+0.00;-0.00}", $"{r.TauLossGap:+0.00;-0.00}", double.IsFinite(r.GranulatedPsi) ? $"{r.GranulatedPsi:+0.00;-0.00}" : "–");
+            // The ranking, sorted by the lower bound of the interval of τ in each measure's own direction (StudyStatistics).
+            var rk = summary.Ranking;
+            static string T(double v) => double.IsFinite(v) ? v.ToString("+0.00;-0.00;0.00", System.Globalization.CultureInfo.InvariantCulture) : "–";
+            var tt = new Table().AddColumns("measure", $"τ acc gap [{100 * rk.Options.Confidence:0.#}% CI]", "p", "Ψ [CI]", "marks");
+            foreach (var r in rk.Rows.Take(12))
+            {
+                var a = r.AccuracyGap;
+                var marks = new List<string>();
+                if (r.IsBaseline) marks.Add("baseline");
+                marks.Add(a.ExcludesZero ? (a.Tau > 0 ? "≠0" : "≠0 reversed") : "inconclusive");
+                if (r.Measure == rk.BestBaseline) marks.Add("best baseline");
+                else if (r.ComparedWithBestBaseline is { } c) marks.Add($"{c} than best baseline".Replace("indistinguishable than", "indistinguishable from"));
+                if (r.Seeds is > 0) marks.Add($"sign in {r.SeedsAgreeing}/{r.Seeds} seeds");
+                tt.AddRow(Markup.Escape(r.Measure), $"{T(a.Tau)} [{T(a.Lower)}, {T(a.Upper)}]", $"{a.PValue:G2}", $"{T(r.Psi.Value)} [{T(r.Psi.Lower)}, {T(r.Psi.Upper)}]", Markup.Escape(string.Join(", ", marks)));
+            }
             term.Write(tt);
+            term.MarkupLine(Markup.Escape($"{rk.Models} models; sorted by the lower bound of τ (a negative τ by its upper bound, marked reversed); {rk.Rows.Count} measures and baselines in report.html."));
             foreach (var f in summary.Findings.Take(3)) term.MarkupLine("• " + Markup.Escape(f));
             term.MarkupLine($"Report: [blue]{Markup.Escape(Path.GetFullPath(Path.Combine(dir, "report.html")))}[/] ({summary.Seconds:F0} s)");
             return Task.FromResult(0);
