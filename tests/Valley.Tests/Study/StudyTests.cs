@@ -36,11 +36,19 @@ public class StudyTests
         {
             Name = evil, Hyperparameters = new() { ["batch_size"] = "1", ["optimizer"] = "adam", ["seed"] = "0" }, Epochs = 1,
             TrainLoss = 0.1, TrainAccuracy = 0.9, TestLoss = 0.2, TestAccuracy = 0.8, Measures = new() { [evil] = 1 }, StandardErrors = [],
+            Baselines = new() { [evil + "b"] = 2 }, BaselineNotes = new() { [evil + "n"] = evil },
+        };
+        var tau = new TauEstimate(0.5, 0.1, 0.9, 0.2, true);
+        var ranking = new RankingAnalysis
+        {
+            Models = 2, Options = new StatisticsOptions(), Hyperparameters = [evil], SeedValues = [evil, "1"], BestBaseline = evil,
+            Rows = [new MeasureRanking { Measure = evil, AccuracyGap = tau, LossGap = tau, Psi = new Estimate(0.5, 0, 1), PerHyperparameter = new() { [evil] = new Estimate(0.5, 0, 1) },
+                                         ConditionedOn = [evil], ComparedWithBestBaseline = "better", VersusBestBaseline = new Estimate(0.1, 0, 0.2), Seeds = 2, SeedsAgreeing = 1 }],
         };
         var summary = new StudySummary
         {
             Options = StudyOptions.For("quick") with { Model = evil }, Data = evil + ".csv", Models = [m, m with { Name = "b" }],
-            Tau = [new TauRow(evil, 0.5, 0.5, double.NaN, new() { [evil] = 0.5 })], Findings = [evil],
+            Ranking = ranking, Findings = [evil],
         };
         var html = StudyReport.Html(summary, TestUtil.TempDir("report-escape"));
         Assert.DoesNotContain("<script>alert", html);
@@ -61,17 +69,24 @@ public class StudyTests
         string[] expected = ["lambda_max", "trace", "negative_mass", "keskar_eps1e-3", "keskar_eps5e-4", "sam_one_step", "worst_case_l2_adaptive",
                              "average_case_adaptive", "pacbayes_flatness", "pacbayes_mag_flatness", "fisher_trace", "relative_flatness"];
         Assert.All(a.Models, m => Assert.All(expected, k => Assert.True(m.Measures.ContainsKey(k), $"{m.Name} lacks {k}")));
-        // τ is in [−1, 1] and equals a direct computation on the stored table.
+        // Every baseline is defined for a Valley-trained ReLU MLP (initial weights and steps are known).
+        string[] baselines = ["param_norm", "dist_from_init", "prod_spectral", "prod_frobenius", "path_norm", "neg_margin_p10", "steps"];
+        Assert.All(a.Models, m => Assert.All(baselines, k => Assert.True(m.Baselines.ContainsKey(k), $"{m.Name} lacks {k}")));
+        Assert.All(a.Models, m => Assert.True(m.Baselines["steps"] >= m.Epochs));
+        Assert.Equal(a.Ranking.Rows.OrderByDescending(r => r.SortKey).Select(r => r.Measure), a.Ranking.Rows.Select(r => r.Measure));
+        Assert.Contains(a.Ranking.Rows, r => r.IsBaseline);
+        // τ is in [−1, 1] and equals a direct computation on the stored table (measures and baselines alike).
         var rows = File.ReadAllLines(Path.Combine(full, "results.csv"));
         var header = rows[0].Split(',');
         int gapCol = Array.IndexOf(header, "accuracy_gap");
-        foreach (var t in a.Tau)
+        foreach (var t in a.Ranking.Rows)
         {
-            Assert.InRange(t.TauAccuracyGap, -1, 1);
+            Assert.InRange(t.AccuracyGap.Tau, -1, 1);
+            Assert.True(t.AccuracyGap.Lower <= t.AccuracyGap.Upper || double.IsNaN(t.AccuracyGap.Lower), t.Measure);
             int col = Array.IndexOf(header, t.Measure);
             var xs = rows.Skip(1).Select(r => double.Parse(r.Split(',')[col], CultureInfo.InvariantCulture)).ToList();
             var gs = rows.Skip(1).Select(r => double.Parse(r.Split(',')[gapCol], CultureInfo.InvariantCulture)).ToList();
-            Assert.Equal(KendallTau.Compute(xs, gs), t.TauAccuracyGap, 12);
+            Assert.Equal(KendallTau.Compute(xs, gs), t.AccuracyGap.Tau, 12);
         }
         // Stopped after its first model, then rerun: the same results.
         var part = TestUtil.TempDir("study-part");
