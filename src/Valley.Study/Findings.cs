@@ -23,11 +23,12 @@ internal static class Findings
         var widths = rows.Where(x => double.IsFinite(x.AccuracyGap.Lower)).Select(x => x.AccuracyGap.Upper - x.AccuracyGap.Lower).OrderBy(w => w).ToList();
         string width = widths.Count > 0 ? $"; the {level} bootstrap intervals of τ are {widths[widths.Count / 2]:F2} wide (median over {widths.Count} measures and baselines)" : "";
         f.Add($"{n} models ({n * (n - 1) / 2} pairs; one pair moves τ by about {4.0 / (n * (n - 1)):F2}){width}. " +
-              "A measure is only called predictive here when its interval excludes zero.");
+              "A measure is only called predictive here when its interval excludes zero and its permutation p-value is at most " +
+              $"{1 - r.Options.Confidence:0.###}.");
 
-        var sig = rows.Where(x => x.AccuracyGap.ExcludesZero).ToList();
+        var sig = rows.Where(x => x.DistinguishableFromZero).ToList();
         if (sig.Count == 0)
-            f.Add($"No measure or baseline has a τ with the accuracy gap whose {level} interval excludes zero: with these {n} models the ranking is inconclusive " +
+            f.Add($"No measure or baseline has a τ with the accuracy gap that is told apart from zero ({level} interval and permutation test): with these {n} models the ranking is inconclusive " +
                   $"(the top by lower bound, {rows[0].Measure}, has τ = {Ci(rows[0].AccuracyGap)}).");
         else
         {
@@ -35,7 +36,7 @@ internal static class Findings
             var neg = sig.Where(x => x.AccuracyGap.Tau < 0).Select(x => $"{x.Measure} {Ci(x.AccuracyGap)}").ToList();
             if (pos.Count > 0) f.Add($"Ranks the models' accuracy gaps in the expected direction (larger value, larger gap; {level} interval above zero): {string.Join("; ", pos)}.");
             if (neg.Count > 0) f.Add($"Reversed (larger value, smaller gap; interval below zero): {string.Join("; ", neg)}.");
-            f.Add($"Every other measure and baseline is inconclusive at this number of models (its interval contains zero).");
+            f.Add($"Every other measure and baseline is inconclusive at this number of models (its interval contains zero, or its permutation p-value is above {1 - r.Options.Confidence:0.###}).");
         }
 
         var lam = rows.FirstOrDefault(x => x.Measure == "lambda_max");
@@ -43,9 +44,9 @@ internal static class Findings
         {
             var t = lam.AccuracyGap;
             f.Add($"Sharp minima generalize worse? By λmax: τ = {Ci(t)}, permutation p = {t.PValue:G2}. " +
-                  (t.Lower > 0 ? "The interval is above zero: for these models, sharper by λmax went with a larger accuracy gap."
-                   : t.Upper < 0 ? "The interval is below zero: for these models, sharper by λmax went with a smaller accuracy gap, against the claim."
-                   : "The interval contains zero: inconclusive for these models."));
+                  (!lam.DistinguishableFromZero ? (t.ExcludesZero ? "The interval excludes zero but the permutation test does not: inconclusive for these models." : "The interval contains zero: inconclusive for these models.")
+                   : t.Tau > 0 ? "Both the interval and the permutation test put it above zero: for these models, sharper by λmax went with a larger accuracy gap."
+                   : "Both the interval and the permutation test put it below zero: for these models, sharper by λmax went with a smaller accuracy gap, against the claim."));
         }
 
         if (r.BestBaseline is { } bb && rows.FirstOrDefault(x => x.Measure == bb) is { } b)

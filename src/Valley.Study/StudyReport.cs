@@ -47,7 +47,7 @@ public static class StudyReport
                  $"CMI: Jiang et al.'s conditional mutual information between the signs of the measure's and the accuracy gap's differences over {r.Pairs} ordered pairs, " +
                  $"normalized by the gap sign's conditional entropy, minimized over the {r.ConditioningSets} sets of {r.ConditioningSize} hyperparameters (|S| = {r.ConditioningSize}); MI: the same without conditioning. " +
                  (r.SeedValues.Count > 1 ? $"Seeds: in how many of the {r.SeedValues.Count} seeds τ within the seed's models has the pooled sign. " : "") +
-                 "≠0: the interval of τ excludes zero. vs best baseline: paired bootstrap interval of the difference in oriented τ with " +
+                 $"≠0: the interval of τ excludes zero and p ≤ {1 - r.Options.Confidence:0.###} (the percentile bootstrap alone is degenerate for a handful of models). vs best baseline: paired bootstrap interval of the difference in oriented τ with " +
                  (r.BestBaseline is null ? "the best baseline (none here)." : $"{E(r.BestBaseline)}, the best baseline.") + "</p>");
         string T(double v) => double.IsFinite(v) ? v.ToString("+0.00;-0.00;0.00", System.Globalization.CultureInfo.InvariantCulture) : "–";
         string Ci(double v, double lo, double hi) => $"{T(v)} [{T(lo)}, {T(hi)}]";
@@ -63,7 +63,7 @@ public static class StudyReport
                      $"{(t.ConditionedOn.Count > 0 ? $" <small>| {E(string.Join(", ", t.ConditionedOn))}</small>" : "")}</td>" +
                      $"<td>{(double.IsFinite(t.MutualInformation) ? t.MutualInformation.ToString("F3", System.Globalization.CultureInfo.InvariantCulture) : "–")}</td>" +
                      (r.SeedValues.Count > 1 ? $"<td>{(t.Seeds is > 0 ? $"{t.SeedsAgreeing}/{t.Seeds}" : "–")}</td>" : "") +
-                     $"<td>{(a.ExcludesZero ? (a.Tau > 0 ? "yes" : "yes (reversed)") : "no: inconclusive")}</td>" +
+                     $"<td>{(t.DistinguishableFromZero ? (a.Tau > 0 ? "yes" : "yes (reversed)") : "no: inconclusive")}</td>" +
                      $"<td>{(t.VersusBestBaseline is { } d ? $"{E(t.ComparedWithBestBaseline ?? "–")} {Ci(d.Value, d.Lower, d.Upper)}" : t.Measure == r.BestBaseline ? "best baseline" : "–")}</td></tr>");
         }
         b.Append("</table></div>");

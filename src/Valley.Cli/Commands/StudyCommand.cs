@@ -97,20 +97,22 @@ public static class StudyCommand
             // The ranking, sorted by the lower bound of the interval of τ in each measure's own direction (StudyStatistics).
             var rk = summary.Ranking;
             static string T(double v) => double.IsFinite(v) ? v.ToString("+0.00;-0.00;0.00", System.Globalization.CultureInfo.InvariantCulture) : "–";
-            var tt = new Table().AddColumns("measure", $"τ acc gap [{100 * rk.Options.Confidence:0.#}% CI]", "p", "Ψ [CI]", "marks");
+            var tt = new Table().AddColumns("measure", Markup.Escape($"τ acc gap [{100 * rk.Options.Confidence:0.#}% CI]"), "p", Markup.Escape("Ψ [CI]"), "marks");
             foreach (var r in rk.Rows.Take(12))
             {
                 var a = r.AccuracyGap;
                 var marks = new List<string>();
                 if (r.IsBaseline) marks.Add("baseline");
-                marks.Add(a.ExcludesZero ? (a.Tau > 0 ? "≠0" : "≠0 reversed") : "inconclusive");
+                marks.Add(r.DistinguishableFromZero ? (a.Tau > 0 ? "≠0" : "≠0 reversed") : "?");
                 if (r.Measure == rk.BestBaseline) marks.Add("best baseline");
-                else if (r.ComparedWithBestBaseline is { } c) marks.Add($"{c} than best baseline".Replace("indistinguishable than", "indistinguishable from"));
-                if (r.Seeds is > 0) marks.Add($"sign in {r.SeedsAgreeing}/{r.Seeds} seeds");
-                tt.AddRow(Markup.Escape(r.Measure), $"{T(a.Tau)} [{T(a.Lower)}, {T(a.Upper)}]", $"{a.PValue:G2}", $"{T(r.Psi.Value)} [{T(r.Psi.Lower)}, {T(r.Psi.Upper)}]", Markup.Escape(string.Join(", ", marks)));
+                else if (r.ComparedWithBestBaseline is { } c) marks.Add(c switch { "better" => "> best bl", "worse" => "< best bl", _ => "≈ best bl" });
+                if (r.Seeds is > 0) marks.Add($"sign {r.SeedsAgreeing}/{r.Seeds} seeds");
+                tt.AddRow(Markup.Escape(r.Measure), Markup.Escape($"{T(a.Tau)} [{T(a.Lower)}, {T(a.Upper)}]"), $"{a.PValue:G2}",
+                    Markup.Escape($"{T(r.Psi.Value)} [{T(r.Psi.Lower)}, {T(r.Psi.Upper)}]"), Markup.Escape(string.Join(", ", marks)));
             }
             term.Write(tt);
-            term.MarkupLine(Markup.Escape($"{rk.Models} models; sorted by the lower bound of τ (a negative τ by its upper bound, marked reversed); {rk.Rows.Count} measures and baselines in report.html."));
+            term.MarkupLine(Markup.Escape($"{rk.Models} models; sorted by the lower bound of τ (a negative τ by its upper bound, marked reversed). ≠0: interval excludes 0 and " +
+                $"p ≤ {1 - rk.Options.Confidence:0.###}; ?: inconclusive; >, <, ≈ best bl: paired bootstrap against the best baseline ({rk.BestBaseline ?? "none"}). All {rk.Rows.Count} rows in report.html."));
             foreach (var f in summary.Findings.Take(3)) term.MarkupLine("• " + Markup.Escape(f));
             term.MarkupLine($"Report: [blue]{Markup.Escape(Path.GetFullPath(Path.Combine(dir, "report.html")))}[/] ({summary.Seconds:F0} s)");
             return Task.FromResult(0);

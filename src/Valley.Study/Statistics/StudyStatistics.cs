@@ -45,6 +45,12 @@ public sealed record MeasureRanking
     public required TauEstimate AccuracyGap { get; init; }
     /// <summary>τ with the loss gap (test − train loss).</summary>
     public required TauEstimate LossGap { get; init; }
+    /// <summary>
+    /// Whether τ with the accuracy gap is told apart from zero: its interval excludes zero and its permutation p-value is at
+    /// most 1 − confidence. Both are required because the percentile bootstrap is degenerate for a handful of models (three
+    /// models in the measure's order give τ = 1 on every resample) while the permutation test is exact there.
+    /// </summary>
+    public bool DistinguishableFromZero { get; init; }
     /// <summary>+1 when τ with the accuracy gap is ≥ 0 (larger value, larger gap: the direction every measure is oriented in), −1 when reversed.</summary>
     public int Direction { get; init; }
     /// <summary>
@@ -165,6 +171,7 @@ public static class StudyStatistics
             rows.Add((new MeasureRanking
             {
                 Measure = name, IsBaseline = baseline, AccuracyGap = ta, LossGap = tl, Direction = dir, SortKey = key,
+                DistinguishableFromZero = ta.ExcludesZero && ta.PValue <= 1 - o.Confidence + 1e-12,
                 Psi = Est(psi, psiReps), PerHyperparameter = per.ToDictionary(kv => kv.Key, kv => Est(kv.Value, perReps[kv.Key])),
                 ConditionalMutualInformation = cmi, ConditionedOn = [.. set], MutualInformation = mi, SeedsAgreeing = agreeing, Seeds = counted,
             }, oriented));

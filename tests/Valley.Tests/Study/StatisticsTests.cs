@@ -122,6 +122,7 @@ public class StatisticsTests
         Assert.Equal(1.0, g.AccuracyGap.Lower, 12);
         Assert.Equal(1.0, g.AccuracyGap.Upper, 12);
         Assert.True(g.AccuracyGap.ExcludesZero);
+        Assert.True(g.DistinguishableFromZero);
         Assert.True(g.AccuracyGap.PValue <= 1.0 / 2001 + 1e-12);   // no random permutation reaches |τ| = 1
         Assert.Equal("gap", a.Rows[0].Measure);                     // sorted by the lower bound
         Assert.Equal(1.0, g.MutualInformation, 12);                 // the measure's sign determines the gap's
@@ -129,6 +130,13 @@ public class StatisticsTests
         var rnd = a.Rows.Single(r => r.Measure == "random");
         Assert.InRange(0.0, rnd.AccuracyGap.Lower, rnd.AccuracyGap.Upper);
         Assert.False(rnd.AccuracyGap.ExcludesZero);
+        Assert.False(rnd.DistinguishableFromZero);
+        // Three models in the measure's order: every bootstrap τ is 1, but the exact permutation p is 2/6, so not told apart from zero.
+        var three = Enumerable.Range(0, 3).Select(i => Model($"t{i}", i, new() { ["m"] = i })).ToList();
+        var t3 = Assert.Single(StudyStatistics.Analyze(three).Rows);
+        Assert.Equal((1.0, 1.0), (t3.AccuracyGap.Lower, t3.AccuracyGap.Upper));
+        Assert.Equal(1.0 / 3, t3.AccuracyGap.PValue, 12);
+        Assert.False(t3.DistinguishableFromZero);
         // The only baseline is the best one; the measure equal to the gap is distinguishably better than it (paired bootstrap).
         Assert.Equal("noise_baseline", a.BestBaseline);
         Assert.Equal("better", g.ComparedWithBestBaseline);
