@@ -127,15 +127,30 @@ public static class RankStatistics
         IReadOnlyList<double> measure, IReadOnlyList<double> gap, IReadOnlyList<int>? idx = null)
     {
         idx ??= Enumerable.Range(0, hyper.Count).ToArray();
+        return Granulated(GranulationKeys(hyper), measure, gap, idx);
+    }
+
+    /// <summary>For each hyperparameter (ordinal order): its name, every model's group key (the other hyperparameters' values) and its own value.</summary>
+    internal static (string Name, string[] Group, string[] Value)[] GranulationKeys(IReadOnlyList<IReadOnlyDictionary<string, string>> hyper)
+    {
         var names = hyper.SelectMany(h => h.Keys).Distinct().OrderBy(k => k, StringComparer.Ordinal).ToList();
+        return names.Select(h => (h,
+            hyper.Select(m => string.Join("\u001f", names.Where(n => n != h).Select(n => m.GetValueOrDefault(n, "")))).ToArray(),
+            hyper.Select(m => m.GetValueOrDefault(h, "")).ToArray())).ToArray();
+    }
+
+    /// <summary>Ψ and ψ_h of the models in <paramref name="idx"/> from precomputed <see cref="GranulationKeys"/> (the bootstrap calls this once per resample).</summary>
+    internal static (double Psi, Dictionary<string, double> PerHyperparameter) Granulated((string Name, string[] Group, string[] Value)[] keys,
+        IReadOnlyList<double> measure, IReadOnlyList<double> gap, IReadOnlyList<int> idx)
+    {
         var per = new Dictionary<string, double>();
-        foreach (var h in names)
+        foreach (var (h, group, value) in keys)
         {
             var taus = new List<double>();
-            foreach (var g in idx.GroupBy(i => string.Join("\u001f", names.Where(n => n != h).Select(n => hyper[i].GetValueOrDefault(n, "")))))
+            foreach (var g in idx.GroupBy(i => group[i]))
             {
                 var members = g.ToArray();
-                if (members.Select(i => hyper[i].GetValueOrDefault(h, "")).Distinct().Count() < 2) continue;
+                if (members.Select(i => value[i]).Distinct().Count() < 2) continue;
                 double t = Tau(measure, gap, members);
                 if (double.IsFinite(t)) taus.Add(t);
             }

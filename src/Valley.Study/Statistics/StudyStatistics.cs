@@ -134,6 +134,7 @@ public static class StudyStatistics
         int size = Math.Clamp(o.ConditioningSize, 0, hyperNames.Count);
         var indices = RankStatistics.BootstrapIndices(Math.Max(n, 1), o.Resamples, o.Seed);
         var all = Enumerable.Range(0, n).ToArray();
+        var granulation = RankStatistics.GranulationKeys(hyper);
 
         var rows = new List<(MeasureRanking Row, double[] Oriented)>();
         foreach (var (name, baseline, v) in columns)
@@ -157,7 +158,7 @@ public static class StudyStatistics
             var perReps = per.Keys.ToDictionary(h => h, _ => new double[indices.Length]);
             for (int b = 0; b < indices.Length; b++)
             {
-                var (pb, perb) = RankStatistics.Granulated(hyper, v, acc, indices[b]);
+                var (pb, perb) = RankStatistics.Granulated(granulation, v, acc, indices[b]);
                 psiReps[b] = pb;
                 foreach (var h in per.Keys) perReps[h][b] = perb.GetValueOrDefault(h, double.NaN);
             }
