@@ -7,11 +7,13 @@ internal static class Findings
     {
         var f = new List<string>();
         string P(double v) => $"{100 * v:F2}%";
-        foreach (var seed in models.Select(m => m.Hyperparameters["seed"]).Distinct())
+        // A zoo's models.csv may have no optimizer, batch size or seed: those findings are then left out.
+        string? H(ModelMeasurements m, string key) => m.Hyperparameters.GetValueOrDefault(key);
+        foreach (var seed in models.Select(m => H(m, "seed")).Distinct())
         {
-            var adam = models.Where(m => m.Hyperparameters["optimizer"] == "adam" && m.Hyperparameters["seed"] == seed)
+            var adam = models.Where(m => H(m, "optimizer") == "adam" && H(m, "seed") == seed && long.TryParse(H(m, "batch_size"), out _))
                 .OrderBy(m => long.Parse(m.Hyperparameters["batch_size"])).ToList();
-            if (adam.Count >= 2)
+            if (adam.Count >= 2 && adam.All(m => m.Measures.ContainsKey("lambda_max")))
             {
                 var sb = adam[0]; var lb = adam[^1];
                 double ls = sb.Measures["lambda_max"], ll = lb.Measures["lambda_max"];
@@ -28,9 +30,9 @@ internal static class Findings
                        : sharper ? "The large-batch minimum is sharper, but it does not generalize worse here, so this pair does not support the claim."
                        : "Here the large-batch minimum is not sharper, so this pair does not reproduce Keskar et al.'s observation."));
             }
-            var sgd = models.FirstOrDefault(m => m.Hyperparameters["optimizer"] == "sgd" && m.Hyperparameters["seed"] == seed);
-            var sam = models.FirstOrDefault(m => m.Hyperparameters["optimizer"] == "sam" && m.Hyperparameters["seed"] == seed);
-            if (sgd is not null && sam is not null && sgd.Hyperparameters["batch_size"] == sam.Hyperparameters["batch_size"])
+            var sgd = models.FirstOrDefault(m => H(m, "optimizer") == "sgd" && H(m, "seed") == seed);
+            var sam = models.FirstOrDefault(m => H(m, "optimizer") == "sam" && H(m, "seed") == seed);
+            if (sgd is not null && sam is not null && H(sgd, "batch_size") == H(sam, "batch_size") && sgd.Measures.ContainsKey("lambda_max") && sam.Measures.ContainsKey("lambda_max"))
             {
                 double a = sgd.Measures["lambda_max"], b = sam.Measures["lambda_max"];
                 f.Add($"Seed {seed}: SAM (ρ = 0.05) at batch {sam.Hyperparameters["batch_size"]} found a {(b < a ? "flatter" : "sharper")} minimum than SGD with the same base: " +
