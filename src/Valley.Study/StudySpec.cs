@@ -114,7 +114,10 @@ public sealed record StudySpec
     /// </summary>
     public static StudySpec Parse(string json, string sourceName) => new SpecReader(sourceName).Read(json);
 
-    /// <summary>The models of the study: the grid's products, then the listed models, named from the hyperparameters that vary.</summary>
+    /// <summary>
+    /// The models of the study: the grid's products, then the listed models, named from the hyperparameters that vary. Empty
+    /// for a spec without a grid or models, which only serves a model zoo (<see cref="StudyZoo"/>) with its data, measures and figures.
+    /// </summary>
     public List<StudyModel> Expand() => SpecReader.Expand(this, "spec");
 
     /// <summary>The runner's options: every model of <see cref="Expand"/>, the stopping rule, the measures and the figures.</summary>
@@ -298,7 +301,6 @@ internal sealed class SpecReader(string source)
                 if (Get(figures, "parametric_points") is { } pp) f = f with { ParametricPoints = (int)Integer(pp, "figures.parametric_points", 2, "an integer of at least 2", 10_000) };
                 spec = spec with { Figures = f };
             }
-            if (spec.Grid.Count == 0 && spec.Models.Count == 0) throw Fail("grid", "no models: give a grid (value lists) or a list of models");
             if (spec.Data.TrainExamples > 0)
             {
                 for (int g = 0; g < spec.Grid.Count; g++)
@@ -309,8 +311,9 @@ internal sealed class SpecReader(string source)
                     if (spec.Models[i].TrainSize > spec.Data.TrainExamples)
                         throw Fail($"models[{i}].train_size", $"{spec.Models[i].TrainSize} is more than data.train_examples ({spec.Data.TrainExamples})");
             }
+            // A spec without a grid or models only serves a model zoo (its data, measures and figures); the runner refuses it otherwise.
             var expanded = Expand(spec, source);
-            if (expanded.Count < 2) throw Fail(spec.Grid.Count > 0 ? "grid" : "models", $"gives {expanded.Count} model; a study needs at least two");
+            if (expanded.Count is 1) throw Fail(spec.Grid.Count > 0 ? "grid" : "models", $"gives {expanded.Count} model; a study needs at least two");
             return spec;
         }
     }

@@ -54,6 +54,8 @@ public static class StudyCommand
                 if (Given(task)) sp = sp with { Data = sp.Data with { Task = p.GetValue(task) } };
                 if (Given(loss)) sp = sp with { Data = sp.Data with { Loss = p.GetValue(loss) } };
                 new Models.ModelSource(sp.Model).Validate();
+                if (p.GetValue(models) is null && sp.Expand().Count == 0)
+                    throw new ValleyException($"--spec {p.GetValue(spec)}: grid: no models: give a grid (value lists) or a list of models, or measure a model zoo with --models DIR");
                 return sp;
             });
             var options = studySpec.ToOptions();

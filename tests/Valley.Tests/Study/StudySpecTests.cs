@@ -50,7 +50,7 @@ public class StudySpecTests
                 Assert.True(models.Count >= 24, $"{models.Count} models");
                 Assert.Contains("seed", varied);
                 Assert.True(varied.Count(k => k is not "seed" and not "lr") >= 3, string.Join(",", varied));
-                Assert.Equal(4000, parsed.Data.TrainExamples);
+                Assert.Equal(2000, parsed.Data.TrainExamples);
                 break;
             case "full":
                 Assert.True(models.Count >= 60, $"{models.Count} models");
@@ -93,7 +93,7 @@ public class StudySpecTests
     [InlineData("""{ "stopping": { "loss": "low" }, """ + Ok + "}", "stopping.loss: must be a positive number, got \"low\"")]
     [InlineData("""{ "grid": { "optimizer": [], "learning_rate": 0.1, "batch_size": 8 } }""", "grid.optimizer: is empty (give at least one value)")]
     [InlineData("""{ "grid": [] }""", "grid: is empty (give at least one product of value lists, or list models under \"models\")")]
-    [InlineData("""{ "seed": 1 }""", "grid: no models: give a grid (value lists) or a list of models")]
+    [InlineData("""{ "models": {} }""", "models: must be a list of models, got an object")]
     [InlineData("""{ "models": [ { "name": "a", "optimizer": "sgd", "learning_rate": 0.1, "batch_size": 8 }, { "name": "a", "optimizer": "adam", "learning_rate": 0.1, "batch_size": 8 } ] }""",
         "models[1].name: duplicate model name 'a' (also from models[0]); give the models different settings or names")]
     [InlineData("""{ "grid": [ { "optimizer": "sgd", "learning_rate": 0.1, "batch_size": [8, 16] }, { "optimizer": "sgd", "learning_rate": 0.1, "batch_size": 8 } ] }""",
@@ -134,6 +134,13 @@ public class StudySpecTests
         (code, _, err) = Run("study", "--spec", file, "--preset", "quick", "--out", outDir);
         Assert.NotEqual(0, code);
         Assert.Contains("--spec and --preset: give one", err);
+        // A spec without models serves a model zoo only.
+        File.WriteAllText(file, """{ "measures": { "names": ["lambda_max"] } }""");
+        Assert.Empty(StudySpec.Load(file).Expand());
+        (code, _, err) = Run("study", "--spec", file, "--out", outDir);
+        Assert.NotEqual(0, code);
+        Assert.Contains($"--spec {file}: grid: no models: give a grid (value lists) or a list of models, or measure a model zoo with --models DIR", err);
+        Assert.False(Directory.Exists(outDir));
     }
 
     /// <summary>A two-model study of a few seconds on a small CSV: one epoch, λmax only, tiny figures.</summary>
