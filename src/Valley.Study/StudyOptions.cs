@@ -34,8 +34,10 @@ public sealed record StudyModel(string Name, string Optimizer, long BatchSize, d
 
     /// <summary>
     /// The hyperparameters that vary across the study, by name (architecture, optimizer, lr, batch_size, weight_decay, rho, seed,
-    /// train_size; a loaded model's further columns of models.csv), for the statistics. Unless set, the training settings of this
-    /// model: optimizer, lr, batch_size, seed, and weight_decay, rho, architecture, train_size where given.
+    /// train_size; lr and rho where they vary for one optimizer, since a rate that comes with its optimizer is part of its
+    /// setting; optimizer, batch_size and seed always; a loaded model's further columns of models.csv), for the statistics.
+    /// Unless set, the training settings of this model: optimizer, lr, batch_size, seed, and weight_decay, rho,
+    /// architecture, train_size where given.
     /// </summary>
     public Dictionary<string, string> Hyperparameters
     {

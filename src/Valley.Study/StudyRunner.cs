@@ -145,6 +145,8 @@ public static class StudyRunner
             ModelMeasurements? mm = null;
             if (File.Exists(cache))
                 try { mm = JsonSerializer.Deserialize<ModelMeasurements>(File.ReadAllText(cache), AtomicFile.Json); } catch (JsonException) { mm = null; }
+            // The measurements are the cache's; the hyperparameters are the study's (one spec names them).
+            if (mm is not null) mm = mm with { Hyperparameters = m.Hyperparameters };
             if (mm is null)
             {
                 mm = Measure(m, model, fit, modelMeasureData, spec, modelTrain, o, ct);

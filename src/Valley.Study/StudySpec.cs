@@ -538,12 +538,12 @@ internal sealed class SpecReader(string source)
         double EffectiveRho(StudyModel m) => m.Rho ?? (m.Optimizer == "asam" ? 0.5 : 0.05);
         long TrainSize(StudyModel m) => m.TrainExamples ?? spec.Data.TrainExamples;
         bool Varies<T>(IEnumerable<T> values) => values.Distinct().Count() > 1;
-        bool archs = Varies(models.Select(m => m.Architecture)), lrs = Varies(models.Select(m => m.LearningRate)), wds = Varies(models.Select(m => m.WeightDecay));
-        // ρ is a hyperparameter when it is not the same for every model (0 without SAM); it names a model when SAM's ρ varies.
-        bool rhos = Varies(models.Select(m => IsSam(m.Optimizer) ? EffectiveRho(m) : 0)), rhoName = Varies(models.Where(m => IsSam(m.Optimizer)).Select(EffectiveRho));
-        bool sizes = Varies(models.Select(TrainSize));
-        // The learning rate names a model only where it varies for one optimizer (Adam's and SGD's usual rates differ anyway).
-        bool lrName = models.GroupBy(m => m.Optimizer).Any(g => Varies(g.Select(m => m.LearningRate)));
+        bool archs = Varies(models.Select(m => m.Architecture)), wds = Varies(models.Select(m => m.WeightDecay)), sizes = Varies(models.Select(TrainSize));
+        // The learning rate and ρ vary only where they vary for one optimizer: a rate or radius that comes with the optimizer
+        // (Adam at 1e-3, SGD at 0.05; SAM's ρ) is part of its setting. As separate hyperparameters they would make every
+        // pair of optimizers differ in two hyperparameters, and the granulated τ would find no group that varies the optimizer.
+        bool lrs = models.GroupBy(m => m.Optimizer).Any(g => Varies(g.Select(m => m.LearningRate)));
+        bool rhos = models.Where(m => IsSam(m.Optimizer)).GroupBy(m => m.Optimizer).Any(g => Varies(g.Select(EffectiveRho)));
         var result = new List<StudyModel>();
         var names = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (path, m, named) in raw)
@@ -554,14 +554,12 @@ internal sealed class SpecReader(string source)
             if (sizes) { h["train_size"] = TrainSize(m).ToString(CultureInfo.InvariantCulture); parts.Add($"n{TrainSize(m)}"); }
             h["optimizer"] = m.Optimizer;
             parts.Add(m.Optimizer);
-            if (lrs) h["lr"] = F(m.LearningRate);
-            if (lrName) parts.Add($"lr{F(m.LearningRate)}");
+            if (lrs) { h["lr"] = F(m.LearningRate); parts.Add($"lr{F(m.LearningRate)}"); }
             h["batch_size"] = F(m.BatchSize);
             parts.Add($"b{m.BatchSize}");
             if (wds) { h["weight_decay"] = F(m.WeightDecay); parts.Add($"wd{F(m.WeightDecay)}"); }
             // Without SAM the perturbation radius is 0: the base optimizer is SAM at ρ = 0.
-            if (rhos) h["rho"] = IsSam(m.Optimizer) ? F(EffectiveRho(m)) : "0";
-            if (rhoName && IsSam(m.Optimizer)) parts.Add($"rho{F(EffectiveRho(m))}");
+            if (rhos) { h["rho"] = IsSam(m.Optimizer) ? F(EffectiveRho(m)) : "0"; if (IsSam(m.Optimizer)) parts.Add($"rho{F(EffectiveRho(m))}"); }
             h["seed"] = F(m.Seed);
             parts.Add($"s{m.Seed}");
             var name = named ? m.Name : string.Join("-", parts);

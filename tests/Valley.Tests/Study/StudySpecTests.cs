@@ -37,9 +37,12 @@ public class StudySpecTests
         Assert.Equal(OptionsJson(StudyOptions.For(preset)), OptionsJson(parsed.ToOptions()));
         var models = parsed.ToOptions().Models;
         Assert.Equal(models.Count, models.Select(m => m.Name).Distinct().Count());
-        // Every model carries every hyperparameter that varies across the grid.
+        // Every model carries every hyperparameter that varies across the grid (lr and ρ where they vary for one optimizer).
+        string Value(StudyModel m, string k) => m.Settings().GetValueOrDefault(k) ?? (k == "architecture" ? parsed.Model : "");
         var varied = new[] { "architecture", "optimizer", "lr", "batch_size", "weight_decay", "rho", "seed", "train_size" }
-            .Where(k => models.Select(m => m.Settings().GetValueOrDefault(k) ?? (k == "architecture" ? parsed.Model : "")).Distinct().Count() > 1).ToList();
+            .Where(k => k is "lr" or "rho" ? models.GroupBy(m => m.Optimizer).Any(g => g.Select(m => Value(m, k)).Distinct().Count() > 1)
+                                            : models.Select(m => Value(m, k)).Distinct().Count() > 1).ToList();
+        Assert.All(models, m => Assert.All(m.Hyperparameters.Keys, k => Assert.True(varied.Contains(k) || k is "optimizer" or "batch_size" or "seed", $"{m.Name}: {k} does not vary")));
         Assert.All(models, m => Assert.All(varied, k => Assert.True(m.Hyperparameters.ContainsKey(k), $"{m.Name} lacks {k}")));
         switch (preset)
         {
@@ -49,7 +52,8 @@ public class StudySpecTests
             case "default":
                 Assert.True(models.Count >= 24, $"{models.Count} models");
                 Assert.Contains("seed", varied);
-                Assert.True(varied.Count(k => k is not "seed" and not "lr") >= 3, string.Join(",", varied));
+                Assert.True(varied.Count(k => k is not "seed") >= 3, string.Join(",", varied));
+                Assert.Equal(["optimizer", "batch_size", "weight_decay", "seed"], models[0].Hyperparameters.Keys);
                 Assert.Equal(2000, parsed.Data.TrainExamples);
                 break;
             case "full":
@@ -76,7 +80,8 @@ public class StudySpecTests
         Assert.Equal("n100-sam-b8-rho0.02-s0", models[4].Name);
         Assert.Equal("extra", models[^1].Name);
         Assert.Equal(50, models[^1].TrainExamples);
-        Assert.Equal(new Dictionary<string, string> { ["train_size"] = "100", ["optimizer"] = "sgd", ["lr"] = "0.1", ["batch_size"] = "8", ["rho"] = "0", ["seed"] = "0" },
+        // The learning rate comes with the optimizer here (not a hyperparameter of its own); SAM's ρ varies, 0 without SAM.
+        Assert.Equal(new Dictionary<string, string> { ["train_size"] = "100", ["optimizer"] = "sgd", ["batch_size"] = "8", ["rho"] = "0", ["seed"] = "0" },
             models[0].Hyperparameters);
         Assert.Equal("0.02", models[4].Hyperparameters["rho"]);
         Assert.Equal("50", models[^1].Hyperparameters["train_size"]);
