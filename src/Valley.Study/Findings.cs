@@ -83,6 +83,7 @@ internal static class Findings
         if (!models.All(m => m.Hyperparameters.ContainsKey("optimizer") && m.Hyperparameters.ContainsKey("batch_size") && m.Hyperparameters.ContainsKey("seed")
                              && m.Measures.ContainsKey("lambda_max"))) return;
         string P(double v) => $"{100 * v:F2}%";
+        string? H(ModelMeasurements m, string key) => m.Hyperparameters.GetValueOrDefault(key);
         static long Batch(ModelMeasurements m) => long.TryParse(m.Hyperparameters["batch_size"], NumberStyles.Integer, CultureInfo.InvariantCulture, out var b) ? b : 0;
         foreach (var seed in models.Select(m => m.Hyperparameters["seed"]).Distinct())
         {
@@ -96,9 +97,9 @@ internal static class Findings
                       $"(batch {sb.Hyperparameters["batch_size"]}): λmax {ll:G4} vs {ls:G4}; accuracy gap {P(lb.AccuracyGap)} vs {P(sb.AccuracyGap)}. " +
                       "One pair is an anecdote; the ranking below says what the whole grid supports.");
             }
-            var sgd = models.FirstOrDefault(m => m.Hyperparameters["optimizer"] == "sgd" && m.Hyperparameters["seed"] == seed);
-            var sam = models.FirstOrDefault(m => m.Hyperparameters["optimizer"] == "sam" && m.Hyperparameters["seed"] == seed);
-            if (sgd is not null && sam is not null && sgd.Hyperparameters["batch_size"] == sam.Hyperparameters["batch_size"])
+            var sgd = models.FirstOrDefault(m => H(m, "optimizer") == "sgd" && H(m, "seed") == seed);
+            var sam = models.FirstOrDefault(m => H(m, "optimizer") == "sam" && H(m, "seed") == seed);
+            if (sgd is not null && sam is not null && H(sgd, "batch_size") == H(sam, "batch_size") && sgd.Measures.ContainsKey("lambda_max") && sam.Measures.ContainsKey("lambda_max"))
             {
                 double a = sgd.Measures["lambda_max"], b = sam.Measures["lambda_max"];
                 f.Add($"Seed {seed}: SAM at batch {sam.Hyperparameters["batch_size"]} found a {(b < a ? "flatter" : "sharper")} minimum than SGD with the same base: " +

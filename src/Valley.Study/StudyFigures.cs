@@ -13,22 +13,32 @@ internal static class StudyFigures
 {
     static readonly ScottPlot.Palettes.Category10 Palette = new();
 
-    public static void WriteAll(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, Dataset measureData, string dir, CancellationToken ct)
+    /// <summary>Draws every figure the study's models allow and returns a note for each one left out, saying why.</summary>
+    public static List<string> WriteAll(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, Dataset measureData, string dir, CancellationToken ct)
     {
-        Parametric(s, models, train, test, dir, ct);
+        var notes = new List<string>();
+        if (Parametric(s, models, train, test, dir, ct) is { } p) notes.Add(p);
         Slices(s, models, measureData, dir, ct);
-        Contours(s, models, measureData, dir, ct);
-        Densities(s, dir);
+        if (Contours(s, models, measureData, dir, ct) is { } c) notes.Add(c);
+        if (s.Models.Any(m => m.DensityNodes.Length > 0)) Densities(s, dir);
+        else notes.Add("No density figure: negative_mass (the SLQ density) is not among the measures.");
         Scatters(s, dir);
+        return notes;
     }
 
+    static string? Hyper(ModelMeasurements m, string key) => m.Hyperparameters.GetValueOrDefault(key);
+
     /// <summary>Keskar's parametric plot between the small- and large-batch Adam models of the first seed.</summary>
-    static void Parametric(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, string dir, CancellationToken ct)
+    static string? Parametric(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset train, Dataset test, string dir, CancellationToken ct)
     {
         var o = s.Options;
-        var adam = s.Models.Where(m => m.Hyperparameters["optimizer"] == "adam").GroupBy(m => m.Hyperparameters["seed"]).FirstOrDefault()?
-            .OrderBy(m => long.Parse(m.Hyperparameters["batch_size"])).ToList();
-        if (adam is not { Count: >= 2 }) return;
+        // The pair differs in batch size only where the grid allows: same seed, architecture, weight decay, learning rate and training set.
+        var adam = s.Models.Where(m => Hyper(m, "optimizer") == "adam" && long.TryParse(Hyper(m, "batch_size"), out _))
+            .GroupBy(m => string.Join("|", m.Hyperparameters.Where(kv => kv.Key != "batch_size").OrderBy(kv => kv.Key).Select(kv => $"{kv.Key}={kv.Value}")))
+            .Select(g => g.OrderBy(m => long.Parse(Hyper(m, "batch_size")!, System.Globalization.CultureInfo.InvariantCulture)).ToList())
+            .FirstOrDefault(g => g.Count >= 2 && g[0].Hyperparameters["batch_size"] != g[^1].Hyperparameters["batch_size"]);
+        if (adam is null)
+            return "No parametric plot: it needs two Adam models that differ in batch size only (Keskar et al.'s small- and large-batch pair).";
         var a = models[adam[0].Name];
         var b = models[adam[^1].Name];
         using var wb = ParameterSet.From(b).GetFlat();
@@ -51,6 +61,7 @@ internal static class StudyFigures
         loss.ShowLegend(Alignment.UpperCenter);
         acc.ShowLegend(Alignment.LowerCenter);
         Plots.Stack([loss, acc], Path.Combine(dir, "parametric.png"), 900, 340);
+        return null;
     }
 
     /// <summary>Filter-normalized 1D slices of every model, overlaid (the same direction seed for each).</summary>
@@ -74,9 +85,10 @@ internal static class StudyFigures
     }
 
     /// <summary>2D contours of the flattest and the sharpest model by λmax.</summary>
-    static void Contours(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset measureData, string dir, CancellationToken ct)
+    static string? Contours(StudySummary s, IReadOnlyDictionary<string, nn.Module<Tensor, Tensor>> models, Dataset measureData, string dir, CancellationToken ct)
     {
         var o = s.Options;
+        if (!s.Models.All(m => m.Measures.ContainsKey("lambda_max"))) return "No contours of the flattest and sharpest model: lambda_max is not among the measures.";
         var flattest = s.Models.MinBy(m => m.Measures["lambda_max"])!;
         var sharpest = s.Models.MaxBy(m => m.Measures["lambda_max"])!;
         var panels = new List<Plot>();
@@ -100,6 +112,7 @@ internal static class StudyFigures
             panels.Add(plt);
         }
         Plots.Stack(panels, Path.Combine(dir, "contours.png"), 640, 560);
+        return null;
     }
 
     /// <summary>The models' SLQ spectral densities, overlaid.</summary>

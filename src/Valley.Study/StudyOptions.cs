@@ -1,36 +1,104 @@
+using System.Globalization;
+
 namespace Valley.Study;
 
-/// <summary>One model of the study: how it is trained.</summary>
+/// <summary>
+/// One model of the study: how it is trained (optimizer, batch size, learning rate, seed, SAM ρ, and optionally its own
+/// architecture, weight decay and training-set size), or, with <see cref="Weights"/>, a model trained elsewhere that the study
+/// loads and measures without training (<c>valley study --models DIR</c>).
+/// </summary>
 public sealed record StudyModel(string Name, string Optimizer, long BatchSize, double LearningRate, long Seed, double? Rho = null)
 {
-    /// <summary>The hyperparameters varied across the study (for the granulated τ).</summary>
-    public Dictionary<string, string> Hyperparameters => new()
+    Dictionary<string, string>? _hyperparameters;
+
+    /// <summary>The model's architecture (a built-in spec or a TorchScript archive); null: <see cref="StudyOptions.Model"/>.</summary>
+    public string? Architecture { get; init; }
+
+    /// <summary>L2 weight decay of the (base) optimizer. Default 0.</summary>
+    public double WeightDecay { get; init; }
+
+    /// <summary>Training examples of this model: a seeded subset of the study's training examples (nested: a smaller one lies inside a larger one); null: all of them.</summary>
+    public long? TrainExamples { get; init; }
+
+    /// <summary>Weights of a model trained elsewhere (state_dict .pt, .safetensors, .dat or a TorchScript archive): loaded and measured, not trained. Null: the study trains the model.</summary>
+    public string? Weights { get; init; }
+
+    /// <summary>The weights training started from (for the distance from initialization) of a model given by <see cref="Weights"/>; null: unknown.</summary>
+    public string? Initialization { get; init; }
+
+    /// <summary>Optimization steps the model was trained for, when it was trained elsewhere and they are known.</summary>
+    public long? Steps { get; init; }
+
+    /// <summary>Whether the study loads this model rather than training it.</summary>
+    [System.Text.Json.Serialization.JsonIgnore] public bool IsLoaded => Weights is not null;
+
+    /// <summary>
+    /// The hyperparameters that vary across the study, by name (architecture, optimizer, lr, batch_size, weight_decay, rho, seed,
+    /// train_size; lr and rho where they vary for one optimizer, since a rate that comes with its optimizer is part of its
+    /// setting; optimizer, batch_size and seed always; a loaded model's further columns of models.csv), for the statistics.
+    /// Unless set, the training settings of this model: optimizer, lr, batch_size, seed, and weight_decay, rho,
+    /// architecture, train_size where given.
+    /// </summary>
+    public Dictionary<string, string> Hyperparameters
     {
-        ["batch_size"] = BatchSize.ToString(), ["optimizer"] = Optimizer, ["seed"] = Seed.ToString(),
-    };
+        get => _hyperparameters ?? Settings();
+        init => _hyperparameters = value;
+    }
+
+    /// <summary>Every training setting of the model under its hyperparameter name.</summary>
+    internal Dictionary<string, string> Settings()
+    {
+        var h = new Dictionary<string, string>
+        {
+            ["optimizer"] = Optimizer, ["lr"] = Format(LearningRate), ["batch_size"] = Format(BatchSize), ["seed"] = Format(Seed),
+        };
+        if (WeightDecay != 0) h["weight_decay"] = Format(WeightDecay);
+        if (Rho is { } rho) h["rho"] = Format(rho);
+        if (Architecture is { } a) h["architecture"] = a;
+        if (TrainExamples is { } n) h["train_size"] = Format(n);
+        return h;
+    }
+
+    internal static string Format(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+    internal static string Format(long v) => v.ToString(CultureInfo.InvariantCulture);
 }
 
 /// <summary>
-/// What <c>valley study</c> does. Presets: <c>quick</c> (a one-minute smoke run, used by the tests), <c>default</c> (≤ 10 minutes on
-/// 2 cores), <c>full</c> (the whole training set, three seeds).
+/// What <c>valley study</c> does, resolved from a <see cref="StudySpec"/> (<see cref="StudySpec.ToOptions"/>). Presets ship as
+/// spec files: <c>quick</c> (a one-minute smoke run, used by the tests), <c>default</c> (≤ 10 minutes on 2 cores), <c>full</c>
+/// (the whole training set, several architectures: hours, or an MPI job).
 /// </summary>
 public sealed record StudyOptions
 {
-    /// <summary>The preset the options come from (quick, default, full).</summary>
+    /// <summary>The measures the study runs by default: the curvature ones and the sharpness measures it has always had.</summary>
+    public static IReadOnlyList<string> DefaultMeasures { get; } =
+    [
+        "lambda_max", "top5_sum", "trace", "negative_mass", "keskar", "sam", "worst-case-l2-adaptive", "average-case-adaptive", "pacbayes",
+        "fisher-trace", "relative-flatness",
+    ];
+
+    /// <summary>The curvature measures (Hessian estimators) the study knows besides <see cref="Sharpness.SharpnessMeasures"/>.</summary>
+    public static IReadOnlyList<string> CurvatureMeasures { get; } = ["lambda_max", "top5_sum", "trace", "negative_mass"];
+
+    /// <summary>The preset or spec the options come from (quick, default, full, or a spec's name).</summary>
     public string Preset { get; init; } = "default";
-    /// <summary>The architecture spec every model is built from.</summary>
+    /// <summary>The architecture spec every model is built from unless it has its own.</summary>
     public string Model { get; init; } = "mlp:784-128-64-10";
     /// <summary>Training examples (seeded subset; 0 = all) and test examples (0 = all).</summary>
     public long TrainExamples { get; init; } = 10_000;
     /// <summary>Test examples (seeded subset; 0 = all).</summary>
     public long TestExamples { get; init; }
-    /// <summary>The models of the grid: how each is trained.</summary>
+    /// <summary>The models of the grid: how each is trained (or, for a zoo, where its weights are).</summary>
     public List<StudyModel> Models { get; init; } = [];
     /// <summary>Stopping rule: train until the full training loss is below this, or <see cref="MaxEpochs"/>.</summary>
     public double StopAtLoss { get; init; } = 0.2;
     /// <summary>Large batches take many more epochs to reach the same loss (10 steps per epoch at 10% of the data).</summary>
     public int MaxEpochs { get; init; } = 200;
-    /// <summary>Examples the curvature and sharpness measures use (seeded subset of the training set).</summary>
+    /// <summary>SGD momentum of the SGD models and of SAM's base optimizer. Default 0.9.</summary>
+    public double Momentum { get; init; } = 0.9;
+    /// <summary>The measures run on every model: <see cref="CurvatureMeasures"/> and names of <see cref="Sharpness.SharpnessMeasures"/>.</summary>
+    public List<string> Measures { get; init; } = [.. DefaultMeasures];
+    /// <summary>Examples the curvature and sharpness measures use (seeded subset of each model's training set).</summary>
     public long MeasureExamples { get; init; } = 2048;
     /// <summary>SLQ runs per model's spectral density.</summary>
     public int DensityRuns { get; init; } = 5;
@@ -38,6 +106,16 @@ public sealed record StudyOptions
     public int DensitySteps { get; init; } = 50;
     /// <summary>Budget of Hessian-vector products per estimator (top-5 eigenvalues, trace).</summary>
     public long MaxProducts { get; init; } = 400;
+    /// <summary>Relative standard error the Hutch++ trace stops at. Default 0.05.</summary>
+    public double TraceRelativeError { get; init; } = 0.05;
+    /// <summary>Keskar ε values, one result each. Default 1e-3 and 5e-4.</summary>
+    public List<double> Epsilons { get; init; } = [1e-3, 5e-4];
+    /// <summary>Radius ρ of the SAM, worst-case and average-case sharpness measures; null: each measure's default.</summary>
+    public double? SharpnessRho { get; init; }
+    /// <summary>Ascent steps of Keskar and worst-case sharpness; null: each measure's default.</summary>
+    public int? SharpnessSteps { get; init; }
+    /// <summary>Monte-Carlo samples of the average-case and PAC-Bayes measures; null: each measure's default.</summary>
+    public int? SharpnessSamples { get; init; }
     /// <summary>Points of every model's 1D filter-normalized slice in the report.</summary>
     public int SlicePoints { get; init; } = 21;
     /// <summary>Points per axis of the 2D contours of the flattest and the sharpest model.</summary>
@@ -52,36 +130,15 @@ public sealed record StudyOptions
     /// <summary>The loss in use: <see cref="Loss"/> or cross-entropy.</summary>
     [System.Text.Json.Serialization.JsonIgnore] public Valley.Curvature.LossFunction EffectiveLoss => Loss ?? Valley.Curvature.Losses.CrossEntropy;
 
-    /// <summary>The options of a preset (quick, default or full) for an architecture.</summary>
+    /// <summary>The architecture of a model: its own or <see cref="Model"/>.</summary>
+    public string ArchitectureOf(StudyModel m) => m.Architecture ?? Model;
+
+    /// <summary>The options of a preset (quick, default or full, shipped as spec files: <see cref="StudySpec.Preset"/>) for an architecture.</summary>
     public static StudyOptions For(string preset, string model = "mlp:784-128-64-10")
     {
-        // Keskar et al.: small batch 256 vs large batch 10% of the training set, Adam; plus one batch size in between,
-        // SGD at both ends, and SAM (SGD base, ρ = 0.05) at the small batch size.
-        List<StudyModel> Grid(long n, long[] seeds) => seeds.SelectMany(s => new List<StudyModel>
-        {
-            new($"adam-b256-s{s}", "adam", 256, 1e-3, s),
-            new($"adam-b{n / 20}-s{s}", "adam", n / 20, 1e-3, s),
-            new($"adam-b{n / 10}-s{s}", "adam", n / 10, 1e-3, s),
-            new($"sgd-b256-s{s}", "sgd", 256, 0.05, s),
-            new($"sgd-b{n / 10}-s{s}", "sgd", n / 10, 0.05, s),
-            new($"sam-b256-s{s}", "sam", 256, 0.05, s, 0.05),
-        }).ToList();
-        return preset switch
-        {
-            "quick" => new StudyOptions
-            {
-                Preset = preset, Model = model, TrainExamples = 2000, TestExamples = 2000, StopAtLoss = 0.6, MaxEpochs = 4, MeasureExamples = 512,
-                DensityRuns = 2, DensitySteps = 20, MaxProducts = 60, SlicePoints = 9, ContourPoints = 7, ParametricPoints = 9,
-                Models = [new("adam-b64-s0", "adam", 64, 1e-3, 0), new("adam-b200-s0", "adam", 200, 1e-3, 0), new("sam-b64-s0", "sam", 64, 0.05, 0, 0.05)],
-            },
-            "full" => new StudyOptions { Preset = preset, Model = model, TrainExamples = 0, StopAtLoss = 0.15, MaxEpochs = 200, Models = Grid(60_000, [0, 1, 2]) },
-            // One full grid for seed 0, and the two ends of Keskar's comparison again with seed 1 so that seed varies too.
-            "default" => new StudyOptions
-            {
-                Preset = preset, Model = model,
-                Models = [.. Grid(10_000, [0]), new("adam-b256-s1", "adam", 256, 1e-3, 1), new("adam-b1000-s1", "adam", 1000, 1e-3, 1)],
-            },
-            _ => throw new ValleyException($"--preset: quick, default or full, got '{preset}'"),
-        };
+        var spec = StudySpec.Preset(preset);
+        // The architecture given replaces the preset's single one; a preset of several architectures keeps them.
+        if (spec.Architectures is null) spec = spec with { Model = model };
+        return spec.ToOptions();
     }
 }

@@ -80,6 +80,7 @@ public static class StudyReport
             if (!File.Exists(path)) continue;
             b.Append($"<figure><img alt=\"{E(file)}\" src=\"data:image/png;base64,{Convert.ToBase64String(File.ReadAllBytes(path))}\"><figcaption>{E(caption)}</figcaption></figure>");
         }
+        foreach (var n in s.Notes) b.Append($"<p><em>{E(n)}</em></p>");
         b.Append("<p>Definitions and references: Valley's README and docs/design.md §4–§8 (in the repository).</p>");
         return Reporting.Html.Page("Valley study", b.ToString(), plotly: false).Replace("<body>", "<body data-rendered=\"yes\">");
     }

@@ -24,6 +24,8 @@ public sealed record ModelMeasurements
     public required Dictionary<string, string> Hyperparameters { get; init; }
     /// <summary>Epochs trained until the stopping rule.</summary>
     public required int Epochs { get; init; }
+    /// <summary>Optimization steps of training (for a model loaded from a zoo: its models.csv "steps", when given).</summary>
+    public long? Steps { get; init; }
     /// <summary>Full training loss at the end.</summary>
     public required double TrainLoss { get; init; }
     /// <summary>Training accuracy at the end.</summary>
@@ -73,6 +75,8 @@ public sealed record StudySummary
     public required List<string> Findings { get; init; }
     /// <summary>Wall time of the study.</summary>
     public double Seconds { get; init; }
+    /// <summary>What the study left out and why (e.g. a figure that needs an Adam small/large-batch pair).</summary>
+    public List<string> Notes { get; init; } = [];
 }
 
 /// <summary>Progress of a study: the current stage and how many of the stages are done.</summary>
@@ -98,7 +102,6 @@ public static class StudyRunner
         using var train = o.TrainExamples > 0 && o.TrainExamples < data.Train.Count ? data.Train.Subset(o.TrainExamples, o.Seed) : data.Train.Subset(data.Train.Count, o.Seed);
         using var test = o.TestExamples > 0 && o.TestExamples < data.Test.Count ? data.Test.Subset(o.TestExamples, o.Seed) : data.Test.Subset(data.Test.Count, o.Seed);
         using var measureData = train.Subset(Math.Min(o.MeasureExamples, train.Count), o.Seed + 1);
-        var spec = new ModelSource(o.Model);
         var results = new List<ModelMeasurements>();
         var trained = new Dictionary<string, nn.Module<Tensor, Tensor>>();
         var mine = o.Models.Where((_, k) => k % group.Size == group.Rank).ToList();
@@ -108,36 +111,62 @@ public static class StudyRunner
         {
             ct.ThrowIfCancellationRequested();
             var dir = Path.Combine(outDir, "models", m.Name);
-            progress?.Report(new StudyProgress($"training {m.Name}", step++, total));
-            var model = (spec with { Seed = m.Seed }).Build(train);
-            var log = new Trainer(model, train, new TrainOptions
+            var spec = new ModelSource(o.ArchitectureOf(m));
+            // A model's own training set is a seeded subset of the study's: with one seed, a smaller one lies inside a larger one.
+            using var own = m.TrainExamples is { } n && n < train.Count ? train.Subset(n, o.Seed) : null;
+            var modelTrain = own ?? train;
+            using var ownMeasure = own is null ? null : modelTrain.Subset(Math.Min(o.MeasureExamples, modelTrain.Count), o.Seed + 1);
+            var modelMeasureData = ownMeasure ?? measureData;
+            nn.Module<Tensor, Tensor> model;
+            Fit fit;
+            if (m.IsLoaded)
             {
-                Optimizer = Enum.Parse<Optimizer>(m.Optimizer, ignoreCase: true), BaseOptimizer = BaseOptimizer.Sgd, LearningRate = m.LearningRate, Momentum = 0.9,
-                Rho = m.Rho, BatchSize = m.BatchSize, Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed, CheckpointEvery = Math.Max(1, o.MaxEpochs),
-            }, o.EffectiveLoss)
-            { Test = test, OutputFolder = dir, ModelName = spec.Name, Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }
-                .Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
+                // A model trained elsewhere: loaded (the weights checked against the architecture) and evaluated, never trained.
+                progress?.Report(new StudyProgress($"loading {m.Name}", step++, total));
+                model = (spec with { WeightsPath = m.Weights }).Build(modelTrain);
+                using var eval = new Objective(model, o.EffectiveLoss, modelTrain, new ObjectiveOptions { BatchSize = 2048 });
+                var tr = eval.Evaluate(ct);
+                var te = eval.Evaluate(test, ct);
+                fit = new Fit(0, m.Steps, tr.Loss, tr.Accuracy ?? 0, te.Loss, te.Accuracy ?? 0);
+            }
+            else
+            {
+                progress?.Report(new StudyProgress($"training {m.Name}", step++, total));
+                model = (spec with { Seed = m.Seed }).Build(modelTrain);
+                var log = new Trainer(model, modelTrain, new TrainOptions
+                {
+                    Optimizer = Enum.Parse<Optimizer>(m.Optimizer, ignoreCase: true), BaseOptimizer = BaseOptimizer.Sgd, LearningRate = m.LearningRate, Momentum = o.Momentum,
+                    WeightDecay = m.WeightDecay, Rho = m.Rho, BatchSize = m.BatchSize, Epochs = o.MaxEpochs, StopAtLoss = o.StopAtLoss, Seed = m.Seed,
+                    CheckpointEvery = Math.Max(1, o.MaxEpochs),
+                }, o.EffectiveLoss)
+                { Test = test, OutputFolder = dir, ModelName = spec.Name, Stopped = l => Plots.Training(l, Path.Combine(dir, "training.png")) }
+                    .Run(resume: File.Exists(Path.Combine(dir, Trainer.StateFile)), ct: ct);
+                var last = log.Epochs[^1];
+                fit = new Fit(log.CompletedEpochs, log.CompletedSteps, last.TrainLoss, last.TrainAccuracy ?? 0, last.TestLoss ?? 0, last.TestAccuracy ?? 0);
+            }
             trained[m.Name] = model;
             progress?.Report(new StudyProgress($"measuring {m.Name}", step++, total));
             var cache = Path.Combine(dir, "measures.json");
             ModelMeasurements? mm = null;
             if (File.Exists(cache))
                 try { mm = JsonSerializer.Deserialize<ModelMeasurements>(File.ReadAllText(cache), AtomicFile.Json); } catch (JsonException) { mm = null; }
+            // The measurements are the cache's; the hyperparameters are the study's (one spec names them).
+            if (mm is not null) mm = mm with { Hyperparameters = m.Hyperparameters };
             if (mm is null)
             {
-                mm = Measure(m, model, log, measureData, spec, train, o, ct);
+                mm = Measure(m, model, fit, modelMeasureData, spec, modelTrain, o, ct);
                 AtomicFile.WriteJson(cache, mm);
             }
             results.Add(mm);
         }
-        if (group.Size > 1) results = Exchange(group, o, spec, train, results, trained);
+        if (group.Size > 1) results = Exchange(group, o, train, results, trained);
         var ranking = StudyStatistics.Analyze(results, new StatisticsOptions { Seed = o.Seed }, ct);
         var findings = Findings.Write(results, ranking, o);
         var summary = new StudySummary { Options = o, Data = $"{train.Name} ({train.Count} training, {test.Count} test examples)", Models = results, Ranking = ranking, Findings = findings, Seconds = sw.Elapsed.TotalSeconds };
         if (group.IsRoot())
         {
             progress?.Report(new StudyProgress("figures and report", total, total));
-            StudyFigures.WriteAll(summary, trained, train, test, measureData, outDir, ct);
+            summary = summary with { Notes = StudyFigures.WriteAll(summary, trained, train, test, measureData, outDir, ct) };
             AtomicFile.WriteJson(Path.Combine(outDir, "summary.json"), summary);
             WriteCsv(summary, Path.Combine(outDir, "results.csv"));
             AtomicFile.WriteAllText(Path.Combine(outDir, "report.html"), StudyReport.Html(summary, outDir));
@@ -150,7 +179,7 @@ public static class StudyRunner
     /// Brings every rank's models to rank 0 (measurements as JSON, weights and buffers as float64 in state_dict order, loaded
     /// into a fresh model of the same spec) and every model's measurements to every rank, in the study's model order.
     /// </summary>
-    static List<ModelMeasurements> Exchange(IProcessGroup group, StudyOptions o, ModelSource spec, Dataset train, List<ModelMeasurements> mine,
+    static List<ModelMeasurements> Exchange(IProcessGroup group, StudyOptions o, Dataset train, List<ModelMeasurements> mine,
         Dictionary<string, nn.Module<Tensor, Tensor>> trained)
     {
         using var stream = new MemoryStream();
@@ -176,7 +205,8 @@ public static class StudyRunner
                 for (int k = 0; k < count; k++)
                 {
                     var mm = JsonSerializer.Deserialize<ModelMeasurements>(reader.ReadString(), AtomicFile.Json)!;
-                    var model = (spec with { Seed = long.Parse(mm.Hyperparameters["seed"], System.Globalization.CultureInfo.InvariantCulture) }).Build(train);
+                    // A fresh model of the same architecture: every weight and buffer is overwritten below.
+                    var model = new ModelSource(o.ArchitectureOf(o.Models.First(x => x.Name == mm.Name))).Build(train);
                     var tensors = model.state_dict().Values.ToList();
                     int n = reader.ReadInt32();
                     if (n != tensors.Count) throw new ValleyException($"study: rank {r} sent {n} tensors for {mm.Name}, the model has {tensors.Count}");
@@ -197,54 +227,78 @@ public static class StudyRunner
         return JsonSerializer.Deserialize<List<ModelMeasurements>>(json, AtomicFile.Json)!;
     }
 
-    static ModelMeasurements Measure(StudyModel m, nn.Module<Tensor, Tensor> model, TrainingLog log, Dataset measureData, ModelSource spec, Dataset train, StudyOptions o, CancellationToken ct)
+    /// <summary>How a model fits: epochs and steps of training (0 and the models.csv steps for a loaded model), losses and accuracies.</summary>
+    internal readonly record struct Fit(int Epochs, long? Steps, double TrainLoss, double TrainAccuracy, double TestLoss, double TestAccuracy);
+
+    /// <summary>
+    /// Every measure of the options on one model. The curvature measures run as <c>valley hessian --top 5 --trace --density</c>
+    /// does (<see cref="SpectrumAnalysis"/>, with the model's seed) and the sharpness measures as <c>valley sharpness</c> does
+    /// (<see cref="SharpnessSuite"/>), so that each model's numbers are those of the per-model commands with the same seed.
+    /// </summary>
+    static ModelMeasurements Measure(StudyModel m, nn.Module<Tensor, Tensor> model, Fit fit, Dataset measureData, ModelSource spec, Dataset train, StudyOptions o, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
-        var last = log.Epochs[^1];
         var measures = new Dictionary<string, double>();
         var errors = new Dictionary<string, double>();
         using var obj = new Objective(model, o.EffectiveLoss, measureData, new ObjectiveOptions { BatchSize = measureData.Count });
         var op = new HessianOperator(obj) { Cancellation = ct };
-        var top = Lanczos.Compute(op, new LanczosOptions { K = 5, Tolerance = 1e-3, MaxProducts = o.MaxProducts, Seed = m.Seed }, ct: ct);
-        measures["lambda_max"] = top.Values[0];
-        measures["top5_sum"] = top.Values.Sum();
-        var tr = HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = 0.05, MaxProducts = o.MaxProducts, Seed = m.Seed }, ct: ct);
-        measures["trace"] = tr.Trace;
-        errors["trace"] = tr.StandardError;
-        var density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = m.Seed }, ct: ct);
-        measures["negative_mass"] = density.NegativeMass;
-        using var init = (spec with { Seed = m.Seed }).Initialization(train);
-        var suite = SharpnessSuite.Run(obj, new SharpnessSuiteOptions
+        var names = o.Measures.ToHashSet();
+        bool top = names.Contains("lambda_max") || names.Contains("top5_sum"), trace = names.Contains("trace"), density = names.Contains("negative_mass");
+        SpectrumReport? spectrum = null;
+        if (top || trace || density)
         {
-            Measures = [SharpnessMeasures.Keskar, SharpnessMeasures.Sam, SharpnessMeasures.WorstCaseL2Adaptive, SharpnessMeasures.AverageCaseAdaptive,
-                        SharpnessMeasures.PacBayes, SharpnessMeasures.FisherTrace, SharpnessMeasures.RelativeFlatness],
-            Seed = m.Seed, Initialization = init,
-        }, ct: ct);
-        foreach (var r in suite)
+            spectrum = SpectrumAnalysis.Run(op, new SpectrumAnalysisOptions
+            {
+                Top = top ? (int)Math.Min(5, op.Size) : 0, Bottom = 0, Trace = trace, Density = density, Tolerance = 1e-3, TraceRelativeError = o.TraceRelativeError,
+                TraceMethod = TraceMethod.HutchPlusPlus, MaxProducts = o.MaxProducts, DensityRuns = o.DensityRuns, DensitySteps = o.DensitySteps, Seed = m.Seed,
+            }, ct: ct);
+            if (names.Contains("lambda_max")) measures["lambda_max"] = spectrum.Top!.Values[0];
+            if (names.Contains("top5_sum")) measures["top5_sum"] = spectrum.Top!.Values.Sum();
+            if (trace) { measures["trace"] = spectrum.Trace!.Trace; errors["trace"] = spectrum.Trace.StandardError; }
+            if (density) measures["negative_mass"] = spectrum.Density!.NegativeMass;
+        }
+        // w₀: a trained model's seeded initialization (what training started from); a loaded model's init weights when models.csv gives them.
+        using var init = m.IsLoaded
+            ? m.Initialization is { } initPath ? (spec with { WeightsPath = initPath }).Build(train) : null
+            : (spec with { Seed = m.Seed }).Initialization(train);
+        var sharpness = o.Measures.Where(n => !StudyOptions.CurvatureMeasures.Contains(n)).Select(SharpnessMeasures.Get).ToList();
+        if (sharpness.Count > 0)
         {
-            string key = r.Measure == "keskar" ? $"keskar_eps{r.Parameters["epsilon"]:0e0}" : r.Measure.Replace('-', '_');
-            measures[key] = r.Value;
-            if (r.StandardError is { } se && double.IsFinite(se)) errors[key] = se;
+            var suite = SharpnessSuite.Run(obj, new SharpnessSuiteOptions
+            {
+                Measures = sharpness, Epsilons = o.Epsilons, Rho = o.SharpnessRho, Steps = o.SharpnessSteps, Samples = o.SharpnessSamples, Seed = m.Seed, Initialization = init,
+            }, ct: ct);
+            foreach (var r in suite)
+            {
+                string key = MeasureKey(r);
+                measures[key] = r.Value;
+                if (r.StandardError is { } se && double.IsFinite(se)) errors[key] = se;
+            }
         }
         // Baselines (Jiang et al. 2020): the margin on the measures' training examples, steps to the stopping rule from the log.
         var baselines = Valley.Generalization.GeneralizationBaselines.Compute(model, measureData,
-            new Valley.Generalization.BaselineOptions { Initialization = init, Steps = log.CompletedSteps }, ct);
+            new Valley.Generalization.BaselineOptions { Initialization = init, Steps = fit.Steps }, ct);
         return new ModelMeasurements
         {
-            Name = m.Name, Hyperparameters = m.Hyperparameters, Epochs = log.CompletedEpochs,
-            TrainLoss = last.TrainLoss, TrainAccuracy = last.TrainAccuracy ?? 0, TestLoss = last.TestLoss ?? 0, TestAccuracy = last.TestAccuracy ?? 0,
-            Measures = measures, StandardErrors = errors, Baselines = baselines.Values(), BaselineNotes = baselines.Notes, TopEigenvalues = top.Values, DensityNodes = density.Nodes, DensityWeights = density.Weights,
-            Seconds = sw.Elapsed.TotalSeconds,
+            Name = m.Name, Hyperparameters = m.Hyperparameters, Epochs = fit.Epochs, Steps = fit.Steps,
+            TrainLoss = fit.TrainLoss, TrainAccuracy = fit.TrainAccuracy, TestLoss = fit.TestLoss, TestAccuracy = fit.TestAccuracy,
+            Measures = measures, StandardErrors = errors, Baselines = baselines.Values(), BaselineNotes = baselines.Notes, TopEigenvalues = spectrum?.Top?.Values ?? [], DensityNodes = spectrum?.Density?.Nodes ?? [],
+            DensityWeights = spectrum?.Density?.Weights ?? [], Seconds = sw.Elapsed.TotalSeconds,
         };
     }
+
+    /// <summary>A sharpness result's column in the study: "keskar_eps1e-3" for Keskar's, the measure's name in snake case otherwise.</summary>
+    internal static string MeasureKey(SharpnessResult r) =>
+        r.Measure == "keskar" ? $"keskar_eps{r.Parameters["epsilon"].ToString("0e0", System.Globalization.CultureInfo.InvariantCulture)}" : r.Measure.Replace('-', '_');
 
     static void WriteCsv(StudySummary s, string path)
     {
         var keys = s.Models.SelectMany(m => m.Measures.Keys).Distinct().ToList();
         var baselineKeys = s.Models.SelectMany(m => m.Baselines.Keys).Distinct().Where(k => !keys.Contains(k)).ToList();
-        Csv.Write(path, new[] { "model", "optimizer", "batch_size", "seed", "epochs", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "loss_gap", "accuracy_gap" }.Concat(keys).Concat(baselineKeys).ToList(),
-            s.Models.Select(m => new object[] { m.Name, m.Hyperparameters["optimizer"], m.Hyperparameters["batch_size"], m.Hyperparameters["seed"], m.Epochs,
-                m.TrainLoss, m.TrainAccuracy, m.TestLoss, m.TestAccuracy, m.LossGap, m.AccuracyGap }.Concat(keys.Select(k => (object)m.Measures.GetValueOrDefault(k, double.NaN)))
+        var hyper = s.Models.SelectMany(m => m.Hyperparameters.Keys).Distinct().ToList();
+        Csv.Write(path, new[] { "model" }.Concat(hyper).Concat(["epochs", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "loss_gap", "accuracy_gap"]).Concat(keys).Concat(baselineKeys).ToList(),
+            s.Models.Select(m => new object[] { m.Name }.Concat(hyper.Select(h => (object)m.Hyperparameters.GetValueOrDefault(h, ""))).Concat([m.Epochs,
+                m.TrainLoss, m.TrainAccuracy, m.TestLoss, m.TestAccuracy, m.LossGap, m.AccuracyGap]).Concat(keys.Select(k => (object)m.Measures.GetValueOrDefault(k, double.NaN)))
                 .Concat(baselineKeys.Select(k => (object)m.Baselines.GetValueOrDefault(k, double.NaN)))));
     }
 }

@@ -15,30 +15,50 @@ public static class StudyCommand
 
     public static Command Build()
     {
-        var preset = new Option<string>("--preset") { Description = "quick (≈1 minute smoke run), default (≤ 10 minutes on 2 cores), full (all 60,000 images, 3 seeds)", DefaultValueFactory = _ => "default" }
-            .AcceptOnlyFromAmong("quick", "default", "full");
-        var model = new Option<string>("--model", "-m") { Description = "Architecture of every model: a built-in spec, or a TorchScript archive (every model then starts from the archive's weights)", DefaultValueFactory = _ => "mlp:784-128-64-10" };
-        var data = new Option<string?>("--data", "-d") { Description = "Data with a test set (default: Fashion-MNIST)" };
+        var preset = new Option<string>("--preset") { Description = "quick (≈1 minute smoke run), default (24 models, ≤ 10 minutes on 2 cores), full (all 60,000 images, 3 architectures, 72 models: hours, or an MPI job)", DefaultValueFactory = _ => "default" }
+            .AcceptOnlyFromAmong([.. StudySpec.PresetNames]);
+        var spec = new Option<string?>("--spec") { Description = "A study specification file (JSON): data, model or architectures, grid, stopping rule, measures, figures (start from --print-spec default)" };
+        var printSpec = new Option<string?>("--print-spec") { Description = "Print a preset's spec (quick, default or full) to start your own from, and exit" }.AcceptOnlyFromAmong([.. StudySpec.PresetNames]);
+        var models = new Option<string?>("--models") { Description = "A model zoo: a folder with models.csv (name, weights[, model, init, steps, hyperparameter columns...]): Valley trains nothing, it measures these models" };
+        var model = new Option<string>("--model", "-m") { Description = "Architecture of every model (replaces the spec's): a built-in spec, or a TorchScript archive (every model then starts from the archive's weights)", DefaultValueFactory = _ => "mlp:784-128-64-10" };
+        var data = new Option<string?>("--data", "-d") { Description = "Data with a test set (replaces the spec's; default: Fashion-MNIST)" };
         var labels = new Option<string?>("--labels") { Description = "Labels for a tensor file of inputs given as --data (e.g. --data x.npy --labels y.npy)" };
         var task = new Option<string?>("--task") { Description = "classification or regression (default: told by the data)" }.AcceptOnlyFromAmong("classification", "regression");
         var loss = new Option<string?>("--loss") { Description = "cross-entropy, mse or bce (default: cross-entropy for classification, mse for regression)" }.AcceptOnlyFromAmong([.. Valley.Curvature.Losses.Names]);
-        var outDir = new Option<string>("--out", "-o") { Description = "Output folder (reused and continued when it holds an earlier run of the same preset)", DefaultValueFactory = _ => "out/study" };
+        var outDir = new Option<string>("--out", "-o") { Description = "Output folder (reused and continued when it holds an earlier run of the same study)", DefaultValueFactory = _ => "out/study" };
         var threads = new Option<int>("--threads") { Description = "CPU threads for LibTorch (0 = default)", DefaultValueFactory = _ => 0 };
         var format = new Option<string>("--format") { Description = "Terminal output", DefaultValueFactory = _ => "table" }.AcceptOnlyFromAmong("table", "json");
         var verbose = new Option<bool>("--verbose") { Description = "Show stack traces on errors" };
-        var cmd = new Command("study", "Train models that differ in batch size, optimizer (SGD, Adam, SAM) and seed; measure every curvature and sharpness measure; " +
-                                       "relate them to the generalization gap (Kendall τ); write report.html, summary.json, results.csv and figures")
-            { preset, model, data, labels, task, loss, outDir, threads, format, verbose };
+        var cmd = new Command("study", "Train a grid of models (optimizer incl. SAM/ASAM, learning rate, batch size, weight decay, ρ, seed, training-set size, architecture; " +
+                                       "a preset or --spec FILE), or measure your own (--models DIR); measure every curvature and sharpness measure; " +
+                                       "relate them to the generalization gap; write report.html, summary.json, results.csv and figures")
+            { preset, spec, printSpec, models, model, data, labels, task, loss, outDir, threads, format, verbose };
         cmd.SetAction((p, ct) =>
         {
+            if (p.GetValue(printSpec) is { } shown)
+            {
+                p.InvocationConfiguration.Output.Write(StudySpec.Preset(shown).ToJson());
+                return Task.FromResult(0);
+            }
             var group = CommonOptions.Group;
-            var options = group.Agree(() =>
+            bool Given(Option o) => p.GetResult(o) is { Implicit: false };
+            var studySpec = group.Agree(() =>
             {
                 CommonOptions.SetThreads(p.GetValue(threads));
-                var opts = StudyOptions.For(p.GetValue(preset)!, p.GetValue(model)!);
-                new Models.ModelSource(opts.Model).Validate();
-                return opts;
+                if (Given(spec) && Given(preset)) throw new ValleyException("--spec and --preset: give one (a spec file says everything a preset does)");
+                var sp = p.GetValue(spec) is { } file ? StudySpec.Load(file, $"--spec {file}") : StudySpec.Preset(p.GetValue(preset)!);
+                // Options given on the command line replace the spec's.
+                if (Given(model)) sp = sp with { Model = p.GetValue(model)!, Architectures = null };
+                if (Given(data)) sp = sp with { Data = sp.Data with { Path = p.GetValue(data) } };
+                if (Given(labels)) sp = sp with { Data = sp.Data with { Labels = p.GetValue(labels) } };
+                if (Given(task)) sp = sp with { Data = sp.Data with { Task = p.GetValue(task) } };
+                if (Given(loss)) sp = sp with { Data = sp.Data with { Loss = p.GetValue(loss) } };
+                new Models.ModelSource(sp.Model).Validate();
+                if (p.GetValue(models) is null && sp.Expand().Count == 0)
+                    throw new ValleyException($"--spec {p.GetValue(spec)}: grid: no models: give a grid (value lists) or a list of models, or measure a model zoo with --models DIR");
+                return sp;
             });
+            var options = studySpec.ToOptions();
             var dir = p.GetValue(outDir)!;
             var marker = Path.Combine(dir, "study.json");
             RunInputs inputs = null!;
@@ -54,14 +74,18 @@ public static class StudyCommand
                         AtomicFile.EnsureWritableFolder(dir);
                         lk = OutputLock.Acquire(dir);
                     }
-                    sp = DataSources.Open(p.GetValue(data), labels: p.GetValue(labels), task: CommonOptions.ParseTask(p.GetValue(task)));
-                    options = options with { Loss = Valley.Curvature.Losses.Named(p.GetValue(loss), sp.Train.Task) };
+                    var d = studySpec.Data;
+                    sp = DataSources.Open(d.Path, labels: d.Labels, task: CommonOptions.ParseTask(d.Task));
+                    options = options with { Loss = Valley.Curvature.Losses.Named(d.Loss, sp.Train.Task) };
                     Valley.Curvature.Losses.CheckTargets(options.EffectiveLoss, sp.Train);
-                    if (sp.Test is null) throw new ValleyException($"--data {p.GetValue(data)}: no test set (the study needs one for the generalization gap)");
-                    ModelSpecCheck(options.Model, sp.Train);
-                    // A study folder is continued only by a study of identical inputs: the data by content, not by name.
-                    inputs = new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version).With("--preset", options.Preset).With("--model", new Models.ModelSource(options.Model).Digest)
-                        .With("--loss", Valley.Curvature.Losses.NameOf(options.EffectiveLoss)).With("--task", p.GetValue(task))
+                    if (sp.Test is null) throw new ValleyException($"--data {d.Path}: no test set (the study needs one for the generalization gap)");
+                    foreach (var arch in options.Models.Select(options.ArchitectureOf).Append(options.Model).Distinct()) ModelSpecCheck(arch, sp.Train);
+                    // A zoo replaces the grid: its models are loaded (and checked against the data here), not trained.
+                    if (p.GetValue(models) is { } zoo)
+                        options = options with { Preset = $"{options.Preset}, models from {zoo}", Models = StudyZoo.Read(zoo, options.Model, sp.Train) };
+                    // A study folder is continued only by a study of identical inputs: the data by content, not by name; the spec by section.
+                    inputs = studySpec.AddTo(new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version))
+                        .With("--loss", Valley.Curvature.Losses.NameOf(options.EffectiveLoss)).With("--models", p.GetValue(models) is null ? null : StudyZoo.Digest(options.Models))
                         .With("data", RunInputs.Digest(sp.Train)).With("test data", RunInputs.Digest(sp.Test));
                     if (group.IsRoot() && File.Exists(marker))
                     {
@@ -82,7 +106,11 @@ public static class StudyCommand
             }, r => { r.sp.Dispose(); r.lk?.Dispose(); });
             using var _lock = lockFile;
             using var _split = split;
-            if (group.IsRoot()) AtomicFile.WriteJson(marker, inputs);
+            if (group.IsRoot())
+            {
+                AtomicFile.WriteJson(marker, inputs);
+                AtomicFile.WriteAllText(Path.Combine(dir, "spec.json"), studySpec.ToJson());
+            }
             bool json = p.GetValue(format) == "json";
             var term = CommonOptions.Terminal(json);
             StudySummary summary = null!;
@@ -114,6 +142,7 @@ public static class StudyCommand
             term.MarkupLine(Markup.Escape($"{rk.Models} models; sorted by the lower bound of τ (a negative τ by its upper bound, marked reversed). ≠0: interval excludes 0 and " +
                 $"p ≤ {1 - rk.Options.Confidence:0.###}; ?: inconclusive; >, <, ≈ best bl: paired bootstrap against the best baseline ({rk.BestBaseline ?? "none"}). All {rk.Rows.Count} rows in report.html."));
             foreach (var f in summary.Findings.Take(3)) term.MarkupLine("• " + Markup.Escape(f));
+            foreach (var n in summary.Notes) term.MarkupLine("[grey]" + Markup.Escape(n) + "[/]");
             term.MarkupLine($"Report: [blue]{Markup.Escape(Path.GetFullPath(Path.Combine(dir, "report.html")))}[/] ({summary.Seconds:F0} s)");
             return Task.FromResult(0);
         });
