@@ -397,3 +397,22 @@ public class CurvatureOperatorTests
         Assert.Throws<ValleyException>(() => CurvatureMatrix.Of(model, custom, data, CurvatureKind.MonteCarloFisher));
     }
 }
+
+public class GgnMonitorTests
+{
+    public GgnMonitorTests() => TestUtil.Init();
+
+    [Fact]
+    public void TheMonitorsGgnLambdaMaxEqualsTheHessiansForLinearRegression()
+    {
+        using var data = Synthetic.LinearTeacher(64, 5, seed: 4);
+        var linear = new Mlp([5, 1]);
+        var options = new Valley.Training.TrainOptions { LearningRate = 0.01, BatchSize = 16, Epochs = 1, MonitorEvery = 2, MonitorExamples = 64, MonitorGgn = true, Seed = 1 };
+        var dir = TestUtil.TempDir("monitor-ggn");
+        var log = new Valley.Training.Trainer(linear, data, options, Losses.MeanSquaredError) { OutputFolder = dir }.Run();
+        Assert.NotEmpty(log.Monitor);
+        // A model linear in its parameters under MSE: the GGN is the Hessian.
+        foreach (var m in log.Monitor) Assert.Equal(m.LambdaMax, m.GgnLambdaMax!.Value, 1e-3 * m.LambdaMax);
+        Assert.Contains("ggn_lambda_max", File.ReadAllLines(Path.Combine(dir, "monitor.csv"))[0]);
+    }
+}
