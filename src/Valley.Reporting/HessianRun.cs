@@ -23,7 +23,53 @@ namespace Valley.Reporting;
 /// <param name="Inputs">The run's inputs by content.</param>
 /// <param name="Report">The results so far.</param>
 public sealed record HessianOutput(string Model, string? Weights, string Data, long Examples, long Parameters, string? Layer, string DType, long Seed, int Threads,
-    RunInputs Inputs, SpectrumReport? Report = null);
+    RunInputs Inputs, SpectrumReport? Report = null)
+{
+    /// <summary>The curvature operator the report is of: "hessian", "ggn", "ef", "mc-fisher" or "kfac" (<see cref="CurvatureOperators.Names"/>).</summary>
+    public string Operator { get; init; } = "hessian";
+
+    /// <summary>K-FAC only: the selected parameters no covered layer holds (the approximation is zero on them).</summary>
+    public IReadOnlyList<string>? UncoveredParameters { get; init; }
+
+    /// <summary>The diagonal's per-parameter summary, when asked for (the entries are in diagonal.csv).</summary>
+    public DiagonalSummary? Diagonal { get; init; }
+
+    /// <summary>The Frobenius norm, when asked for.</summary>
+    public FrobeniusEstimate? Frobenius { get; init; }
+}
+
+/// <summary>One parameter tensor's part of an operator's diagonal.</summary>
+/// <param name="Parameter">The parameter's name.</param>
+/// <param name="Count">Its entries.</param>
+/// <param name="Sum">The sum of its diagonal entries (its block's trace).</param>
+/// <param name="Mean">Their mean.</param>
+/// <param name="Min">The smallest entry.</param>
+/// <param name="Max">The largest entry.</param>
+/// <param name="RmsStandardError">The root-mean-square of the entries' standard errors (0 for an exact diagonal).</param>
+public sealed record DiagonalBlock(string Parameter, long Count, double Sum, double Mean, double Min, double Max, double RmsStandardError);
+
+/// <summary>A diagonal estimate summarized by parameter tensor (the entries themselves go to diagonal.csv).</summary>
+/// <param name="Method">"hutchinson", "xdiag" or "kfac-factors".</param>
+/// <param name="Probes">Random probes.</param>
+/// <param name="Products">Operator products.</param>
+/// <param name="Seconds">Wall-clock time.</param>
+/// <param name="Blocks">One summary per parameter tensor, in the model's order.</param>
+public sealed record DiagonalSummary(string Method, int Probes, long Products, double Seconds, IReadOnlyList<DiagonalBlock> Blocks)
+{
+    /// <summary>Summarizes an estimate by the parameter tensors of <paramref name="parameters"/>.</summary>
+    public static DiagonalSummary Of(DiagonalEstimate d, ParameterSet parameters)
+    {
+        var blocks = new List<DiagonalBlock>();
+        for (int p = 0; p < parameters.Names.Count; p++)
+        {
+            int off = (int)parameters.Offsets[p], count = (int)parameters.Tensors[p].numel();
+            var values = new ArraySegment<double>(d.Diagonal, off, count);
+            var se = new ArraySegment<double>(d.StandardErrors, off, count);
+            blocks.Add(new DiagonalBlock(parameters.Names[p], count, values.Sum(), values.Average(), values.Min(), values.Max(), Math.Sqrt(se.Average(e => e * e))));
+        }
+        return new DiagonalSummary(d.Method, d.Probes, d.Products, d.Seconds, blocks);
+    }
+}
 
 /// <summary>
 /// A resumable Hessian spectrum run in an output folder: <see cref="SpectrumAnalysis"/> with hessian.json rewritten after
@@ -40,7 +86,7 @@ public sealed class HessianRun
     public const string JsonFile = "hessian.json";
 
     /// <summary>The files a run writes besides hessian.json; an earlier run's are removed when a run of other inputs starts.</summary>
-    public static readonly IReadOnlyList<string> DensityFiles = ["density.csv", "density-nodes.csv", "density.png"];
+    public static readonly IReadOnlyList<string> DensityFiles = ["density.csv", "density-nodes.csv", "density.png", "diagonal.csv"];
 
     readonly IProcessGroup _group;
 
@@ -98,14 +144,69 @@ public sealed class HessianRun
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="SpectrumAnalysisOptions"/>).</exception>
     public SpectrumReport Run(ICurvatureOperator op, SpectrumAnalysisOptions options, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
     {
+        // K-FAC's eigenvalues and trace come exactly from its Kronecker factors: given to the analysis as finished stages.
+        var earlier = op is KfacOperator kfac ? FromFactors(kfac, options, Earlier) : Earlier;
         var report = SpectrumAnalysis.Run(op, options, progress, partial: r => { if (_group.IsRoot()) AtomicFile.WriteJson(JsonPath, Output(r)); },
-            ct: ct, resumeFrom: Earlier);
+            ct: ct, resumeFrom: earlier);
         if (_group.IsRoot()) WriteDensity(report);
         return report;
     }
 
+    static SpectrumReport FromFactors(KfacOperator kfac, SpectrumAnalysisOptions o, SpectrumReport? earlier) =>
+        (earlier ?? new SpectrumReport { Size = kfac.Size, Options = o }) with
+        {
+            Top = o.Top > 0 ? kfac.TopEigenvalues(o.Top) : null,
+            Bottom = o.Bottom > 0 ? kfac.TopEigenvalues(o.Bottom, EigenTarget.Smallest) : null,
+            Trace = o.Trace ? kfac.TraceEstimate() : null,
+        };
+
+    /// <summary>
+    /// After <see cref="Run"/>: the diagonal (written to diagonal.csv by parameter name, entry and standard error, and
+    /// summarized by parameter tensor) and the Frobenius norm, when asked for; K-FAC's exactly from its factors. Rewrites
+    /// hessian.json with them (rank 0) and returns what it holds.
+    /// </summary>
+    /// <param name="op">The operator <see cref="Run"/> analysed.</param>
+    /// <param name="parameters">Its parameters, which name the diagonal's entries.</param>
+    /// <param name="report">What <see cref="Run"/> returned.</param>
+    /// <param name="diagonal">The diagonal estimator's options; null: no diagonal.</param>
+    /// <param name="frobenius">The Frobenius estimator's options; null: no Frobenius norm.</param>
+    /// <param name="progress">Progress of each estimator.</param>
+    /// <param name="ct">Checked by every estimator.</param>
+    public HessianOutput Finish(ICurvatureOperator op, ParameterSet parameters, SpectrumReport report, DiagonalOptions? diagonal, FrobeniusOptions? frobenius,
+        IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
+    {
+        var output = Output(report);
+        if (diagonal is not null)
+        {
+            var d = op is KfacOperator k ? CurvatureMatrix.ExactDiagonal(k) : DiagonalEstimator.Estimate(op, diagonal, progress, ct);
+            output = output with { Diagonal = DiagonalSummary.Of(d, parameters) };
+            if (_group.IsRoot())
+            {
+                var rows = new List<object[]>((int)Math.Min(op.Size, int.MaxValue));
+                for (int p = 0; p < parameters.Names.Count; p++)
+                    for (long i = 0; i < parameters.Tensors[p].numel(); i++)
+                    {
+                        long j = parameters.Offsets[p] + i;
+                        rows.Add([parameters.Names[p], i, d.Diagonal[j], d.StandardErrors[j]]);
+                    }
+                Csv.Write(Path.Combine(Folder, "diagonal.csv"), ["parameter", "index", "entry", "standard_error"], rows);
+            }
+        }
+        if (frobenius is not null)
+            output = output with { Frobenius = op is KfacOperator k ? CurvatureMatrix.ExactFrobenius(k) : FrobeniusNorm.Estimate(op, frobenius, progress, ct) };
+        if (_group.IsRoot()) AtomicFile.WriteJson(JsonPath, output);
+        return output;
+    }
+
     /// <summary>What hessian.json holds for <paramref name="report"/>.</summary>
     public HessianOutput Output(SpectrumReport report) => Description with { Report = report };
+
+    /// <summary>An operator's name in words: "GGN".</summary>
+    /// <param name="name">Its short name (<see cref="CurvatureOperators.Names"/>).</param>
+    public static string Title(string name) => name switch
+    {
+        "ggn" => "GGN", "ef" => "Empirical Fisher", "mc-fisher" => "Monte-Carlo Fisher", "kfac" => "K-FAC", _ => "Hessian",
+    };
 
     void WriteDensity(SpectrumReport r)
     {
@@ -113,6 +214,6 @@ public sealed class HessianRun
         Csv.Write(Path.Combine(Folder, "density.csv"), ["eigenvalue", "density"], d.Grid.Select((g, i) => new object[] { g, d.Density[i] }));
         Csv.Write(Path.Combine(Folder, "density-nodes.csv"), ["run", "node", "weight"],
             d.Nodes.SelectMany((nodes, run) => nodes.Select((t, i) => new object[] { run, t, d.Weights[run][i] })));
-        Plots.SpectralDensity(d, Path.Combine(Folder, "density.png"), $"Hessian spectral density: {Description.Model}", r.LambdaMax, r.LambdaMin);
+        Plots.SpectralDensity(d, Path.Combine(Folder, "density.png"), $"{Title(Description.Operator)} spectral density: {Description.Model}", r.LambdaMax, r.LambdaMin);
     }
 }

@@ -25,11 +25,20 @@ public static class HessianCommand
         var maxProducts = new Option<long>("--max-products") { Description = "Budget of Hessian-vector products per estimator", DefaultValueFactory = _ => 1000 };
         var runs = new Option<int>("--density-runs") { Description = "SLQ runs n_v (Ghorbani et al. 2019: 10)", DefaultValueFactory = _ => 10 };
         var steps = new Option<int>("--density-steps") { Description = "SLQ Lanczos steps m (Ghorbani et al. 2019: 80)", DefaultValueFactory = _ => 80 };
+        var opName = new Option<string>("--operator") { Description = "The curvature matrix: hessian, ggn (generalized Gauss-Newton), ef (empirical Fisher), mc-fisher (Monte-Carlo Fisher) or kfac (K-FAC: eigenvalues, trace, diagonal and Frobenius norm exactly from its Kronecker factors)", DefaultValueFactory = _ => "hessian" }
+            .AcceptOnlyFromAmong([.. CurvatureOperators.Names]);
+        var mcSamples = new Option<int>("--mc-samples") { Description = "Labels sampled per example by mc-fisher and kfac --kfac-expectation mc", DefaultValueFactory = _ => 1 };
+        var kfacExpectation = new Option<string>("--kfac-expectation") { Description = "K-FAC's output-gradient factor: exact (over the model's predictive distribution), mc (sampled labels) or empirical (the data's labels)", DefaultValueFactory = _ => "exact" }
+            .AcceptOnlyFromAmong("exact", "mc", "empirical");
+        var diagonal = new Option<bool>("--diagonal") { Description = "Estimate the diagonal (written to diagonal.csv by parameter name, entry and standard error; a per-parameter summary in the terminal)" };
+        var diagonalMethod = new Option<string>("--diagonal-method") { Description = "hutchinson or xdiag", DefaultValueFactory = _ => "hutchinson" }.AcceptOnlyFromAmong("hutchinson", "xdiag");
+        var diagonalProducts = new Option<long>("--diagonal-products") { Description = "Products the diagonal estimator spends", DefaultValueFactory = _ => 100 };
+        var frobenius = new Option<bool>("--frobenius") { Description = "Estimate the Frobenius norm (E‖Av‖² over Rademacher probes, to --trace-error)" };
         var outDir = new Option<string>("--out", "-o") { Description = "Output folder for hessian.json, density.csv and density.png", DefaultValueFactory = _ => "out/hessian" };
         var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (Hutch++), spectral density (SLQ). " +
                                          "With no estimator chosen: --top 5 --bottom 1 --trace --density.");
         o.AddTo(cmd);
-        foreach (var opt in new Option[] { top, bottom, trace, density, exact, tol, traceErr, traceMethod, maxProducts, runs, steps, outDir }) cmd.Options.Add(opt);
+        foreach (var opt in new Option[] { top, bottom, trace, density, exact, tol, traceErr, traceMethod, maxProducts, runs, steps, opName, mcSamples, kfacExpectation, diagonal, diagonalMethod, diagonalProducts, frobenius, outDir }) cmd.Options.Add(opt);
         // The library's names of these options (SpectrumAnalysisOptions and the estimators' options) where they are not the kebab-case.
         OptionNames.Register("hessian", new Dictionary<string, string>
         {
@@ -38,10 +47,14 @@ public static class HessianCommand
             [nameof(HutchinsonOptions.RelativeStandardError)] = "--trace-error",
             [nameof(SpectralDensityOptions.Runs)] = "--density-runs",
             [nameof(SpectralDensityOptions.Steps)] = "--density-steps",
+            [nameof(CurvatureOperatorOptions.Samples)] = "--mc-samples",
+            ["samples"] = "--mc-samples",
+            [nameof(DiagonalOptions.Products)] = "--diagonal-products",
         });
         cmd.SetAction((p, ct) =>
         {
-            bool any = p.GetValue(top) is not null || p.GetValue(bottom) is not null || p.GetValue(trace) || p.GetValue(density) || p.GetValue(exact);
+            bool any = p.GetValue(top) is not null || p.GetValue(bottom) is not null || p.GetValue(trace) || p.GetValue(density) || p.GetValue(exact)
+                       || p.GetValue(diagonal) || p.GetValue(frobenius);
             var options = new SpectrumAnalysisOptions
             {
                 Top = p.GetValue(top) ?? (any ? 0 : 5),
@@ -62,24 +75,54 @@ public static class HessianCommand
             var (lockFile, ctx) = o.Prepare(p, dir);
             using var _lock = lockFile;
             using var _ctx = ctx;
-            var op = new HessianOperator(ctx.Objective) { Cancellation = ct };
+            var kind = CurvatureOperators.Parse(p.GetValue(opName)!);
+            var diagonalOptions = p.GetValue(diagonal)
+                ? new DiagonalOptions { Method = p.GetValue(diagonalMethod) == "xdiag" ? DiagonalMethod.XDiag : DiagonalMethod.Hutchinson, Products = p.GetValue(diagonalProducts), Seed = options.Seed + 5 }
+                : null;
+            var frobeniusOptions = p.GetValue(frobenius)
+                ? new FrobeniusOptions { RelativeStandardError = options.TraceRelativeError, MaxProducts = options.MaxProducts, Seed = options.Seed + 6 }
+                : null;
+            ICurvatureOperator op = null!;
             // Every rank refuses bad options alike, in this command's option names.
             group.Agree(() =>
             {
-                try { SpectrumAnalysis.Validate(op, options); }
+                try
+                {
+                    op = CurvatureOperators.Create(ctx.Objective, kind, new CurvatureOperatorOptions
+                    {
+                        Samples = p.GetValue(mcSamples), Seed = options.Seed,
+                        KfacExpectation = p.GetValue(kfacExpectation) switch { "mc" => KfacExpectation.MonteCarlo, "empirical" => KfacExpectation.Empirical, _ => KfacExpectation.Exact },
+                    }, ct);
+                    SpectrumAnalysis.Validate(op, options);
+                    if (diagonalOptions is not null) DiagonalEstimator.Validate(op, diagonalOptions);
+                    if (frobeniusOptions is not null) FrobeniusNorm.Validate(frobeniusOptions);
+                }
                 catch (ArgumentException e) when (OptionNames.Translate(e, "hessian") is { } message) { throw new ValleyException(message, e); }
             });
+            using var _op = op as IDisposable;
             bool json = CommonOptions.Json(p, o);
             var term = CommonOptions.Terminal(json);
-            if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
+            string name = CurvatureOperators.NameOf(kind);
+            var uncovered = (op as KfacOperator)?.UncoveredParameters;
+            if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {HessianRun.Title(name)}, {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
                                        (group.Size > 1 ? $" on each of {group.Size} ranks ({ctx.TrainExamples} in all)" : ""));
+            if (!json && uncovered is { Count: > 0 })
+                term.MarkupLine($"[yellow]K-FAC covers Linear and Conv2d layers only; it is zero on {Markup.Escape(string.Join(", ", uncovered))}[/]");
             var run = HessianRun.Open(dir, new HessianOutput(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
-                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), CommonOptions.Inputs(p, ctx)), group);
+                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), CommonOptions.Inputs(p, ctx)) { Operator = name, UncoveredParameters = uncovered }, group);
             if (run.Replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(run.Replaced)}): starting afresh[/]");
-            SpectrumReport report = null!;
-            ProgressBars.Run(term, progress => report = run.Run(op, options, progress, ct));
-            if (json) p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(run.Output(report)));
-            else Render(term, report, run.JsonPath, op.DType);
+            HessianOutput output = null!;
+            ProgressBars.Run(term, progress =>
+            {
+                var report = run.Run(op, options, progress, ct);
+                output = run.Finish(op, ctx.Objective.Parameters, report, diagonalOptions, frobeniusOptions, progress, ct);
+            });
+            if (json) p.InvocationConfiguration.Output.WriteLine(AtomicFile.ToJson(output));
+            else
+            {
+                Render(term, output.Report!, run.JsonPath, op.DType, name, output.Frobenius);
+                if (output.Diagonal is { } d) RenderDiagonal(term, d, Path.Combine(dir, "diagonal.csv"));
+            }
             return Task.FromResult(0);
         });
         return cmd;
@@ -102,9 +145,11 @@ public static class HessianCommand
     /// <param name="r">The report.</param>
     /// <param name="jsonPath">Where the report was written.</param>
     /// <param name="dtype">The dtype of the products (a precision floor below float64 suggests --dtype float64).</param>
-    public static void Render(IAnsiConsole term, SpectrumReport r, string jsonPath, TorchSharp.torch.ScalarType dtype)
+    /// <param name="op">The operator's short name ("hessian", "ggn", ...), shown as the table's title.</param>
+    /// <param name="frobenius">The Frobenius norm, when estimated.</param>
+    public static void Render(IAnsiConsole term, SpectrumReport r, string jsonPath, TorchSharp.torch.ScalarType dtype, string op = "hessian", FrobeniusEstimate? frobenius = null)
     {
-        var t = new Table().AddColumns("quantity", "value", "accuracy", "products", "time");
+        var t = new Table { Title = new TableTitle(HessianRun.Title(op)) }.AddColumns("quantity", "value", "accuracy", "products", "time");
         var notes = new List<string>();
         void Eig(string name, Eigenpairs? e)
         {
@@ -131,9 +176,25 @@ public static class HessianCommand
         if (r.Exact is { } x)
             t.AddRow("exact spectrum", $"λmax {x.Eigenvalues[^1]:G6}, λmin {x.Eigenvalues[0]:G6}, trace {x.Trace:G6}", $"asymmetry {x.Asymmetry:0.0e+0}", x.Products.ToString(), $"{x.Seconds:F1} s");
         if (r.NegativeRatio is { } nr) t.AddRow("|λmin / λmax|", $"{nr:G4}", "", "", "");
+        if (frobenius is { } f)
+            t.AddRow("Frobenius norm", Pm(f.Norm, f.StandardError), f.Probes == 0 ? "exact" : $"{f.Probes} probes{(f.Converged ? "" : " [yellow](budget reached)[/]")}", f.Products.ToString(), $"{f.Seconds:F1} s");
         term.Write(t);
         foreach (var note in notes) term.MarkupLine($"[yellow]{Markup.Escape(note)}[/]");
-        term.MarkupLine($"{r.Products} Hessian-vector products in {r.Seconds:F1} s. Results in [blue]{Markup.Escape(jsonPath)}[/]" +
+        term.MarkupLine($"{r.Products} {(op == "hessian" ? "Hessian" : "operator")}-vector products in {r.Seconds:F1} s. Results in [blue]{Markup.Escape(jsonPath)}[/]" +
                         (r.Density is null ? "" : ", density.csv, density.png"));
+    }
+
+    /// <summary>The diagonal's summary by parameter tensor.</summary>
+    /// <param name="term">Where to write.</param>
+    /// <param name="d">The summary.</param>
+    /// <param name="csvPath">Where the entries were written.</param>
+    public static void RenderDiagonal(IAnsiConsole term, DiagonalSummary d, string csvPath)
+    {
+        var t = new Table { Title = new TableTitle($"diagonal ({d.Method}, {d.Products} products)") }
+            .AddColumns("parameter", "entries", "sum", "mean", "min", "max", "RMS standard error");
+        foreach (var b in d.Blocks)
+            t.AddRow(Markup.Escape(b.Parameter), b.Count.ToString("N0"), $"{b.Sum:G5}", $"{b.Mean:G4}", $"{b.Min:G4}", $"{b.Max:G4}", $"{b.RmsStandardError:G3}");
+        term.Write(t);
+        term.MarkupLine($"Diagonal entries in [blue]{Markup.Escape(csvPath)}[/]");
     }
 }

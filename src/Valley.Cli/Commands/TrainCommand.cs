@@ -27,6 +27,7 @@ public static class TrainCommand
         var schedule = new Option<string>("--schedule") { Description = "constant, step (×0.1 at 50% and 75%) or cosine", DefaultValueFactory = _ => "constant" }.AcceptOnlyFromAmong("constant", "step", "cosine");
         var swa = new Option<int?>("--swa-start") { Description = "Average weights from this epoch on (SWA), BatchNorm statistics recomputed at the end" };
         var monitor = new Option<long>("--monitor-every") { Description = "λmax by Lanczos every N steps (0 = off)", DefaultValueFactory = _ => 0 };
+        var monitorGgn = new Option<bool>("--monitor-ggn") { Description = "The monitor also computes the GGN's λmax (generalized Gauss-Newton) beside the Hessian's" };
         var monitorN = new Option<long>("--monitor-examples") { Description = "Fixed training examples for the monitor", DefaultValueFactory = _ => 2048 };
         var ckEvery = new Option<int>("--checkpoint-every") { Description = "Keep a weights checkpoint every N epochs (for trajectories)", DefaultValueFactory = _ => 1 };
         var savePt = new Option<bool>("--save-pt") { Description = "Also write PyTorch .pt checkpoints" };
@@ -36,7 +37,7 @@ public static class TrainCommand
         OptionNames.Register("train", new Dictionary<string, string> { ["LearningRate"] = "--lr", ["MicroBatch"] = "--m", ["SavePyTorch"] = "--save-pt" });
         var cmd = new Command("train", "Train a model with SGD, Adam, SAM or ASAM, watching sharpness (λmax) as it trains. Resumable.");
         o.AddTo(cmd, layer: false);
-        foreach (var opt in new Option[] { optimizer, baseOpt, lr, momentum, wd, rho, eta, m, epochs, steps, stopAt, schedule, swa, monitor, monitorN, ckEvery, savePt, outDir, resume })
+        foreach (var opt in new Option[] { optimizer, baseOpt, lr, momentum, wd, rho, eta, m, epochs, steps, stopAt, schedule, swa, monitor, monitorGgn, monitorN, ckEvery, savePt, outDir, resume })
             cmd.Options.Add(opt);
         cmd.SetAction((p, ct) =>
         {
@@ -46,7 +47,7 @@ public static class TrainCommand
                 BaseOptimizer = Enum.Parse<BaseOptimizer>(p.GetValue(baseOpt)!, ignoreCase: true), LearningRate = p.GetValue(lr), Momentum = p.GetValue(momentum),
                 WeightDecay = p.GetValue(wd), Rho = p.GetValue(rho), Eta = p.GetValue(eta), MicroBatch = p.GetValue(m), BatchSize = p.GetValue(o.BatchSize),
                 Epochs = p.GetValue(epochs), Steps = p.GetValue(steps), StopAtLoss = p.GetValue(stopAt),
-                Schedule = Enum.Parse<Schedule>(p.GetValue(schedule)!, ignoreCase: true), SwaStart = p.GetValue(swa), MonitorEvery = p.GetValue(monitor),
+                Schedule = Enum.Parse<Schedule>(p.GetValue(schedule)!, ignoreCase: true), SwaStart = p.GetValue(swa), MonitorEvery = p.GetValue(monitor), MonitorGgn = p.GetValue(monitorGgn),
                 MonitorExamples = p.GetValue(monitorN), CheckpointEvery = p.GetValue(ckEvery), SavePyTorch = p.GetValue(savePt), Seed = p.GetValue(o.Seed),
             };
             var dir = p.GetValue(outDir)!;
@@ -91,7 +92,8 @@ public static class TrainCommand
             t.AddRow("train", $"{last.TrainLoss:G5}", last.TrainAccuracy is { } a ? $"{100 * a:F2}%" : "-");
             if (last.TestLoss is { } tl) t.AddRow("test", $"{tl:G5}", last.TestAccuracy is { } b ? $"{100 * b:F2}%" : "-");
             term.Write(t);
-            if (log.Monitor.Count > 0) term.MarkupLine($"λmax at step {log.Monitor[^1].Step}: {log.Monitor[^1].LambdaMax:G5}" + (log.StabilityThreshold is { } th ? $" (2/η = {th:G4})" : ""));
+            if (log.Monitor.Count > 0) term.MarkupLine($"λmax at step {log.Monitor[^1].Step}: {log.Monitor[^1].LambdaMax:G5}" +
+                                                      (log.Monitor[^1].GgnLambdaMax is { } gl ? $", GGN λmax {gl:G5}" : "") + (log.StabilityThreshold is { } th ? $" (2/η = {th:G4})" : ""));
             term.MarkupLine($"{Markup.Escape(log.StopReason ?? "")}. Weights: [blue]{Markup.Escape(Path.Combine(dir, "model.dat"))}[/]{(model is TorchScriptModel ? " (and model.pt, model.safetensors with the archive's names, model.torchscript.pt)" : "")}; log.csv, train.json, training.png, checkpoints/ in {Markup.Escape(dir)}");
             return Task.FromResult(0);
         });

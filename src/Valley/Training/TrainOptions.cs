@@ -72,6 +72,9 @@ public sealed record TrainOptions
     /// <summary>λmax by Lanczos every this many steps (0 = off), on <see cref="MonitorExamples"/> fixed training examples.</summary>
     public long MonitorEvery { get; init; }
 
+    /// <summary>The monitor also computes the GGN's λmax (<see cref="Curvature.GgnOperator"/>) beside the Hessian's. Default false.</summary>
+    public bool MonitorGgn { get; init; }
+
     /// <summary>Fixed training examples the sharpness monitor uses. Default 2048.</summary>
     public long MonitorExamples { get; init; } = 2048;
 

@@ -304,8 +304,12 @@ public sealed class Trainer
     {
         using var obj = new Objective(_model, _loss, data, new ObjectiveOptions { BatchSize = Math.Max(data.Count, 1) });
         var op = new HessianOperator(obj);
-        var r = Lanczos.Compute(op, new LanczosOptions { K = 1, Tolerance = 1e-3, MaxProducts = 200, Seed = step, VerifyResiduals = false });
-        return new MonitorRecord(step, epoch, r.Values[0], r.RelativeResiduals[0], batchLoss, r.Products);
+        var lanczos = new LanczosOptions { K = 1, Tolerance = 1e-3, MaxProducts = 200, Seed = step, VerifyResiduals = false };
+        var r = Lanczos.Compute(op, lanczos);
+        var record = new MonitorRecord(step, epoch, r.Values[0], r.RelativeResiduals[0], batchLoss, r.Products);
+        if (!_o.MonitorGgn) return record;
+        var g = Lanczos.Compute(new GgnOperator(obj), lanczos);
+        return record with { GgnLambdaMax = g.Values[0], GgnRelativeResidual = g.RelativeResiduals[0], Products = r.Products + g.Products };
     }
 
     EpochRecord Evaluate(int epoch, Session s)
@@ -403,7 +407,10 @@ public sealed class Trainer
     {
         Csv.Write(Path.Combine(dir, "log.csv"), ["epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"],
             log.Epochs.Select(e => new object[] { e.Epoch, e.Step, e.LearningRate, e.TrainLoss, (object?)e.TrainAccuracy ?? "", (object?)e.TestLoss ?? "", (object?)e.TestAccuracy ?? "", e.Seconds }));
-        if (log.Monitor.Count > 0)
+        if (log.Monitor.Count > 0 && log.Monitor.Any(m => m.GgnLambdaMax is not null))
+            Csv.Write(Path.Combine(dir, "monitor.csv"), ["step", "epoch", "lambda_max", "relative_residual", "batch_loss", "products", "ggn_lambda_max", "ggn_relative_residual"],
+                log.Monitor.Select(m => new object[] { m.Step, m.Epoch, m.LambdaMax, m.RelativeResidual, m.BatchLoss, m.Products, (object?)m.GgnLambdaMax ?? "", (object?)m.GgnRelativeResidual ?? "" }));
+        else if (log.Monitor.Count > 0)
             Csv.Write(Path.Combine(dir, "monitor.csv"), ["step", "epoch", "lambda_max", "relative_residual", "batch_loss", "products"],
                 log.Monitor.Select(m => new object[] { m.Step, m.Epoch, m.LambdaMax, m.RelativeResidual, m.BatchLoss, m.Products }));
     }

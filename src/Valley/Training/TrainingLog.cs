@@ -20,7 +20,14 @@ public sealed record EpochRecord(int Epoch, long Step, double LearningRate, doub
 /// <param name="RelativeResidual">‖Hv − λv‖/|λ| of the estimate.</param>
 /// <param name="BatchLoss">The loss of the step's batch.</param>
 /// <param name="Products">Hessian-vector products Lanczos used.</param>
-public sealed record MonitorRecord(long Step, int Epoch, double LambdaMax, double RelativeResidual, double BatchLoss, long Products);
+public sealed record MonitorRecord(long Step, int Epoch, double LambdaMax, double RelativeResidual, double BatchLoss, long Products)
+{
+    /// <summary>With <see cref="TrainOptions.MonitorGgn"/>: the GGN's top eigenvalue on the same examples (Lanczos).</summary>
+    public double? GgnLambdaMax { get; init; }
+
+    /// <summary>With <see cref="TrainOptions.MonitorGgn"/>: the relative residual of <see cref="GgnLambdaMax"/>.</summary>
+    public double? GgnRelativeResidual { get; init; }
+}
 
 /// <summary>What a training run did; serialized as <c>train.json</c> (also the resume state).</summary>
 public sealed record TrainingLog

@@ -1,0 +1,46 @@
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>
+/// The empirical Fisher F̂ = (1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ of an objective: the mean outer product of the per-example gradients at
+/// the data's own labels (Kunstner et al. 2019 on how it differs from the Fisher). Per-example gradients are never formed:
+/// ∇ℓ_i = J_iᵀ δ_i with δ_i = ∂ℓ_i/∂f_i, so F̂ v = (1/N) Σ_i J_iᵀ δ_i (δ_iᵀ J_i v), one batched J v (double-vjp trick) and
+/// one batched Jᵀ w per batch, as for the GGN with H_i replaced by δ_i δ_iᵀ. This is exact when example i's outputs depend
+/// on x_i alone (eval mode, or a model without batch statistics). Its trace is <see cref="Sharpness.FisherTrace"/>.
+/// </summary>
+public sealed class EmpiricalFisherOperator : CurvatureOperator
+{
+    /// <summary>The objective whose empirical Fisher this is.</summary>
+    public Objective Objective { get; }
+
+    /// <summary>Checked between the batches of every product.</summary>
+    public CancellationToken Cancellation { get; init; }
+
+    /// <param name="objective">The objective (not owned: dispose it yourself).</param>
+    public EmpiricalFisherOperator(Objective objective) => Objective = objective;
+
+    /// <inheritdoc/>
+    public override long Size => Objective.Size;
+
+    /// <inheritdoc/>
+    public override ScalarType DType => Objective.Parameters.DType;
+
+    /// <inheritdoc/>
+    public override Device Device => Objective.Parameters.Device;
+
+    /// <inheritdoc/>
+    protected override Tensor ApplyCore(Tensor v)
+    {
+        using var scope = NewDisposeScope();
+        return ApplyBlockCore(v.unsqueeze(1)).squeeze(1).MoveToOuterDisposeScope();
+    }
+
+    /// <inheritdoc/>
+    protected override Tensor ApplyBlockCore(Tensor V) =>
+        GaussNewtonProduct.Block(Objective, V, Cancellation, (batch, _) =>
+        {
+            var delta = batch.ExampleLossGradients();
+            return w => delta * (delta * w).sum(1, keepdim: true);
+        });
+}

@@ -1,0 +1,329 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using Valley.Curvature.Spectrum;
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>Over which labels K-FAC's output-gradient factor G is an expectation.</summary>
+public enum KfacExpectation
+{
+    /// <summary>
+    /// Exactly over the model's predictive distribution: backpropagate the columns of a square root of each example's
+    /// output Hessian (cross-entropy, MSE, BCE), so that G is that of the GGN (the "type-2" K-FAC).
+    /// </summary>
+    Exact,
+
+    /// <summary>Labels sampled from the model's predictive distribution, <see cref="KfacOptions.Samples"/> per example (Martens &amp; Grosse 2015 §5).</summary>
+    MonteCarlo,
+
+    /// <summary>The data's own labels: the Kronecker-factored empirical Fisher.</summary>
+    Empirical,
+}
+
+/// <summary>Options of <see cref="KfacOperator"/>.</summary>
+public sealed record KfacOptions
+{
+    /// <summary>The expectation behind G. Default <see cref="KfacExpectation.Exact"/> (deterministic; other losses need Empirical).</summary>
+    public KfacExpectation Expectation { get; init; } = KfacExpectation.Exact;
+
+    /// <summary>Labels per example for <see cref="KfacExpectation.MonteCarlo"/>. Default 1.</summary>
+    public int Samples { get; init; } = 1;
+
+    /// <summary>Seed of the sampled labels.</summary>
+    public long Seed { get; init; }
+}
+
+/// <summary>A layer K-FAC approximates by A ⊗ G.</summary>
+/// <param name="Name">The module's name (e.g. "layers.0").</param>
+/// <param name="Kind">"linear" or "conv2d".</param>
+/// <param name="Parameters">Its selected parameters (weight, and bias when selected).</param>
+/// <param name="InputDimension">Order of A: inputs per output (in-features, or in-channels × kernel area), plus 1 with a bias.</param>
+/// <param name="OutputDimension">Order of G: out-features or out-channels.</param>
+public sealed record KfacLayer(string Name, string Kind, IReadOnlyList<string> Parameters, long InputDimension, long OutputDimension);
+
+/// <summary>
+/// K-FAC (Martens &amp; Grosse 2015, eq. 1 and §3; Grosse &amp; Martens 2016, KFC, for convolutions): the Fisher's diagonal block
+/// of each Linear and Conv2d layer approximated by A ⊗ G, with A = (1/N) Σ_i (1/T) Σ_t ā_it ā_itᵀ the second moment of the
+/// layer's inputs (with a 1 appended for the bias; a convolution's patches t = 1..T, as KFC's spatially uncorrelated
+/// derivatives assume) and G = (1/N) Σ_i Σ_t E[g_it g_itᵀ] that of the gradients at its outputs, over labels as
+/// <see cref="KfacOptions.Expectation"/> says. Blocks of different layers are zero, and so are parameters of layers it does
+/// not cover (<see cref="UncoveredParameters"/>: BatchNorm, grouped convolutions, TorchScript models...). The factors are
+/// computed once, at construction, at the weights of that moment (one pass over the data with forward hooks); every product,
+/// eigenvalue, trace, diagonal and Frobenius norm then comes from them: the eigenvalues of A ⊗ G are the products of the
+/// factors' eigenvalues, so <see cref="Eigenvalues"/> needs no operator product.
+/// </summary>
+public sealed class KfacOperator : CurvatureOperator, IDisposable
+{
+    sealed record Block(KfacLayer Layer, nn.Module Module, int Weight, int Bias, Tensor A, Tensor G);
+
+    readonly List<Block> _blocks = [];
+
+    /// <summary>The objective the factors were computed over.</summary>
+    public Objective Objective { get; }
+
+    /// <summary>The options the factors were computed with.</summary>
+    public KfacOptions Options { get; }
+
+    /// <summary>The layers approximated, in the model's order.</summary>
+    public IReadOnlyList<KfacLayer> Layers => _blocks.Select(b => b.Layer).ToList();
+
+    /// <summary>Selected parameters no covered layer holds: the operator is zero on them.</summary>
+    public IReadOnlyList<string> UncoveredParameters { get; }
+
+    /// <summary>Computes the Kronecker factors of every covered layer (one pass over the objective's data).</summary>
+    /// <param name="objective">The objective (not owned: dispose it yourself).</param>
+    /// <param name="options">Expectation, samples, seed; null: exact.</param>
+    /// <param name="ct">Checked between batches.</param>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="KfacOptions"/>).</exception>
+    public KfacOperator(Objective objective, KfacOptions? options = null, CancellationToken ct = default)
+    {
+        Objective = objective;
+        Options = options ?? new KfacOptions();
+        Check.AtLeast(Options.Samples, 1, nameof(Options.Samples));
+        if (!Enum.IsDefined(Options.Expectation)) throw Check.OutOfRange(nameof(Options.Expectation), Options.Expectation, "must be Exact, MonteCarlo or Empirical");
+        var kind = OutputPasses.KindOf(objective.Loss);
+        if (kind == OutputLossKind.Other && Options.Expectation != KfacExpectation.Empirical)
+            throw new ValleyException("K-FAC's exact and Monte-Carlo expectations need the model's predictive distribution, known for the cross-entropy, mse and bce losses only (use the empirical expectation)");
+        var names = objective.Parameters.Names.ToList();
+        var covered = new HashSet<int>();
+        foreach (var (name, module) in objective.Model.named_modules())
+        {
+            if (module is not Linear && !(module is Conv2d c && c.groups == 1 && c.padding_mode == PaddingModes.Zeros && c.padding_type is null)) continue;
+            string prefix = name.Length == 0 ? "" : name + ".";
+            int w = names.IndexOf(prefix + "weight"), b = names.IndexOf(prefix + "bias");
+            if (w < 0) continue;
+            long outDim = objective.Parameters.Shapes[w][0], inDim = objective.Parameters.Shapes[w].Skip(1).Aggregate(1L, (x, y) => x * y) + (b >= 0 ? 1 : 0);
+            var layer = new KfacLayer(name, module is Linear ? "linear" : "conv2d", b >= 0 ? [names[w], names[b]] : [names[w]], inDim, outDim);
+            var dt = ScalarType.Float64;
+            _blocks.Add(new Block(layer, module, w, b,
+                zeros([inDim, inDim], dtype: dt, device: objective.Parameters.Device).DetachFromDisposeScope(),
+                zeros([outDim, outDim], dtype: dt, device: objective.Parameters.Device).DetachFromDisposeScope()));
+            covered.Add(w);
+            if (b >= 0) covered.Add(b);
+        }
+        UncoveredParameters = names.Where((_, i) => !covered.Contains(i)).ToList();
+        if (_blocks.Count > 0) ComputeFactors(ct);
+    }
+
+    void ComputeFactors(CancellationToken ct)
+    {
+        var captured = new (Tensor Input, Tensor Output)?[_blocks.Count];
+        var removers = new List<Action>();
+        try
+        {
+            for (int l = 0; l < _blocks.Count; l++)
+            {
+                int layer = l;
+                var module = (nn.Module<Tensor, Tensor>)_blocks[l].Module;
+                // The model may dispose its intermediate tensors' handles (the graph keeps the values): keep our own handles, and put the layer's output back as a view, on the path to the model's
+                // output, so that gradients with respect to it can be asked for.
+                var remover = module.register_forward_hook((m, input, output) =>
+                {
+                    var view = output.view(output.shape).DetachFromDisposeScope();
+                    captured[layer] = (input.detach().DetachFromDisposeScope(), view);
+                    // A second view for the model, which may dispose it (Sequential disposes its intermediate results).
+                    return view.view(output.shape);
+                });
+                removers.Add(() => remover.remove());
+            }
+            var kind = OutputPasses.KindOf(Objective.Loss);
+            OutputPasses.ForEach(Objective, jacobianVector: false, ct, (batch, index) =>
+            {
+                var outputs = new List<Tensor>();
+                var present = new List<int>();
+                for (int l = 0; l < _blocks.Count; l++)
+                {
+                    if (captured[l] is not { } io) continue;
+                    AddInputMoment(_blocks[l], io.Input);
+                    outputs.Add(io.Output);
+                    present.Add(l);
+                }
+                // The vectors backpropagated from the outputs, with the weight of each: E[g gᵀ] = Σ_q weight · (Jᵀq)(Jᵀq)ᵀ.
+                var (q, weight) = Options.Expectation switch
+                {
+                    KfacExpectation.Exact => (batch.OutputHessianRoot(), 1.0),
+                    KfacExpectation.MonteCarlo => (batch.SampledGradients(Options.Samples, MonteCarloFisherOperator.Generator(Options.Seed, Objective.Group.Rank, index)), 1.0 / Options.Samples),
+                    _ => (batch.ExampleLossGradients().unsqueeze(0), 1.0),
+                };
+                for (long s = 0; s < q.shape[0]; s++)
+                {
+                    using var inner = NewDisposeScope();
+                    var grads = autograd.grad([batch.Output], outputs, [q[s].reshape(batch.Output.shape).to(batch.Output.dtype)], retain_graph: true, allow_unused: true);
+                    for (int j = 0; j < present.Count; j++)
+                    {
+                        if (!OutputPasses.IsDefined(grads[j])) continue;
+                        var blk = _blocks[present[j]];
+                        var g = PerPosition(blk, grads[j]).to(ScalarType.Float64);
+                        blk.G.add_(g.t().matmul(g), alpha: weight);
+                    }
+                }
+                Release(captured);
+            });
+        }
+        finally
+        {
+            foreach (var r in removers) r();
+            Release(captured);
+        }
+        double n = Objective.Examples;
+        foreach (var b in _blocks)
+        {
+            b.A.div_(n);
+            b.G.div_(n);
+            OutputPasses.AllReduce(Objective, b.A);
+            OutputPasses.AllReduce(Objective, b.G);
+        }
+    }
+
+    static void Release((Tensor Input, Tensor Output)?[] captured)
+    {
+        for (int i = 0; i < captured.Length; i++)
+        {
+            if (captured[i] is { } io)
+            {
+                io.Input.Dispose();
+                io.Output.Dispose();
+            }
+            captured[i] = null;
+        }
+    }
+
+    /// <summary>A += Σ_i (1/T) Σ_t ā_it ā_itᵀ for one batch of a layer's inputs.</summary>
+    static void AddInputMoment(Block b, Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        var x = input.detach().to(ScalarType.Float64);
+        long batch = x.shape[0];
+        Tensor a; // [B, T, in]
+        if (b.Module is Conv2d c)
+        {
+            var patches = nn.functional.unfold(x, (c.kernel_size[0], c.kernel_size[1]), (c.dilation[0], c.dilation[1]), (c.padding![0], c.padding[1]), (c.stride[0], c.stride[1]));
+            a = patches.transpose(1, 2);
+        }
+        else a = x.reshape(batch, -1, x.shape[^1]);
+        long t = a.shape[1];
+        if (b.Bias >= 0) a = cat([a, ones([batch, t, 1], dtype: a.dtype, device: a.device)], 2);
+        var flat = a.reshape(-1, a.shape[2]);
+        b.A.add_(flat.t().matmul(flat), alpha: 1.0 / t);
+    }
+
+    /// <summary>A layer's output gradients as rows, one per example and position: [B·T, out].</summary>
+    static Tensor PerPosition(Block b, Tensor grad) =>
+        b.Module is Conv2d ? grad.flatten(2).transpose(1, 2).reshape(-1, grad.shape[1]) : grad.reshape(-1, grad.shape[^1]);
+
+    /// <summary>The input factor A of a layer (float64, [InputDimension, InputDimension]; owned by the operator).</summary>
+    /// <param name="layer">Index into <see cref="Layers"/>.</param>
+    public Tensor InputFactor(int layer) => _blocks[layer].A;
+
+    /// <summary>The output-gradient factor G of a layer (float64, [OutputDimension, OutputDimension]; owned by the operator).</summary>
+    /// <param name="layer">Index into <see cref="Layers"/>.</param>
+    public Tensor OutputFactor(int layer) => _blocks[layer].G;
+
+    /// <inheritdoc/>
+    public override long Size => Objective.Size;
+
+    /// <inheritdoc/>
+    public override ScalarType DType => Objective.Parameters.DType;
+
+    /// <inheritdoc/>
+    public override Device Device => Objective.Parameters.Device;
+
+    /// <inheritdoc/>
+    protected override Tensor ApplyCore(Tensor v)
+    {
+        using var scope = NewDisposeScope();
+        return ApplyBlockCore(v.unsqueeze(1)).squeeze(1).MoveToOuterDisposeScope();
+    }
+
+    /// <inheritdoc/>
+    protected override Tensor ApplyBlockCore(Tensor V)
+    {
+        using var scope = NewDisposeScope();
+        long k = V.shape[1];
+        var Vt = V.to(ScalarType.Float64).t(); // [k, n]
+        var result = zeros([k, Size], dtype: ScalarType.Float64, device: V.device);
+        var offsets = Objective.Parameters.Offsets;
+        foreach (var b in _blocks)
+        {
+            long outDim = b.Layer.OutputDimension, inW = b.Layer.InputDimension - (b.Bias >= 0 ? 1 : 0);
+            var vbar = Vt.narrow(1, offsets[b.Weight], outDim * inW).reshape(k, outDim, inW);
+            if (b.Bias >= 0) vbar = cat([vbar, Vt.narrow(1, offsets[b.Bias], outDim).reshape(k, outDim, 1)], 2);
+            // (G ⊗ A) vec(V̄) = vec(G V̄ A) for row-major vec of V̄ [out, in].
+            var r = b.G.matmul(vbar).matmul(b.A);
+            result.narrow(1, offsets[b.Weight], outDim * inW).copy_(r.narrow(2, 0, inW).reshape(k, -1));
+            if (b.Bias >= 0) result.narrow(1, offsets[b.Bias], outDim).copy_(r.narrow(2, inW, 1).reshape(k, -1));
+        }
+        return result.t().to(DType).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Every eigenvalue of the approximation, largest first: the products λ_a λ_g of each layer's factors' eigenvalues, and a zero for every uncovered parameter.</summary>
+    public double[] Eigenvalues()
+    {
+        using var scope = NewDisposeScope();
+        var all = new List<double>((int)Math.Min(Size, int.MaxValue));
+        foreach (var b in _blocks)
+        {
+            var la = linalg.eigvalsh(b.A);
+            var lg = linalg.eigvalsh(b.G);
+            all.AddRange(lg.unsqueeze(1).mul(la.unsqueeze(0)).flatten().cpu().data<double>().ToArray());
+        }
+        while (all.Count < Size) all.Add(0);
+        all.Sort((x, y) => y.CompareTo(x));
+        return all.ToArray();
+    }
+
+    /// <summary>The k largest (or, with <see cref="EigenTarget.Smallest"/>, smallest) eigenvalues from the factors, exactly, as an <see cref="Eigenpairs"/> record (no products, zero residuals).</summary>
+    /// <param name="k">How many.</param>
+    /// <param name="target">Largest (default) or Smallest.</param>
+    public Eigenpairs TopEigenvalues(int k, EigenTarget target = EigenTarget.Largest)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var all = Eigenvalues();
+        var values = target == EigenTarget.Smallest ? all.Reverse().Take(k).ToArray()
+            : target == EigenTarget.LargestMagnitude ? all.OrderByDescending(Math.Abs).Take(k).ToArray() : all.Take(k).ToArray();
+        return new Eigenpairs
+        {
+            Method = "kfac-factors", Target = target, Values = values, Residuals = new double[values.Length], Products = 0, Iterations = 0,
+            Converged = true, StopReason = StopReason.Converged, StopMessage = "exact: products of the Kronecker factors' eigenvalues", Seconds = sw.Elapsed.TotalSeconds,
+        };
+    }
+
+    /// <summary>tr(A ⊗ G) summed over layers: Σ tr A · tr G, exactly.</summary>
+    public double Trace() => _blocks.Sum(b => b.A.trace().ToDouble() * b.G.trace().ToDouble());
+
+    /// <summary>The trace as a <see cref="TraceEstimate"/> (method "kfac-factors", standard error 0, no products).</summary>
+    public TraceEstimate TraceEstimate() => new()
+    {
+        Method = "kfac-factors", Trace = Trace(), StandardError = 0, Probes = 0, Products = 0, Converged = true,
+    };
+
+    /// <summary>‖A ⊗ G‖_F over all layers: √(Σ ‖A‖_F² ‖G‖_F²), exactly.</summary>
+    public double FrobeniusNorm() => Math.Sqrt(_blocks.Sum(b => Math.Pow(b.A.norm().ToDouble() * b.G.norm().ToDouble(), 2)));
+
+    /// <summary>The diagonal, exactly: diag(G) ⊗ diag(A) per layer, zero on uncovered parameters (float64, [n]).</summary>
+    public Tensor Diagonal()
+    {
+        var d = zeros(Size, dtype: ScalarType.Float64, device: Device);
+        using var scope = NewDisposeScope();
+        var offsets = Objective.Parameters.Offsets;
+        foreach (var b in _blocks)
+        {
+            long outDim = b.Layer.OutputDimension, inW = b.Layer.InputDimension - (b.Bias >= 0 ? 1 : 0);
+            var outer = b.G.diagonal().unsqueeze(1) * b.A.diagonal().unsqueeze(0);
+            d.narrow(0, offsets[b.Weight], outDim * inW).copy_(outer.narrow(1, 0, inW).reshape(-1));
+            if (b.Bias >= 0) d.narrow(0, offsets[b.Bias], outDim).copy_(outer.narrow(1, inW, 1).reshape(-1));
+        }
+        return d;
+    }
+
+    /// <summary>Frees the factors.</summary>
+    public void Dispose()
+    {
+        foreach (var b in _blocks)
+        {
+            b.A.Dispose();
+            b.G.Dispose();
+        }
+    }
+}

@@ -1,0 +1,68 @@
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>
+/// The Monte-Carlo Fisher F̃ = (1/N) Σ_i (1/S) Σ_s J_iᵀ g_is g_isᵀ J_i with g_is the gradient with respect to the outputs
+/// of the negative log-likelihood of a label ŷ_is drawn from the model's own predictive distribution (Martens 2020 §9.2):
+/// categorical for cross-entropy, Gaussian N(f, ½ I) for MSE, Bernoulli for BCE, scaled so that E[g gᵀ] is the loss's
+/// output Hessian. Its expectation is the Fisher, which for these losses equals the <see cref="GgnOperator"/>. The labels
+/// are drawn once per product from generators seeded by (seed, rank, batch index), so every product is of the same matrix;
+/// they depend on the batch size, which orders the draws. Refused for other losses (no predictive distribution).
+/// </summary>
+public sealed class MonteCarloFisherOperator : CurvatureOperator
+{
+    /// <summary>The objective whose Fisher this estimates.</summary>
+    public Objective Objective { get; }
+
+    /// <summary>Labels sampled per example S (at least 1).</summary>
+    public int Samples { get; }
+
+    /// <summary>Seed of the sampled labels.</summary>
+    public long Seed { get; }
+
+    /// <summary>Checked between the batches of every product.</summary>
+    public CancellationToken Cancellation { get; init; }
+
+    /// <param name="objective">The objective (not owned: dispose it yourself).</param>
+    /// <param name="samples">Labels sampled per example (curvlinops's default: 1).</param>
+    /// <param name="seed">Seed of the labels.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="samples"/> is below 1.</exception>
+    public MonteCarloFisherOperator(Objective objective, int samples = 1, long seed = 0)
+    {
+        Check.AtLeast(samples, 1, nameof(samples));
+        if (OutputPasses.KindOf(objective.Loss) == OutputLossKind.Other)
+            throw new ValleyException("the Monte-Carlo Fisher needs the model's predictive distribution, known for the cross-entropy, mse and bce losses only");
+        Objective = objective;
+        Samples = samples;
+        Seed = seed;
+    }
+
+    /// <inheritdoc/>
+    public override long Size => Objective.Size;
+
+    /// <inheritdoc/>
+    public override ScalarType DType => Objective.Parameters.DType;
+
+    /// <inheritdoc/>
+    public override Device Device => Objective.Parameters.Device;
+
+    /// <inheritdoc/>
+    protected override Tensor ApplyCore(Tensor v)
+    {
+        using var scope = NewDisposeScope();
+        return ApplyBlockCore(v.unsqueeze(1)).squeeze(1).MoveToOuterDisposeScope();
+    }
+
+    /// <inheritdoc/>
+    protected override Tensor ApplyBlockCore(Tensor V) =>
+        GaussNewtonProduct.Block(Objective, V, Cancellation, (batch, index) =>
+        {
+            var g = batch.SampledGradients(Samples, Generator(Seed, Objective.Group.Rank, index)); // [S, B, C]
+            return w => (g * (g * w.unsqueeze(0)).sum(2, keepdim: true)).sum(0L) / Samples;
+        });
+
+    /// <summary>The generator of one batch's labels: the same for every product.</summary>
+    internal static TorchSharp.torch.Generator Generator(long seed, int rank, int batch) =>
+        new((ulong)(seed * 1_000_003L + rank * 7919L + batch) ^ 0x5DEECE66DUL);
+}

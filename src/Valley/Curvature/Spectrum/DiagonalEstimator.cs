@@ -1,0 +1,152 @@
+using System.Diagnostics;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Valley.Curvature.Spectrum;
+
+/// <summary>A stochastic diagonal estimator.</summary>
+public enum DiagonalMethod
+{
+    /// <summary>Hutchinson's diagonal estimator (Bekas, Kokiopoulou &amp; Saad 2007): the mean of z ⊙ Az over Rademacher probes.</summary>
+    Hutchinson,
+
+    /// <summary>XDiag (Epperly, Tropp &amp; Webber 2024, §2.4): a low-rank sketch's diagonal plus exchangeable leave-one-out corrections.</summary>
+    XDiag,
+}
+
+/// <summary>Options of <see cref="DiagonalEstimator"/>.</summary>
+public sealed record DiagonalOptions
+{
+    /// <summary>The estimator. Default Hutchinson.</summary>
+    public DiagonalMethod Method { get; init; } = DiagonalMethod.Hutchinson;
+
+    /// <summary>Operator products to spend (XDiag: half on the sketch, half on its image; even, at least 4). Default 100.</summary>
+    public long Products { get; init; } = 100;
+
+    /// <summary>Probes applied together as one block product (Hutchinson). Default 10.</summary>
+    public int BlockSize { get; init; } = 10;
+
+    /// <summary>Seed of the probes.</summary>
+    public long Seed { get; init; }
+}
+
+/// <summary>A diagonal estimate with a standard error per entry.</summary>
+public sealed record DiagonalEstimate
+{
+    /// <summary>"hutchinson" or "xdiag" (or "exact" for a diagonal known in closed form, e.g. K-FAC's).</summary>
+    public required string Method { get; init; }
+
+    /// <summary>The estimated diagonal, one entry per parameter.</summary>
+    public required double[] Diagonal { get; init; }
+
+    /// <summary>
+    /// Standard error of each entry: Hutchinson, the sample standard deviation of z_i (Az)_i over √probes; XDiag, that of
+    /// its s leave-one-out estimates over √s (as XTrace's error estimate, Epperly et al. 2024 §2.3), which leaves out the
+    /// error the leave-one-out sketches share and so understates the error when the sketch misses much of the matrix (a
+    /// slowly decaying spectrum: prefer Hutchinson there). NaN with fewer than two.
+    /// </summary>
+    public required double[] StandardErrors { get; init; }
+
+    /// <summary>Random probes.</summary>
+    public required int Probes { get; init; }
+
+    /// <summary>Operator products.</summary>
+    public required long Products { get; init; }
+
+    /// <summary>Wall-clock time.</summary>
+    public double Seconds { get; init; }
+}
+
+/// <summary>Stochastic estimates of an operator's diagonal, for any <see cref="ICurvatureOperator"/>.</summary>
+public static class DiagonalEstimator
+{
+    /// <summary>Estimates diag(A) with <see cref="DiagonalOptions.Products"/> products.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="DiagonalOptions"/>).</exception>
+    public static DiagonalEstimate Estimate(ICurvatureOperator op, DiagonalOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
+    {
+        var o = options ?? new DiagonalOptions();
+        Validate(op, o);
+        return o.Method == DiagonalMethod.XDiag ? XDiag(op, o, progress, ct) : Hutchinson(op, o, progress, ct);
+    }
+
+    /// <summary>Checks the options against the operator.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="DiagonalOptions"/>).</exception>
+    public static void Validate(ICurvatureOperator op, DiagonalOptions o)
+    {
+        if (!Enum.IsDefined(o.Method)) throw Check.OutOfRange(nameof(o.Method), o.Method, "must be Hutchinson or XDiag");
+        Check.AtLeast(o.Products, o.Method == DiagonalMethod.XDiag ? 4 : 2, nameof(o.Products));
+        Check.AtLeast(o.BlockSize, 1, nameof(o.BlockSize));
+        if (o.Method == DiagonalMethod.XDiag && o.Products / 2 > op.Size)
+            throw Check.OutOfRange(nameof(o.Products), o.Products, $"XDiag's sketch (half the products) must not exceed the operator's size ({op.Size})");
+    }
+
+    static DiagonalEstimate Hutchinson(ICurvatureOperator op, DiagonalOptions o, IProgress<EstimatorProgress>? progress, CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        var budget = new ProductBudget(op, o.Products, "diagonal");
+        var gen = new Generator((ulong)o.Seed);
+        var sum = zeros(op.Size, dtype: ScalarType.Float64);
+        var sumSq = zeros(op.Size, dtype: ScalarType.Float64);
+        int m = 0;
+        while (budget.Left > 0)
+        {
+            ct.ThrowIfCancellationRequested();
+            using var scope = NewDisposeScope();
+            int k = (int)Math.Min(o.BlockSize, budget.Left);
+            var z = SpectrumMath.Rademacher(k, op.Size, gen, ScalarType.Float64).to(op.Device); // [k, n]
+            var s = (z * budget.Apply(z.t()).t()).cpu(); // z_j ⊙ A z_j, rows
+            sum.add_(s.sum(0L));
+            sumSq.add_(s.pow(2).sum(0L));
+            m += k;
+            progress?.Report(new EstimatorProgress("diagonal", budget.Used, budget.Max, null));
+        }
+        var mean = sum / m;
+        var se = m < 2 ? full(op.Size, double.NaN, dtype: ScalarType.Float64)
+            : ((sumSq - sum.pow(2) / m).clamp_min(0) / (m - 1) / m).sqrt();
+        var result = new DiagonalEstimate
+        {
+            Method = "hutchinson", Diagonal = mean.data<double>().ToArray(), StandardErrors = se.data<double>().ToArray(), Probes = m,
+            Products = budget.Used, Seconds = sw.Elapsed.TotalSeconds,
+        };
+        foreach (var t in new[] { sum, sumSq, mean, se }) t.Dispose();
+        return result;
+    }
+
+    /// <summary>
+    /// XDiag with s = products/2 Rademacher test vectors Ω: Y = AΩ, Q R = Y, Z = AQ; the estimate is the mean over i of
+    /// diag(Q_(i) Q_(i)ᵀ A) + ω_i ⊙ (I − Q_(i) Q_(i)ᵀ) A ω_i, Q_(i) a basis of the sketch without ω_i, all from the one sketch
+    /// through the normalized columns s_i of R⁻ᵀ (Epperly, Tropp &amp; Webber 2024, §2.4 and their Program SM4.3).
+    /// </summary>
+    static DiagonalEstimate XDiag(ICurvatureOperator op, DiagonalOptions o, IProgress<EstimatorProgress>? progress, CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        var budget = new ProductBudget(op, o.Products / 2 * 2, "xdiag");
+        var gen = new Generator((ulong)o.Seed);
+        long s = o.Products / 2;
+        using var scope = NewDisposeScope();
+        var omega = SpectrumMath.Rademacher(s, op.Size, gen, ScalarType.Float64).t().to(op.Device); // [n, s]
+        var Y = budget.Apply(omega);
+        progress?.Report(new EstimatorProgress("xdiag", budget.Used, budget.Max, null));
+        ct.ThrowIfCancellationRequested();
+        var (Q, R) = linalg.qr(Y);
+        var Z = budget.Apply(Q);
+        progress?.Report(new EstimatorProgress("xdiag", budget.Used, budget.Max, null));
+        var T = Z.t().matmul(omega); // [s, s]
+        var S = linalg.inv(R).t();
+        S = S / S.norm(0, keepdim: true);
+        var QS = Q.matmul(S);
+        var ZS = Z.matmul(S);
+        var QT = Q.matmul(T);
+        var sT = (S * T).sum(0L); // s_iᵀ t_i
+        var dQZ = (Q * Z).sum(1, keepdim: true); // diag(Q Zᵀ)
+        // The s leave-one-out estimates as columns [n, s].
+        var each = dQZ - QS * ZS + omega * Y - omega * QT + omega * QS * sT.unsqueeze(0);
+        var mean = each.mean([1]).cpu();
+        var se = s < 2 ? full(op.Size, double.NaN, dtype: ScalarType.Float64) : (each.std(1) / Math.Sqrt(s)).cpu();
+        return new DiagonalEstimate
+        {
+            Method = "xdiag", Diagonal = mean.data<double>().ToArray(), StandardErrors = se.data<double>().ToArray(), Probes = (int)s,
+            Products = budget.Used, Seconds = sw.Elapsed.TotalSeconds,
+        };
+    }
+}

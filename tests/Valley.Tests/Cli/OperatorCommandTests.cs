@@ -1,0 +1,70 @@
+using System.Text.Json;
+using Valley.Cli;
+using Xunit;
+
+namespace Valley.Tests.Cli;
+
+/// <summary><c>valley hessian --operator ...</c>, <c>--diagonal</c> and <c>--frobenius</c> (issue 18).</summary>
+public class OperatorCommandTests
+{
+    public OperatorCommandTests() => TestUtil.Init();
+
+    static string CsvData() => TestUtil.CsvFolder("csvdata-ops", 80, 4, 3, seed: 2);
+
+    static int Run(out string stdout, out string stderr, params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = ValleyCli.RunAsync(args, o, e).GetAwaiter().GetResult();
+        stdout = o.ToString();
+        stderr = e.ToString();
+        return code;
+    }
+
+    static double[] Doubles(JsonElement e) => e.EnumerateArray().Select(v => v.GetDouble()).ToArray();
+
+    [Theory]
+    [InlineData("ggn")]
+    [InlineData("ef")]
+    [InlineData("kfac")]
+    public void EachOperatorsTopEigenvaluesMatchItsExactSpectrumAndTheOutputNamesIt(string op)
+    {
+        var outDir = Path.Combine(TestUtil.TempDir("operator-out"), op);
+        int code = Run(out _, out var err, "hessian", "--data", CsvData(), "--model", "mlp:4-6-3:tanh", "--subset", "0", "--dtype", "float64",
+            "--operator", op, "--top", "2", "--trace", "--exact", "--tol", "1e-8", "--diagonal", "--out", outDir);
+        Assert.True(code == 0, err);
+        var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "hessian.json"))).RootElement;
+        Assert.Equal(op, json.GetProperty("operator").GetString());
+        var report = json.GetProperty("report");
+        var exact = Doubles(report.GetProperty("exact").GetProperty("eigenvalues"));
+        var top = Doubles(report.GetProperty("top").GetProperty("values"));
+        for (int i = 0; i < 2; i++) Assert.Equal(exact[^(i + 1)], top[i], 6);
+        // PSD: no eigenvalue below −1e-10·λmax.
+        Assert.True(exact[0] >= -1e-10 * exact[^1]);
+        // The diagonal's entries, one row per parameter, and its per-parameter sums add up to the exact trace within their errors.
+        var rows = File.ReadAllLines(Path.Combine(outDir, "diagonal.csv"));
+        Assert.Equal(4 * 6 + 6 + 6 * 3 + 3 + 1, rows.Length);
+        Assert.StartsWith("0.weight,0,", rows[1]);
+        double sum = json.GetProperty("diagonal").GetProperty("blocks").EnumerateArray().Sum(b => b.GetProperty("sum").GetDouble());
+        if (op == "kfac") Assert.Equal(exact.Sum(), sum, 8);
+        else Assert.True(Math.Abs(sum - exact.Sum()) < 0.5 * exact.Sum(), $"diagonal sum {sum}, trace {exact.Sum()}");
+    }
+
+    [Fact]
+    public void TheOperatorIsAnInputOfTheRunSoAnotherOperatorStartsAfresh()
+    {
+        var outDir = Path.Combine(TestUtil.TempDir("operator-fingerprint"), "o");
+        string[] common = ["hessian", "--data", CsvData(), "--model", "mlp:4-6-3:tanh", "--subset", "0", "--dtype", "float64", "--top", "1", "--out", outDir];
+        Assert.Equal(0, Run(out _, out var err1, [.. common]));
+        var first = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "hessian.json"))).RootElement;
+        Assert.Equal(0, Run(out _, out var err2, [.. common, "--operator", "ggn", "--frobenius"]));
+        var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "hessian.json"))).RootElement;
+        Assert.Equal("ggn", json.GetProperty("operator").GetString());
+        Assert.Contains("ggn", json.GetProperty("inputs").GetRawText());
+        Assert.NotEqual(first.GetProperty("inputs").GetProperty("fingerprint").GetString(), json.GetProperty("inputs").GetProperty("fingerprint").GetString());
+        // The GGN's λmax was computed, not resumed from the Hessian's.
+        Assert.NotEqual(Doubles(first.GetProperty("report").GetProperty("top").GetProperty("values"))[0],
+            Doubles(json.GetProperty("report").GetProperty("top").GetProperty("values"))[0]);
+        Assert.True(json.GetProperty("frobenius").GetProperty("norm").GetDouble() > 0);
+    }
+}
