@@ -21,7 +21,7 @@ public static class HessianCommand
         var exact = new Option<bool>("--exact") { Description = "Exact dense spectrum (models of up to 5,000 parameters)" };
         var tol = new Option<double>("--tol") { Description = "Lanczos relative residual tolerance ‖Hv−θv‖ ≤ tol·|θ|", DefaultValueFactory = _ => 1e-3 };
         var traceErr = new Option<double>("--trace-error") { Description = "Relative standard error the trace stops at", DefaultValueFactory = _ => 0.01 };
-        var traceMethod = new Option<string>("--trace-method") { Description = "hutch++ or hutchinson", DefaultValueFactory = _ => "hutch++" }.AcceptOnlyFromAmong("hutch++", "hutchinson");
+        var traceMethod = new Option<string>("--trace-method") { Description = "xtrace, hutch++ or hutchinson", DefaultValueFactory = _ => TraceMethodName(new SpectrumAnalysisOptions().TraceMethod) }.AcceptOnlyFromAmong("xtrace", "hutch++", "hutchinson");
         var maxProducts = new Option<long>("--max-products") { Description = "Budget of Hessian-vector products per estimator", DefaultValueFactory = _ => 1000 };
         var runs = new Option<int>("--density-runs") { Description = "SLQ runs n_v (Ghorbani et al. 2019: 10)", DefaultValueFactory = _ => 10 };
         var steps = new Option<int>("--density-steps") { Description = "SLQ Lanczos steps m (Ghorbani et al. 2019: 80)", DefaultValueFactory = _ => 80 };
@@ -29,6 +29,7 @@ public static class HessianCommand
         var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (Hutch++), spectral density (SLQ). " +
                                          "With no estimator chosen: --top 5 --bottom 1 --trace --density.");
         o.AddTo(cmd);
+        o.AddGraphMemory(cmd);
         foreach (var opt in new Option[] { top, bottom, trace, density, exact, tol, traceErr, traceMethod, maxProducts, runs, steps, outDir }) cmd.Options.Add(opt);
         // The library's names of these options (SpectrumAnalysisOptions and the estimators' options) where they are not the kebab-case.
         OptionNames.Register("hessian", new Dictionary<string, string>
@@ -51,7 +52,7 @@ public static class HessianCommand
                 Exact = p.GetValue(exact),
                 Tolerance = p.GetValue(tol),
                 TraceRelativeError = p.GetValue(traceErr),
-                TraceMethod = p.GetValue(traceMethod) == "hutchinson" ? TraceMethod.Hutchinson : TraceMethod.HutchPlusPlus,
+                TraceMethod = p.GetValue(traceMethod) switch { "hutchinson" => TraceMethod.Hutchinson, "xtrace" => TraceMethod.XTrace, _ => TraceMethod.HutchPlusPlus },
                 MaxProducts = p.GetValue(maxProducts),
                 DensityRuns = p.GetValue(runs),
                 DensitySteps = p.GetValue(steps),
@@ -84,6 +85,8 @@ public static class HessianCommand
         });
         return cmd;
     }
+
+    static string TraceMethodName(TraceMethod m) => m switch { TraceMethod.Hutchinson => "hutchinson", TraceMethod.XTrace => "xtrace", _ => "hutch++" };
 
     static string Pm(double v, double se) => double.IsFinite(se) ? $"{v:G6} ± {se:G2}" : $"{v:G6}";
 
