@@ -306,6 +306,12 @@ public sealed class Objective : IDisposable
     /// <summary>Bytes the cached graphs are estimated to hold (see <see cref="ObjectiveOptions.GraphMemoryBytes"/>).</summary>
     public long CachedGraphBytes => _graphCache?.Bytes ?? 0;
 
+    /// <summary>
+    /// Frees the cached graphs now (they are otherwise kept until the weights change and the next product, or until the
+    /// objective is disposed), e.g. before a memory-hungry computation that needs no Hessian-vector products.
+    /// </summary>
+    public void ReleaseGraphs() => _graphCache?.Clear();
+
     /// <summary>The measured size of one example's share of a graph, in bytes; null until a graph was measured.</summary>
     internal double? GraphBytesPerExample
     {
