@@ -16,7 +16,7 @@ public static class HessianCommand
         var o = new CommonOptions();
         var top = new Option<int?>("--top") { Description = "Top-k eigenvalues by Lanczos (default 5 when no estimator is chosen)" };
         var bottom = new Option<int?>("--bottom") { Description = "Bottom-k (most negative) eigenvalues (default 1 when no estimator is chosen)" };
-        var trace = new Option<bool>("--trace") { Description = "Estimate the trace (Hutch++ by default)" };
+        var trace = new Option<bool>("--trace") { Description = "Estimate the trace (XTrace by default)" };
         var density = new Option<bool>("--density") { Description = "Estimate the spectral density by stochastic Lanczos quadrature" };
         var exact = new Option<bool>("--exact") { Description = "Exact dense spectrum (models of up to 5,000 parameters)" };
         var tol = new Option<double>("--tol") { Description = "Lanczos relative residual tolerance ‖Hv−θv‖ ≤ tol·|θ|", DefaultValueFactory = _ => 1e-3 };
@@ -26,7 +26,7 @@ public static class HessianCommand
         var runs = new Option<int>("--density-runs") { Description = "SLQ runs n_v (Ghorbani et al. 2019: 10)", DefaultValueFactory = _ => 10 };
         var steps = new Option<int>("--density-steps") { Description = "SLQ Lanczos steps m (Ghorbani et al. 2019: 80)", DefaultValueFactory = _ => 80 };
         var outDir = new Option<string>("--out", "-o") { Description = "Output folder for hessian.json, density.csv and density.png", DefaultValueFactory = _ => "out/hessian" };
-        var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (Hutch++), spectral density (SLQ). " +
+        var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (XTrace), spectral density (SLQ). " +
                                          "With no estimator chosen: --top 5 --bottom 1 --trace --density.");
         o.AddTo(cmd);
         o.AddGraphMemory(cmd);

@@ -27,7 +27,7 @@ public sealed record SpectrumAnalysisOptions
     public double TraceRelativeError { get; init; } = 0.01;
 
     /// <summary>The trace estimator Valley uses unless told otherwise (the measurement behind the choice: README, "Trace estimators").</summary>
-    public const TraceMethod DefaultTraceMethod = TraceMethod.HutchPlusPlus;
+    public const TraceMethod DefaultTraceMethod = TraceMethod.XTrace;
 
     /// <summary>The trace estimator. Default <see cref="DefaultTraceMethod"/>.</summary>
     public TraceMethod TraceMethod { get; init; } = DefaultTraceMethod;

@@ -79,6 +79,7 @@ public static class XTrace
                     Converged = reached || o.RelativeStandardError is null, Seconds = sw.Elapsed.TotalSeconds, LowRankTrace = sketch.LowRankTrace,
                     SketchSize = sketch.Count,
                 };
+            ct.ThrowIfCancellationRequested();
             sketch.Grow(Math.Min(o.BlockSize, sMax - sketch.Count));
         }
     }
