@@ -97,7 +97,7 @@ public static class SpectrumBench
 
     static string Vals(JsonElement? p) => p is { } e ? string.Join(" ", e.GetProperty("values").EnumerateArray().Select(x => x.GetDouble().ToString("G6"))) : "";
 
-    static void Export(nn.Module model, Dataset data, string dir)
+    internal static void Export(nn.Module model, Dataset data, string dir)
     {
         model.save_py(Path.Combine(dir, "model.pt"));
         File.WriteAllBytes(Path.Combine(dir, "x.f32"), data.X.reshape(data.Count, -1).contiguous().bytes.ToArray());
@@ -105,11 +105,11 @@ public static class SpectrumBench
         File.WriteAllText(Path.Combine(dir, "meta.json"), JsonSerializer.Serialize(new { examples = data.Count, features = data.Features }));
     }
 
-    static JsonElement? RunPython(string dir, int threads)
+    internal static JsonElement? RunPython(string dir, int threads, int batches = 1)
     {
         var script = Path.Combine(AppContext.BaseDirectory, "pyhessian_reference.py");
         if (!File.Exists("/usr/bin/python3") || !File.Exists(script)) { Console.WriteLine("(no /usr/bin/python3 or reference script: PyTorch column skipped)"); return null; }
-        var psi = new ProcessStartInfo("/usr/bin/python3", [script, dir, threads.ToString()]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new ProcessStartInfo("/usr/bin/python3", [script, dir, threads.ToString(), batches.ToString()]) { RedirectStandardOutput = true, RedirectStandardError = true };
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEnd();
         var stderr = p.StandardError.ReadToEnd();

@@ -250,7 +250,7 @@ public static class StudyRunner
             spectrum = SpectrumAnalysis.Run(op, new SpectrumAnalysisOptions
             {
                 Top = top ? (int)Math.Min(5, op.Size) : 0, Bottom = 0, Trace = trace, Density = density, Tolerance = 1e-3, TraceRelativeError = o.TraceRelativeError,
-                TraceMethod = TraceMethod.HutchPlusPlus, MaxProducts = o.MaxProducts, DensityRuns = o.DensityRuns, DensitySteps = o.DensitySteps, Seed = m.Seed,
+                TraceMethod = TraceMethod.XTrace, MaxProducts = o.MaxProducts, DensityRuns = o.DensityRuns, DensitySteps = o.DensitySteps, Seed = m.Seed,
             }, ct: ct);
             if (names.Contains("lambda_max")) measures["lambda_max"] = spectrum.Top!.Values[0];
             if (names.Contains("top5_sum")) measures["top5_sum"] = spectrum.Top!.Values.Sum();
@@ -261,6 +261,7 @@ public static class StudyRunner
         using var init = m.IsLoaded
             ? m.Initialization is { } initPath ? (spec with { WeightsPath = initPath }).Build(train) : null
             : (spec with { Seed = m.Seed }).Initialization(train);
+        obj.ReleaseGraphs(); // the sharpness measures move the weights: the cached graphs would be rebuilt anyway, and they hold memory
         var sharpness = o.Measures.Where(n => !StudyOptions.CurvatureMeasures.Contains(n)).Select(SharpnessMeasures.Get).ToList();
         if (sharpness.Count > 0)
         {

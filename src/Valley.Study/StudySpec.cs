@@ -208,7 +208,7 @@ public sealed record StudyMeasuresSpec
     public List<string> Names { get; init; } = [.. StudyOptions.DefaultMeasures];
     /// <summary>Training examples the measures use (a seeded subset of each model's training set). Default 2048.</summary>
     public long Examples { get; init; } = 2048;
-    /// <summary>Hessian-vector products per estimator (top-5 Lanczos, Hutch++ trace). Default 400.</summary>
+    /// <summary>Hessian-vector products per estimator (top-5 Lanczos, XTrace trace). Default 400.</summary>
     public long MaxProducts { get; init; } = 400;
     /// <summary>Relative standard error the trace stops at. Default 0.05.</summary>
     public double TraceError { get; init; } = 0.05;

@@ -39,6 +39,12 @@ public sealed class CommonOptions
     public readonly Option<string> Format = new Option<string>("--format") { Description = "Terminal output", DefaultValueFactory = _ => "table" }.AcceptOnlyFromAmong("table", "json");
     public readonly Option<string> Normalize = new Option<string>("--normalize") { Description = "Input normalization: none (pixels in [0,1]) or standardize (training mean and std)", DefaultValueFactory = _ => "none" }.AcceptOnlyFromAmong("none", "standardize");
     public readonly Option<bool> Verbose = new("--verbose") { Description = "Show stack traces on errors" };
+    public readonly Option<string?> GraphMemory = new("--graph-memory")
+    {
+        Description = "Memory for the batches' cached gradient graphs between Hessian-vector products, e.g. 2G, 512M, 0 (off); default: a quarter of the machine's memory, at most half of what is free",
+        Validators = { r => { if (r.GetValueOrDefault<string?>() is { } v && ParseBytes(v) is null) r.AddError($"--graph-memory: expected a size such as 2G, 512M or 0, got '{v}'"); } },
+    };
+    bool _graphMemory;
 
     public CommonOptions(long subsetDefault = 2048, long batchDefault = 1024)
     {
@@ -50,6 +56,29 @@ public sealed class CommonOptions
     {
         foreach (var o in new Option[] { Model, Weights, Data, Labels, Task, Loss, Classes, Subset, BatchSize, Seed, DType, Threads, Device, TrainMode, Format, Normalize, Verbose }) cmd.Options.Add(o);
         if (layer) cmd.Options.Add(Layer);
+    }
+
+    /// <summary>Adds --graph-memory, for the commands that build Hessian operators.</summary>
+    public void AddGraphMemory(Command cmd)
+    {
+        cmd.Options.Add(GraphMemory);
+        _graphMemory = true;
+    }
+
+    /// <summary>A size in bytes: a number with an optional K, M, G or T suffix (powers of 1024; a trailing B or iB allowed); null when not one.</summary>
+    public static long? ParseBytes(string text)
+    {
+        var t = text.Trim().ToUpperInvariant();
+        if (t.EndsWith("IB", StringComparison.Ordinal)) t = t[..^2];
+        else if (t.EndsWith('B')) t = t[..^1];
+        double scale = 1;
+        if (t.Length > 0 && "KMGT".IndexOf(t[^1]) is var i and >= 0)
+        {
+            scale = Math.Pow(1024, i + 1);
+            t = t[..^1];
+        }
+        if (!double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) || !double.IsFinite(v) || v < 0 || v * scale > long.MaxValue) return null;
+        return (long)(v * scale);
     }
 
     /// <summary>
@@ -149,6 +178,7 @@ public sealed class CommonOptions
                 DType = p.GetValue(DType) == "float64" ? ScalarType.Float64 : ScalarType.Float32,
                 ParameterFilter = ParameterSet.PrefixFilter(p.GetValue(Layer)),
                 Group = shard ? Group : null,
+                GraphMemoryBytes = _graphMemory && p.GetValue(GraphMemory) is { } gm ? ParseBytes(gm) : null,
             });
             return new Context { Data = data, Model = local.Model!, Objective = objective };
         }

@@ -16,12 +16,12 @@ public static class HessianCommand
         var o = new CommonOptions();
         var top = new Option<int?>("--top") { Description = "Top-k eigenvalues by Lanczos (default 5 when no estimator is chosen)" };
         var bottom = new Option<int?>("--bottom") { Description = "Bottom-k (most negative) eigenvalues (default 1 when no estimator is chosen)" };
-        var trace = new Option<bool>("--trace") { Description = "Estimate the trace (Hutch++ by default)" };
+        var trace = new Option<bool>("--trace") { Description = "Estimate the trace (XTrace by default)" };
         var density = new Option<bool>("--density") { Description = "Estimate the spectral density by stochastic Lanczos quadrature" };
         var exact = new Option<bool>("--exact") { Description = "Exact dense spectrum (models of up to 5,000 parameters)" };
         var tol = new Option<double>("--tol") { Description = "Lanczos relative residual tolerance ‖Hv−θv‖ ≤ tol·|θ|", DefaultValueFactory = _ => 1e-3 };
         var traceErr = new Option<double>("--trace-error") { Description = "Relative standard error the trace stops at", DefaultValueFactory = _ => 0.01 };
-        var traceMethod = new Option<string>("--trace-method") { Description = "hutch++ or hutchinson", DefaultValueFactory = _ => "hutch++" }.AcceptOnlyFromAmong("hutch++", "hutchinson");
+        var traceMethod = new Option<string>("--trace-method") { Description = "xtrace, hutch++ or hutchinson", DefaultValueFactory = _ => TraceMethodName(new SpectrumAnalysisOptions().TraceMethod) }.AcceptOnlyFromAmong("xtrace", "hutch++", "hutchinson");
         var maxProducts = new Option<long>("--max-products") { Description = "Budget of Hessian-vector products per estimator", DefaultValueFactory = _ => 1000 };
         var runs = new Option<int>("--density-runs") { Description = "SLQ runs n_v (Ghorbani et al. 2019: 10)", DefaultValueFactory = _ => 10 };
         var steps = new Option<int>("--density-steps") { Description = "SLQ Lanczos steps m (Ghorbani et al. 2019: 80)", DefaultValueFactory = _ => 80 };
@@ -35,9 +35,10 @@ public static class HessianCommand
         var diagonalProducts = new Option<long>("--diagonal-products") { Description = "Products the diagonal estimator spends", DefaultValueFactory = _ => 100 };
         var frobenius = new Option<bool>("--frobenius") { Description = "Estimate the Frobenius norm (E‖Av‖² over Rademacher probes, to --trace-error)" };
         var outDir = new Option<string>("--out", "-o") { Description = "Output folder for hessian.json, density.csv and density.png", DefaultValueFactory = _ => "out/hessian" };
-        var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (Hutch++), spectral density (SLQ). " +
+        var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (XTrace), spectral density (SLQ). " +
                                          "With no estimator chosen: --top 5 --bottom 1 --trace --density.");
         o.AddTo(cmd);
+        o.AddGraphMemory(cmd);
         foreach (var opt in new Option[] { top, bottom, trace, density, exact, tol, traceErr, traceMethod, maxProducts, runs, steps, opName, mcSamples, kfacExpectation, diagonal, diagonalMethod, diagonalProducts, frobenius, outDir }) cmd.Options.Add(opt);
         // The library's names of these options (SpectrumAnalysisOptions and the estimators' options) where they are not the kebab-case.
         OptionNames.Register("hessian", new Dictionary<string, string>
@@ -64,7 +65,7 @@ public static class HessianCommand
                 Exact = p.GetValue(exact),
                 Tolerance = p.GetValue(tol),
                 TraceRelativeError = p.GetValue(traceErr),
-                TraceMethod = p.GetValue(traceMethod) == "hutchinson" ? TraceMethod.Hutchinson : TraceMethod.HutchPlusPlus,
+                TraceMethod = p.GetValue(traceMethod) switch { "hutchinson" => TraceMethod.Hutchinson, "xtrace" => TraceMethod.XTrace, _ => TraceMethod.HutchPlusPlus },
                 MaxProducts = p.GetValue(maxProducts),
                 DensityRuns = p.GetValue(runs),
                 DensitySteps = p.GetValue(steps),
@@ -127,6 +128,8 @@ public static class HessianCommand
         });
         return cmd;
     }
+
+    static string TraceMethodName(TraceMethod m) => m switch { TraceMethod.Hutchinson => "hutchinson", TraceMethod.XTrace => "xtrace", _ => "hutch++" };
 
     static string Pm(double v, double se) => double.IsFinite(se) ? $"{v:G6} ± {se:G2}" : $"{v:G6}";
 

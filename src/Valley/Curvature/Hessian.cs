@@ -10,7 +10,7 @@ namespace Valley.Curvature;
 /// <code>
 /// using var h = Hessian.Of(model, Losses.CrossEntropy, data);
 /// double lambdaMax = h.TopEigenvalues(1).Values[0];   // Lanczos
-/// TraceEstimate trace = h.Trace();                    // Hutch++ to 1 % standard error
+/// TraceEstimate trace = h.Trace();                    // to 1 % standard error
 /// SpectralDensity density = h.Density();              // stochastic Lanczos quadrature
 /// </code>
 /// Each call runs one estimator on <see cref="Operator"/> with its documented defaults and returns the estimator's own
@@ -68,9 +68,18 @@ public sealed class Hessian : IDisposable
         Lanczos.Compute(For(ct), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Smallest }, progress, ct);
 
     /// <summary>The trace by <paramref name="method"/> with its default options (to 1 % relative standard error, at most 1,000 products).</summary>
-    /// <param name="method">Hutch++ (default) or Hutchinson.</param>
-    public TraceEstimate Trace(TraceMethod method = TraceMethod.HutchPlusPlus, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
-        method == TraceMethod.Hutchinson ? Trace(new HutchinsonOptions(), progress, ct) : Trace(new HutchPlusPlusOptions(), progress, ct);
+    /// <param name="method">The estimator; default <see cref="SpectrumAnalysisOptions.DefaultTraceMethod"/>.</param>
+    public TraceEstimate Trace(TraceMethod method = SpectrumAnalysisOptions.DefaultTraceMethod, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) => method switch
+    {
+        TraceMethod.Hutchinson => Trace(new HutchinsonOptions(), progress, ct),
+        TraceMethod.XTrace => Trace(new XTraceOptions(), progress, ct),
+        _ => Trace(new HutchPlusPlusOptions(), progress, ct),
+    };
+
+    /// <summary>The trace by XTrace with these options.</summary>
+    /// <param name="options">Target, budget, test vectors, seed.</param>
+    public TraceEstimate Trace(XTraceOptions options, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        XTrace.Estimate(For(ct), options, progress, ct);
 
     /// <summary>The trace by Hutch++ with these options.</summary>
     /// <param name="options">Target, budget, sketch size, seed.</param>

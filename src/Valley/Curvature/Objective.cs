@@ -22,11 +22,22 @@ public sealed record ObjectiveOptions
     public Func<string, bool>? ParameterFilter { get; init; }
 
     /// <summary>
-    /// When the data set fits in one batch, keep its forward pass and graph-building backward pass between
-    /// Hessian-vector products at the same weights, so that each product costs one double-backward pass. The weights are
-    /// fingerprinted before every product and the graph is rebuilt when they changed. Costs the memory of one graph.
+    /// Keep each batch's forward pass and graph-building backward pass (its graph-carrying gradient) between Hessian-vector
+    /// products at the same weights, so that a product costs one double-backward pass per batch. The weights are
+    /// fingerprinted before every product and the graphs are rebuilt when they changed. As many batches are kept as
+    /// <see cref="GraphMemoryBytes"/> allows; the rest are recomputed for every product. Default true.
     /// </summary>
     public bool CacheGraph { get; init; } = true;
+
+    /// <summary>
+    /// Memory the cached graphs of <see cref="CacheGraph"/> may hold, in bytes; 0 turns caching off. Null (default): a
+    /// quarter of the machine's (or container's) memory, and at most half of the memory available when the first graph is
+    /// kept. A graph's size is measured once, as the growth of resident memory while the first batch's graph is built
+    /// (after freed heap memory is returned to the system), and scaled by batch size for the other batches. Batches are
+    /// kept in order until the next would exceed the budget. Only in-memory data sets on the CPU are cached batch by batch;
+    /// on another device only a data set that fits in one batch is (its graph's size cannot be measured there).
+    /// </summary>
+    public long? GraphMemoryBytes { get; init; }
 
     /// <summary>
     /// Data-parallel ranks: the data set given to the objective is then this rank's shard, and every loss, gradient and
@@ -240,13 +251,21 @@ public sealed class Objective : IDisposable
                 vs[j] = Parameters.Unflatten(Vt[j]);
                 outs[j] = Parameters.Unflatten(result[j]);
             }
-            // Only an in-memory data set in one batch keeps its graph: a streaming source's batch is gone after the pass.
-            bool cached = Options.CacheGraph && Source is Dataset { Count: > 0 } inMemory && inMemory.Count <= Options.BatchSize;
+            var cache = GraphCacheForProduct();
+            int b = -1;
             foreach (var (x, y, size) in Source.Batches(Options.BatchSize))
             {
                 ct.ThrowIfCancellationRequested();
+                b++;
                 using var scope = NewDisposeScope();
-                var g = cached ? CachedGradientGraph() : Grad(BatchLoss(x, y), createGraph: true, retainGraph: true);
+                var g = cache?.Get(b);
+                bool kept = g is not null;
+                if (g is null)
+                {
+                    long before = cache is not null && cache.NeedsMeasurement ? GraphCache.ResidentBytes(trim: true) : 0;
+                    g = Grad(BatchLoss(x, y), createGraph: true, retainGraph: true);
+                    kept = cache is not null && cache.TryKeep(b, g, size, before, Parameters.Size * Parameters.DType.ElementSize() + x.numel() * x.dtype.ElementSize());
+                }
                 double weight = (double)size / n;
                 for (int j = 0; j < k; j++)
                 {
@@ -254,7 +273,7 @@ public sealed class Objective : IDisposable
                     // g·v as a sum of per-tensor dots: no flattening of the graph-carrying gradient.
                     Tensor dot = (g[0] * vs[j][0]).sum();
                     for (int i = 1; i < g.Length; i++) dot = dot.add((g[i] * vs[j][i]).sum());
-                    var hv = Grad(dot, createGraph: false, retainGraph: cached || j < k - 1);
+                    var hv = Grad(dot, createGraph: false, retainGraph: kept || j < k - 1);
                     for (int i = 0; i < hv.Length; i++) outs[j][i].add_(hv[i], alpha: weight);
                 }
             }
@@ -277,30 +296,51 @@ public sealed class Objective : IDisposable
                                      "the model's outputs overflow (rescale very large inputs, e.g. standardize them, or compute in float64)");
     }
 
-    Tensor[]? _cachedGrad;
-    double[]? _cachedFingerprint;
+    GraphCache? _graphCache;
+    double[]? _fingerprintAtCache;
     Tensor[]? _fingerprintProbe;
 
+    /// <summary>Batches whose graph-carrying gradient is cached at the current weights (0 when caching is off or nothing is cached yet).</summary>
+    public int CachedBatches => _graphCache?.Count ?? 0;
+
+    /// <summary>Bytes the cached graphs are estimated to hold (see <see cref="ObjectiveOptions.GraphMemoryBytes"/>).</summary>
+    public long CachedGraphBytes => _graphCache?.Bytes ?? 0;
+
     /// <summary>
-    /// The graph-carrying gradient of the single-batch loss, rebuilt when the weights' fingerprint (their dot products
-    /// with a fixed random vector, and their sums) changed since it was built.
+    /// Frees the cached graphs now (they are otherwise kept until the weights change and the next product, or until the
+    /// objective is disposed), e.g. before a memory-hungry computation that needs no Hessian-vector products.
     /// </summary>
-    Tensor[] CachedGradientGraph()
+    public void ReleaseGraphs() => _graphCache?.Clear();
+
+    /// <summary>The measured size of one example's share of a graph, in bytes; null until a graph was measured.</summary>
+    internal double? GraphBytesPerExample
     {
-        var fp = Fingerprint();
-        if (_cachedGrad is not null && _cachedFingerprint!.SequenceEqual(fp)) return _cachedGrad;
-        DropCachedGraph();
-        using (var scope = NewDisposeScope())
-        {
-            var (x, y, _) = Source.Batches(Options.BatchSize).First();
-            var g = Grad(BatchLoss(x, y), createGraph: true, retainGraph: true);
-            foreach (var t in g) t.MoveToOuterDisposeScope();
-            _cachedGrad = g;
-        }
-        foreach (var t in _cachedGrad) t.DetachFromDisposeScope();
-        _cachedFingerprint = fp;
-        return _cachedGrad;
+        get => _graphCache?.BytesPerExample;
+        set => (_graphCache ??= NewGraphCache()).BytesPerExample = value;
     }
+
+    /// <summary>
+    /// The graph cache for this product, emptied when the weights' fingerprint (their dot products with a fixed random
+    /// vector, and their sums) changed since its graphs were built; null when caching is off for this objective.
+    /// </summary>
+    GraphCache? GraphCacheForProduct()
+    {
+        if (!Options.CacheGraph || Options.GraphMemoryBytes == 0 || Source is not Dataset { Count: > 0 } inMemory) return null;
+        // Off the CPU a graph's size cannot be measured: only the single-batch case, as it always was.
+        bool cpu = Parameters.Device.type == DeviceType.CPU;
+        if (!cpu && inMemory.Count > Options.BatchSize) return null;
+        _graphCache ??= NewGraphCache();
+        if (!cpu) _graphCache.Unbounded = true;
+        var fp = Fingerprint();
+        if (_fingerprintAtCache is null || !_fingerprintAtCache.SequenceEqual(fp))
+        {
+            _graphCache.Clear();
+            _fingerprintAtCache = fp;
+        }
+        return _graphCache;
+    }
+
+    GraphCache NewGraphCache() => new(Options.GraphMemoryBytes ?? GraphCache.DefaultBudget());
 
     double[] Fingerprint()
     {
@@ -315,13 +355,6 @@ public sealed class Objective : IDisposable
             fp[2 * i + 1] = p.sum().ToDouble();
         }
         return fp;
-    }
-
-    void DropCachedGraph()
-    {
-        if (_cachedGrad is null) return;
-        foreach (var t in _cachedGrad) t.Dispose();
-        _cachedGrad = null;
     }
 
     Tensor BatchLoss(Tensor x, Tensor y)
@@ -411,7 +444,7 @@ public sealed class Objective : IDisposable
     /// <summary>Gives the model back its dtype and releases the data the objective owns (a converted or standardized copy).</summary>
     public void Dispose()
     {
-        DropCachedGraph();
+        _graphCache?.Dispose();
         if (_convertedFrom is { } original) Model.to(original);
         if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
         if (_ownsData) ((Dataset)Source).Dispose();

@@ -40,10 +40,10 @@ public class HessianEntryTests
         Assert.Equal(spectrum.Min(), bottom.Values[0], 1.5e-3 * 1.2);
 
         double exact = spectrum.Sum();
-        foreach (var method in new[] { TraceMethod.HutchPlusPlus, TraceMethod.Hutchinson })
+        foreach (var method in new[] { TraceMethod.HutchPlusPlus, TraceMethod.Hutchinson, TraceMethod.XTrace })
         {
             var tr = h.Trace(method);
-            Assert.Equal(method == TraceMethod.HutchPlusPlus ? "hutch++" : "hutchinson", tr.Method);
+            Assert.Equal(method switch { TraceMethod.HutchPlusPlus => "hutch++", TraceMethod.XTrace => "xtrace", _ => "hutchinson" }, tr.Method);
             Assert.True(Math.Abs(tr.Trace - exact) <= 4 * tr.StandardError, $"{method}: {tr.Trace} ± {tr.StandardError}, exact {exact}");
         }
         // A sketch of the whole space makes Hutch++ exact.

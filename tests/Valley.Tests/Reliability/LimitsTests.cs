@@ -123,6 +123,7 @@ public class LimitsTests
             () => Lanczos.Compute(op, new LanczosOptions { K = 2 }),
             () => Hutchinson.Estimate(op),
             () => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { MaxProducts = 6 }),
+            () => XTrace.Estimate(op, new XTraceOptions { MaxProducts = 6 }),
             () => StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = 2, Steps = 4 }),
             () => PowerIteration.Compute(op),
         })

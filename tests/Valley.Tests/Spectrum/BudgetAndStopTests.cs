@@ -153,6 +153,7 @@ public class BudgetAndStopTests
             ("power iteration", (p, ct) => PowerIteration.Compute(dense, new PowerIterationOptions { TopN = 2, Tolerance = 1e-12 }, p, ct)),
             ("hutchinson", (p, ct) => Hutchinson.Estimate(dense, new HutchinsonOptions { RelativeStandardError = 1e-6, BlockSize = 1 }, p, ct)),
             ("hutch++", (p, ct) => HutchPlusPlus.Estimate(dense, new HutchPlusPlusOptions { RelativeStandardError = 1e-6 }, p, ct)),
+            ("xtrace", (p, ct) => XTrace.Estimate(dense, new XTraceOptions { RelativeStandardError = 1e-6 }, p, ct)),
             ("slq", (p, ct) => StochasticLanczosQuadrature.Estimate(dense, new SpectralDensityOptions { Runs = 4, Steps = 30 }, p, ct)),
         };
         foreach (var (name, run) in runs)

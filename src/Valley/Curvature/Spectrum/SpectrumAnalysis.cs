@@ -26,8 +26,11 @@ public sealed record SpectrumAnalysisOptions
     /// <summary>Relative standard error the trace estimate stops at. Default 0.01.</summary>
     public double TraceRelativeError { get; init; } = 0.01;
 
-    /// <summary>The trace estimator. Default Hutch++.</summary>
-    public TraceMethod TraceMethod { get; init; } = TraceMethod.HutchPlusPlus;
+    /// <summary>The trace estimator Valley uses unless told otherwise (the measurement behind the choice: README, "Trace estimators").</summary>
+    public const TraceMethod DefaultTraceMethod = TraceMethod.XTrace;
+
+    /// <summary>The trace estimator. Default <see cref="DefaultTraceMethod"/>.</summary>
+    public TraceMethod TraceMethod { get; init; } = DefaultTraceMethod;
 
     /// <summary>Product budget of each estimator (Lanczos top, Lanczos bottom, trace), at least 10. Default 1000.</summary>
     public long MaxProducts { get; init; } = 1000;
@@ -141,9 +144,12 @@ public static class SpectrumAnalysis
         if (o.Trace && report.Trace is null)
             report = Update(report with
             {
-                Trace = o.TraceMethod == TraceMethod.Hutchinson
-                    ? Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct)
-                    : HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
+                Trace = o.TraceMethod switch
+                {
+                    TraceMethod.Hutchinson => Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
+                    TraceMethod.XTrace => XTrace.Estimate(op, new XTraceOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
+                    _ => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
+                },
             });
         if (o.Density && report.Density is null)
             report = Update(report with { Density = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = o.DensityRuns, Steps = o.DensitySteps, Seed = o.Seed + 3 }, progress, ct) });
@@ -167,7 +173,7 @@ public static class SpectrumAnalysis
         // At least 10, and enough for Lanczos to find the top and bottom eigenpairs and verify them.
         Check.AtLeast(o.MaxProducts, Math.Max(10, Math.Max(Lanczos.MinimumProducts(op.Size, new LanczosOptions { K = Math.Max(1, o.Top) }),
             Lanczos.MinimumProducts(op.Size, new LanczosOptions { K = Math.Max(1, o.Bottom) }))), nameof(o.MaxProducts));
-        if (!Enum.IsDefined(o.TraceMethod)) throw Check.OutOfRange(nameof(o.TraceMethod), o.TraceMethod, "must be Hutchinson or HutchPlusPlus");
+        if (!Enum.IsDefined(o.TraceMethod)) throw Check.OutOfRange(nameof(o.TraceMethod), o.TraceMethod, "must be Hutchinson, HutchPlusPlus or XTrace");
         Check.AtLeast(o.DensityRuns, 1, nameof(o.DensityRuns));
         Check.AtLeast(o.DensitySteps, 2, nameof(o.DensitySteps));
         if (o.Exact && op.Size > ExactHessian.DefaultMaxSize)

@@ -8,12 +8,15 @@ public enum TraceMethod
 
     /// <summary><see cref="Spectrum.HutchPlusPlus"/>: the exact trace of a low-rank sketch plus Hutchinson on the rest.</summary>
     HutchPlusPlus,
+
+    /// <summary><see cref="Spectrum.XTrace"/>: every test vector both sketches and probes, exchangeably (Epperly, Tropp, Webber 2024).</summary>
+    XTrace,
 }
 
 /// <summary>A stochastic trace estimate with its standard error.</summary>
 public sealed record TraceEstimate
 {
-    /// <summary>The estimator that produced it: "hutchinson" or "hutch++".</summary>
+    /// <summary>The estimator that produced it: "hutchinson", "hutch++" or "xtrace".</summary>
     public required string Method { get; init; }
 
     /// <summary>The estimate of tr(A).</summary>
@@ -25,7 +28,7 @@ public sealed record TraceEstimate
     /// </summary>
     public required double StandardError { get; init; }
 
-    /// <summary>Random probes (Hutchinson's, or Hutch++'s residual probes).</summary>
+    /// <summary>Random probes (Hutchinson's, Hutch++'s residual probes, or XTrace's test vectors).</summary>
     public required int Probes { get; init; }
 
     /// <summary>Operator-vector products asked for, all of them (sketch and low-rank part included).</summary>
@@ -37,9 +40,9 @@ public sealed record TraceEstimate
     /// <summary>Wall-clock time.</summary>
     public double Seconds { get; init; }
 
-    /// <summary>Hutch++ only: the exactly computed trace of the low-rank part QᵀAQ.</summary>
+    /// <summary>Hutch++ and XTrace: the exactly computed trace of the low-rank part QᵀAQ (XTrace: of the whole sketch).</summary>
     public double? LowRankTrace { get; init; }
 
-    /// <summary>Hutch++ only: the sketch size s (columns of Q).</summary>
+    /// <summary>Hutch++ and XTrace: the sketch size s (columns of Q).</summary>
     public int? SketchSize { get; init; }
 }

@@ -1,0 +1,98 @@
+using TorchSharp;
+using Valley.Curvature;
+using Valley.Data;
+using Valley.Models;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Valley.Tests.Curvature;
+
+/// <summary>The multi-batch graph cache (ObjectiveOptions.CacheGraph, GraphMemoryBytes): cached products equal uncached ones.</summary>
+public class GraphCacheTests
+{
+    public GraphCacheTests() => TestUtil.Init();
+
+    const long Examples = 60, Batch = 13; // 5 batches: 4 of 13 and one of 8
+
+    static (Objective Obj, Dataset Data) Mlp(ObjectiveOptions options)
+    {
+        var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
+        var model = new ModelSpec("mlp", [8, 6, 3], "tanh", true, 0, 0) { Text = "mlp:8-6-3:tanh" }.Build(data, seed: 1);
+        return (new Objective(model, Losses.CrossEntropy, data, options with { DType = ScalarType.Float64, BatchSize = Batch }), data);
+    }
+
+    static double Relative(Tensor a, Tensor b) => ((a - b).norm() / b.norm()).ToDouble();
+
+    [Fact]
+    public void CachedProductsOnSeveralBatchesEqualUncachedOnesAndFollowWeightChanges()
+    {
+        var (cached, d1) = Mlp(new ObjectiveOptions());
+        var (plain, d2) = Mlp(new ObjectiveOptions { CacheGraph = false });
+        using var _1 = d1; using var _2 = d2; using var _c = cached; using var _p = plain;
+        var V = randn([cached.Size, 3], dtype: ScalarType.Float64, generator: new Generator(7));
+        var first = cached.HessianBlockProduct(V);          // builds and keeps every batch's graph
+        Assert.Equal(5, cached.CachedBatches);
+        Assert.True(cached.CachedGraphBytes > 0);
+        var again = cached.HessianBlockProduct(V);          // only double-backward passes
+        var expected = plain.HessianBlockProduct(V);
+        Assert.Equal(0, plain.CachedBatches);
+        Assert.True(Relative(first, expected) < 1e-12, $"first {Relative(first, expected)}");
+        Assert.True(Relative(again, expected) < 1e-12, $"cached {Relative(again, expected)}");
+        var v = V[.., 0].contiguous();
+        Assert.True(Relative(cached.HessianVectorProduct(v), plain.HessianVectorProduct(v)) < 1e-12);
+
+        // New weights: the fingerprint changes, every graph is rebuilt, and the products follow.
+        var step = randn(cached.Size, dtype: ScalarType.Float64, generator: new Generator(8));
+        cached.Parameters.AddInPlace(step, 0.2);
+        plain.Parameters.AddInPlace(step, 0.2);
+        var moved = cached.HessianBlockProduct(V);
+        var movedExpected = plain.HessianBlockProduct(V);
+        Assert.True(Relative(moved, movedExpected) < 1e-12, $"after a weight change {Relative(moved, movedExpected)}");
+        Assert.True(Relative(moved, expected) > 1e-3, "the products did not change with the weights");
+        Assert.Equal(5, cached.CachedBatches);
+        Assert.True(Relative(cached.HessianBlockProduct(V), movedExpected) < 1e-12);
+    }
+
+    [Fact]
+    public void ABudgetForSomeBatchesCachesThoseInOrderAndRecomputesTheRest()
+    {
+        // A batch of 13 examples is taken to hold 13,000 bytes: a budget of 30,000 keeps two of the five.
+        var (some, d1) = Mlp(new ObjectiveOptions { GraphMemoryBytes = 30_000 });
+        var (plain, d2) = Mlp(new ObjectiveOptions { CacheGraph = false });
+        using var _1 = d1; using var _2 = d2; using var _s = some; using var _p = plain;
+        some.GraphBytesPerExample = 1000;
+        var V = randn([some.Size, 2], dtype: ScalarType.Float64, generator: new Generator(9));
+        var expected = plain.HessianBlockProduct(V);
+        for (int rep = 0; rep < 3; rep++)
+        {
+            var r = some.HessianBlockProduct(V);
+            Assert.Equal(2, some.CachedBatches);
+            Assert.Equal(26_000, some.CachedGraphBytes);
+            Assert.True(Relative(r, expected) < 1e-12, $"rep {rep}: {Relative(r, expected)}");
+        }
+        // After a weight change the same two batches are cached again, at the new weights.
+        var step = randn(some.Size, dtype: ScalarType.Float64, generator: new Generator(10));
+        some.Parameters.AddInPlace(step, 0.1);
+        plain.Parameters.AddInPlace(step, 0.1);
+        some.HessianBlockProduct(V);
+        var r2 = some.HessianBlockProduct(V);
+        Assert.Equal(2, some.CachedBatches);
+        Assert.True(Relative(r2, plain.HessianBlockProduct(V)) < 1e-12);
+    }
+
+    [Fact]
+    public void ABudgetOfZeroTurnsCachingOffAndAMeasuredGraphIsAtLeastItsGradientAndInputs()
+    {
+        var (off, d1) = Mlp(new ObjectiveOptions { GraphMemoryBytes = 0 });
+        var (on, d2) = Mlp(new ObjectiveOptions());
+        using var _1 = d1; using var _2 = d2; using var _o = off; using var _n = on;
+        var v = randn(off.Size, dtype: ScalarType.Float64, generator: new Generator(11));
+        var a = off.HessianVectorProduct(v);
+        Assert.Equal(0, off.CachedBatches);
+        var b = on.HessianVectorProduct(v);
+        Assert.True(Relative(a, b) < 1e-12);
+        // The measurement's floor: the parameters' gradient (float64) and the batch's inputs, per example.
+        double floor = (on.Size * 8.0 + Batch * 8 * 8) / Batch;
+        Assert.True(on.GraphBytesPerExample >= floor, $"{on.GraphBytesPerExample} bytes per example, floor {floor}");
+    }
+}
