@@ -86,7 +86,10 @@ public sealed class HessianRun
     public const string JsonFile = "hessian.json";
 
     /// <summary>The files a run writes besides hessian.json; an earlier run's are removed when a run of other inputs starts.</summary>
-    public static readonly IReadOnlyList<string> DensityFiles = ["density.csv", "density-nodes.csv", "density.png", "diagonal.csv"];
+    public static readonly IReadOnlyList<string> DensityFiles = ["density.csv", "density-nodes.csv", "density.png"];
+
+    /// <summary>The diagonal's file (written with a diagonal estimate only); removed with the others when a run of other inputs starts.</summary>
+    public const string DiagonalFile = "diagonal.csv";
 
     readonly IProcessGroup _group;
 
@@ -129,7 +132,7 @@ public sealed class HessianRun
         var accepted = group.Broadcast(group.IsRoot() ? description.Inputs.ReadEarlier<HessianOutput>(path, h => h.Inputs, h => h.Report is not null, out replaced) : []);
         var earlier = accepted.Length > 0 ? JsonSerializer.Deserialize<HessianOutput>(accepted, AtomicFile.Json)!.Report : null;
         if (group.IsRoot() && earlier is null && Directory.Exists(folder))
-            foreach (var f in DensityFiles.Append(JsonFile)) File.Delete(Path.Combine(folder, f));
+            foreach (var f in DensityFiles.Append(DiagonalFile).Append(JsonFile)) File.Delete(Path.Combine(folder, f));
         return new HessianRun(folder, description, earlier, earlier is null ? replaced : null, group);
     }
 
@@ -182,14 +185,7 @@ public sealed class HessianRun
             output = output with { Diagonal = DiagonalSummary.Of(d, parameters) };
             if (_group.IsRoot())
             {
-                var rows = new List<object[]>((int)Math.Min(op.Size, int.MaxValue));
-                for (int p = 0; p < parameters.Names.Count; p++)
-                    for (long i = 0; i < parameters.Tensors[p].numel(); i++)
-                    {
-                        long j = parameters.Offsets[p] + i;
-                        rows.Add([parameters.Names[p], i, d.Diagonal[j], d.StandardErrors[j]]);
-                    }
-                Csv.Write(Path.Combine(Folder, "diagonal.csv"), ["parameter", "index", "entry", "standard_error"], rows);
+                Csv.Write(Path.Combine(Folder, DiagonalFile), ["parameter", "index", "entry", "standard_error"], DiagonalRows(parameters, d)); // streamed: one row per parameter entry
             }
         }
         if (frobenius is not null)
@@ -215,5 +211,18 @@ public sealed class HessianRun
         Csv.Write(Path.Combine(Folder, "density-nodes.csv"), ["run", "node", "weight"],
             d.Nodes.SelectMany((nodes, run) => nodes.Select((t, i) => new object[] { run, t, d.Weights[run][i] })));
         Plots.SpectralDensity(d, Path.Combine(Folder, "density.png"), $"{Title(Description.Operator)} spectral density: {Description.Model}", r.LambdaMax, r.LambdaMin);
+    }
+
+    static IEnumerable<object[]> DiagonalRows(ParameterSet parameters, DiagonalEstimate d)
+    {
+        for (int p = 0; p < parameters.Names.Count; p++)
+        {
+            long n = parameters.Tensors[p].numel();
+            for (long i = 0; i < n; i++)
+            {
+                long j = parameters.Offsets[p] + i;
+                yield return [parameters.Names[p], i, d.Diagonal[j], d.StandardErrors[j]];
+            }
+        }
     }
 }

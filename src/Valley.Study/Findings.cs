@@ -84,11 +84,15 @@ internal static class Findings
                              && m.Measures.ContainsKey("lambda_max"))) return;
         string P(double v) => $"{100 * v:F2}%";
         string? H(ModelMeasurements m, string key) => m.Hyperparameters.GetValueOrDefault(key);
+        static string Others(ModelMeasurements m, params string[] except) =>
+            string.Join("\u001f", m.Hyperparameters.Where(kv => !except.Contains(kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key + "=" + kv.Value));
         static long Batch(ModelMeasurements m) => long.TryParse(m.Hyperparameters["batch_size"], NumberStyles.Integer, CultureInfo.InvariantCulture, out var b) ? b : 0;
         foreach (var seed in models.Select(m => m.Hyperparameters["seed"]).Distinct())
         {
-            var adam = models.Where(m => m.Hyperparameters["optimizer"] == "adam" && m.Hyperparameters["seed"] == seed).OrderBy(Batch).ToList();
-            if (adam.Count >= 2 && Batch(adam[0]) != Batch(adam[^1]))
+            // A pair differs in the compared setting only: the first group of Adam models alike in every other hyperparameter.
+            var adam = models.Where(m => m.Hyperparameters["optimizer"] == "adam" && m.Hyperparameters["seed"] == seed)
+                .GroupBy(m => Others(m, "batch_size")).Select(g => g.OrderBy(Batch).ToList()).FirstOrDefault(g => g.Count >= 2 && Batch(g[0]) != Batch(g[^1])) ?? [];
+            if (adam.Count >= 2)
             {
                 var sb = adam[0]; var lb = adam[^1];
                 double ls = sb.Measures["lambda_max"], ll = lb.Measures["lambda_max"];
@@ -97,9 +101,9 @@ internal static class Findings
                       $"(batch {sb.Hyperparameters["batch_size"]}): λmax {ll:G4} vs {ls:G4}; accuracy gap {P(lb.AccuracyGap)} vs {P(sb.AccuracyGap)}. " +
                       "One pair is an anecdote; the ranking below says what the whole grid supports.");
             }
-            var sgd = models.FirstOrDefault(m => H(m, "optimizer") == "sgd" && H(m, "seed") == seed);
             var sam = models.FirstOrDefault(m => H(m, "optimizer") == "sam" && H(m, "seed") == seed);
-            if (sgd is not null && sam is not null && H(sgd, "batch_size") == H(sam, "batch_size") && sgd.Measures.ContainsKey("lambda_max") && sam.Measures.ContainsKey("lambda_max"))
+            var sgd = sam is null ? null : models.FirstOrDefault(m => H(m, "optimizer") == "sgd" && Others(m, "optimizer", "rho") == Others(sam, "optimizer", "rho"));
+            if (sgd is not null && sam is not null)
             {
                 double a = sgd.Measures["lambda_max"], b = sam.Measures["lambda_max"];
                 f.Add($"Seed {seed}: SAM at batch {sam.Hyperparameters["batch_size"]} found a {(b < a ? "flatter" : "sharper")} minimum than SGD with the same base: " +

@@ -384,7 +384,7 @@ internal sealed class SpecReader(string source)
                 Names = Distinct(List(names, "measures.names", (x, p) => OneOf(x, p, known, nullable: false, what: "measure")!), "measures.names"),
             };
         if (Get(e, "examples") is { } ex) m = m with { Examples = Integer(ex, "measures.examples", 1, "a positive integer") };
-        if (Get(e, "max_products") is { } mp) m = m with { MaxProducts = Integer(mp, "measures.max_products", 10, "an integer of at least 10") };
+        if (Get(e, "max_products") is { } mp) m = m with { MaxProducts = Integer(mp, "measures.max_products", 20, "an integer of at least 20 (Lanczos for 5 eigenvalues needs 11, XTrace starts with 20)") };
         if (Get(e, "trace_error") is { } te)
         {
             double v = Number(te, "measures.trace_error");

@@ -130,12 +130,15 @@ public static class RankStatistics
         return Granulated(GranulationKeys(hyper), measure, gap, idx);
     }
 
-    /// <summary>For each hyperparameter (ordinal order): its name, every model's group key (the other hyperparameters' values) and its own value.</summary>
-    internal static (string Name, string[] Group, string[] Value)[] GranulationKeys(IReadOnlyList<IReadOnlyDictionary<string, string>> hyper)
+    /// <summary>
+    /// For each hyperparameter (ordinal order): its name, every model's group key (the other hyperparameters' values, and
+    /// <paramref name="fixedPart"/>, e.g. the seed, which Jiang et al.'s eq. 4 also holds fixed without averaging over it) and its own value.
+    /// </summary>
+    internal static (string Name, string[] Group, string[] Value)[] GranulationKeys(IReadOnlyList<IReadOnlyDictionary<string, string>> hyper, IReadOnlyList<string>? fixedPart = null)
     {
         var names = hyper.SelectMany(h => h.Keys).Distinct().OrderBy(k => k, StringComparer.Ordinal).ToList();
         return names.Select(h => (h,
-            hyper.Select(m => string.Join("\u001f", names.Where(n => n != h).Select(n => m.GetValueOrDefault(n, "")))).ToArray(),
+            hyper.Select((m, i) => string.Join("\u001f", names.Where(n => n != h).Select(n => m.GetValueOrDefault(n, ""))) + "\u001d" + (fixedPart?[i] ?? "")).ToArray(),
             hyper.Select(m => m.GetValueOrDefault(h, "")).ToArray())).ToArray();
     }
 

@@ -134,7 +134,8 @@ public static class StudyStatistics
         int size = Math.Clamp(o.ConditioningSize, 0, hyperNames.Count);
         var indices = RankStatistics.BootstrapIndices(Math.Max(n, 1), o.Resamples, o.Seed);
         var all = Enumerable.Range(0, n).ToArray();
-        var granulation = RankStatistics.GranulationKeys(hyper);
+        // ψ_h compares models that differ in h only: the seed is held fixed within a group too (Jiang et al. 2020, eq. 4), but Ψ does not average over it.
+        var granulation = RankStatistics.GranulationKeys(hyper, seeds);
 
         var rows = new List<(MeasureRanking Row, double[] Oriented)>();
         foreach (var (name, baseline, v) in columns)
@@ -153,7 +154,7 @@ public static class StudyStatistics
             var oriented = repsAcc.Select(t => dir * t).ToArray();
             double key = !double.IsFinite(ta.Tau) ? double.NegativeInfinity : dir > 0 ? ta.Lower : -ta.Upper;
 
-            var (psi, per) = RankStatistics.Granulated(hyper, v, acc);
+            var (psi, per) = RankStatistics.Granulated(granulation, v, acc, all);
             var psiReps = new double[indices.Length];
             var perReps = per.Keys.ToDictionary(h => h, _ => new double[indices.Length]);
             for (int b = 0; b < indices.Length; b++)

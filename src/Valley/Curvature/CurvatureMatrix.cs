@@ -137,9 +137,9 @@ public sealed class CurvatureMatrix : IDisposable
         Operator is KfacOperator kfac ? kfac.TopEigenvalues(k, EigenTarget.Smallest)
             : Lanczos.Compute(Operator, (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Smallest }, progress, ct);
 
-    /// <summary>The trace by Hutch++ with its default options, or K-FAC's exact trace.</summary>
+    /// <summary>The trace by XTrace (Valley's default trace method) with its default options, or K-FAC's exact trace.</summary>
     public TraceEstimate Trace(IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
-        Operator is KfacOperator kfac ? kfac.TraceEstimate() : HutchPlusPlus.Estimate(Operator, new HutchPlusPlusOptions(), progress, ct);
+        Operator is KfacOperator kfac ? kfac.TraceEstimate() : XTrace.Estimate(Operator, new XTraceOptions(), progress, ct);
 
     /// <summary>The spectral density by stochastic Lanczos quadrature.</summary>
     /// <param name="options">Runs, steps, broadening, seed.</param>

@@ -96,6 +96,8 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
             long outDim = objective.Parameters.Shapes[w][0], inDim = objective.Parameters.Shapes[w].Skip(1).Aggregate(1L, (x, y) => x * y) + (b >= 0 ? 1 : 0);
             var layer = new KfacLayer(name, module is Linear ? "linear" : "conv2d", b >= 0 ? [names[w], names[b]] : [names[w]], inDim, outDim);
             var dt = ScalarType.Float64;
+            // Each factor is dense float64, and its eigendecomposition needs about as much again.
+            MachineLimits.EnsureMemory(2.0 * (inDim * inDim + outDim * outDim) * sizeof(double), $"K-FAC's factors of layer {(name.Length == 0 ? "(model)" : name)} ({inDim}×{inDim} and {outDim}×{outDim})");
             _blocks.Add(new Block(layer, module, w, b,
                 zeros([inDim, inDim], dtype: dt, device: objective.Parameters.Device).DetachFromDisposeScope(),
                 zeros([outDim, outDim], dtype: dt, device: objective.Parameters.Device).DetachFromDisposeScope()));
@@ -103,7 +105,11 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
             if (b >= 0) covered.Add(b);
         }
         UncoveredParameters = names.Where((_, i) => !covered.Contains(i)).ToList();
-        if (_blocks.Count > 0) ComputeFactors(ct);
+        // A K-FAC that covers nothing is the zero matrix: reporting its eigenvalues as converged zeros would be a wrong number.
+        if (_blocks.Count == 0)
+            throw new ValleyException($"K-FAC covers none of the selected parameters ({string.Join(", ", UncoveredParameters.Take(5))}{(UncoveredParameters.Count > 5 ? ", …" : "")}): " +
+                                      "it approximates the Linear and Conv2d layers of built-in models only (a TorchScript archive's layers are opaque to it); use the GGN or the Hessian");
+        ComputeFactors(ct);
     }
 
     void ComputeFactors(CancellationToken ct)

@@ -23,6 +23,18 @@ public class OperatorCommandTests
 
     static double[] Doubles(JsonElement e) => e.EnumerateArray().Select(v => v.GetDouble()).ToArray();
 
+    [Fact]
+    public void KfacThatCoversNoSelectedParameterIsRefusedRatherThanReportedAsZero()
+    {
+        // The archive's layers are TorchScript modules K-FAC cannot see: its "eigenvalues" would be zeros reported as converged.
+        string dir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "TorchScript");
+        int code = Run(out _, out var err, "hessian", "--model", Path.Combine(dir, "resnet_bn.pt"), "--data", Path.Combine(dir, "resnet_bn_data.npz"),
+            "--operator", "kfac", "--top", "3", "--out", Path.Combine(TestUtil.TempDir("kfac-none"), "h"));
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Contains("K-FAC covers none of the selected parameters", err);
+    }
+
     [Theory]
     [InlineData("ggn")]
     [InlineData("ef")]

@@ -168,6 +168,21 @@ public class StatisticsTests
     }
 
     [Fact]
+    public void GranulatedPsiHoldsTheSeedFixedWithinEachGroup()
+    {
+        // b ∈ {1, 2} × seed ∈ {0, 1}. Within seed 0: measure 1, 2 and gap 2, 3 → τ = +1; within seed 1: measure 3, 4 and gap 0, 1
+        // → τ = +1: ψ_b = +1 (Jiang et al. eq. 4 fixes every other setting, the seed included). Pooling the seeds into one
+        // group would give c = 2, d = 4: −1/3.
+        double[] m = [1, 2, 3, 4], gap = [2, 3, 0, 1];
+        string[] b = ["1", "2", "1", "2"], seed = ["0", "0", "1", "1"];
+        var models = Enumerable.Range(0, 4).Select(i => Model($"m{i}", gap[i], new() { ["m"] = m[i] }, new() { ["b"] = b[i], ["seed"] = seed[i] })).ToList();
+        var row = Assert.Single(StudyStatistics.Analyze(models, new StatisticsOptions { Resamples = 200 }).Rows);
+        Assert.Equal(1.0, row.PerHyperparameter["b"].Value, 12);
+        Assert.Equal(1.0, row.Psi.Value, 12);
+        Assert.False(row.PerHyperparameter.ContainsKey("seed"));
+    }
+
+    [Fact]
     public void SignAgreementCountsTheSeedsWhoseTauHasThePooledSign()
     {
         // Seed 0: τ = 1; seed 1: gaps 4, 6, 5 → τ = 1/3; seed 2: gaps 9, 8, 7 → τ = −1. Pooled: the 27 pairs across seeds are

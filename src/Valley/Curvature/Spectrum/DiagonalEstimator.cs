@@ -123,6 +123,8 @@ public static class DiagonalEstimator
         var budget = new ProductBudget(op, o.Products / 2 * 2, "xdiag");
         var gen = new Generator((ulong)o.Seed);
         long s = o.Products / 2;
+        // Ω, Y, Q, Z and their products: about a dozen float64 n × s matrices at once.
+        MachineLimits.EnsureMemory(12.0 * s * op.Size * sizeof(double), $"XDiag with {o.Products} products on {op.Size} parameters");
         using var scope = NewDisposeScope();
         var omega = SpectrumMath.Rademacher(s, op.Size, gen, ScalarType.Float64).t().to(op.Device); // [n, s]
         var Y = budget.Apply(omega);
