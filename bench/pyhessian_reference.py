@@ -46,7 +46,7 @@ def hvp(gradsH, v):
         model.zero_grad()
         loss = F.cross_entropy(model(xb), yb)
         loss.backward(create_graph=True)
-        gH = [p.grad if p.grad is not None else 0. for p in params]
+        gH = [p.grad + 0. if p.grad is not None else 0. for p in params]  # a copy: zero_grad() below detaches p.grad in place (as get_params_grad does)
         model.zero_grad()
         Hv = torch.autograd.grad(gH, params, grad_outputs=v, only_inputs=True, retain_graph=False)
         THv = [t + h * float(xb.size(0)) + 0. for t, h in zip(THv, Hv)]
