@@ -9,32 +9,13 @@ namespace Valley.Curvature;
 /// one batched Jᵀ w per batch, as for the GGN with H_i replaced by δ_i δ_iᵀ. This is exact when example i's outputs depend
 /// on x_i alone (eval mode, or a model without batch statistics). Its trace is <see cref="Sharpness.FisherTrace"/>.
 /// </summary>
-public sealed class EmpiricalFisherOperator : CurvatureOperator
+public sealed class EmpiricalFisherOperator : ObjectiveOperator
 {
-    /// <summary>The objective whose empirical Fisher this is.</summary>
-    public Objective Objective { get; }
-
-    /// <summary>Checked between the batches of every product.</summary>
-    public CancellationToken Cancellation { get; init; }
-
     /// <param name="objective">The objective (not owned: dispose it yourself).</param>
-    public EmpiricalFisherOperator(Objective objective) => Objective = objective;
+    public EmpiricalFisherOperator(Objective objective) : base(objective) { }
 
     /// <inheritdoc/>
-    public override long Size => Objective.Size;
-
-    /// <inheritdoc/>
-    public override ScalarType DType => Objective.Parameters.DType;
-
-    /// <inheritdoc/>
-    public override Device Device => Objective.Parameters.Device;
-
-    /// <inheritdoc/>
-    protected override Tensor ApplyCore(Tensor v)
-    {
-        using var scope = NewDisposeScope();
-        return ApplyBlockCore(v.unsqueeze(1)).squeeze(1).MoveToOuterDisposeScope();
-    }
+    protected override Tensor ApplyCore(Tensor v) => ApplyAsBlock(v);
 
     /// <inheritdoc/>
     protected override Tensor ApplyBlockCore(Tensor V) =>

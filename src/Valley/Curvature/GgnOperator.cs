@@ -12,32 +12,13 @@ namespace Valley.Curvature;
 /// other losses by double backward through the loss alone) and one Jᵀ w backward pass: no second-order backward pass
 /// through the model. Full data, batches weighted by size, the objective's mode, parameter filter and process group.
 /// </summary>
-public sealed class GgnOperator : CurvatureOperator
+public sealed class GgnOperator : ObjectiveOperator
 {
-    /// <summary>The objective whose GGN this is.</summary>
-    public Objective Objective { get; }
-
-    /// <summary>Checked between the batches of every product.</summary>
-    public CancellationToken Cancellation { get; init; }
-
     /// <param name="objective">The objective (not owned: dispose it yourself).</param>
-    public GgnOperator(Objective objective) => Objective = objective;
+    public GgnOperator(Objective objective) : base(objective) { }
 
     /// <inheritdoc/>
-    public override long Size => Objective.Size;
-
-    /// <inheritdoc/>
-    public override ScalarType DType => Objective.Parameters.DType;
-
-    /// <inheritdoc/>
-    public override Device Device => Objective.Parameters.Device;
-
-    /// <inheritdoc/>
-    protected override Tensor ApplyCore(Tensor v)
-    {
-        using var scope = NewDisposeScope();
-        return ApplyBlockCore(v.unsqueeze(1)).squeeze(1).MoveToOuterDisposeScope();
-    }
+    protected override Tensor ApplyCore(Tensor v) => ApplyAsBlock(v);
 
     /// <inheritdoc/>
     protected override Tensor ApplyBlockCore(Tensor V) =>

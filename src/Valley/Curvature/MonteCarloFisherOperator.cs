@@ -10,49 +10,29 @@ namespace Valley.Curvature;
 /// are drawn once per product from generators seeded by (seed, rank, batch index), so every product is of the same matrix;
 /// they depend on the batch size, which orders the draws. Refused for other losses (no predictive distribution).
 /// </summary>
-public sealed class MonteCarloFisherOperator : CurvatureOperator
+public sealed class MonteCarloFisherOperator : ObjectiveOperator
 {
-    /// <summary>The objective whose Fisher this estimates.</summary>
-    public Objective Objective { get; }
-
     /// <summary>Labels sampled per example S (at least 1).</summary>
     public int Samples { get; }
 
     /// <summary>Seed of the sampled labels.</summary>
     public long Seed { get; }
 
-    /// <summary>Checked between the batches of every product.</summary>
-    public CancellationToken Cancellation { get; init; }
-
     /// <param name="objective">The objective (not owned: dispose it yourself).</param>
     /// <param name="samples">Labels sampled per example (curvlinops's default: 1).</param>
     /// <param name="seed">Seed of the labels.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="samples"/> is below 1.</exception>
-    public MonteCarloFisherOperator(Objective objective, int samples = 1, long seed = 0)
+    public MonteCarloFisherOperator(Objective objective, int samples = 1, long seed = 0) : base(objective)
     {
         Check.AtLeast(samples, 1, nameof(samples));
         if (OutputPasses.KindOf(objective.Loss) == OutputLossKind.Other)
             throw new ValleyException("the Monte-Carlo Fisher needs the model's predictive distribution, known for the cross-entropy, mse and bce losses only");
-        Objective = objective;
         Samples = samples;
         Seed = seed;
     }
 
     /// <inheritdoc/>
-    public override long Size => Objective.Size;
-
-    /// <inheritdoc/>
-    public override ScalarType DType => Objective.Parameters.DType;
-
-    /// <inheritdoc/>
-    public override Device Device => Objective.Parameters.Device;
-
-    /// <inheritdoc/>
-    protected override Tensor ApplyCore(Tensor v)
-    {
-        using var scope = NewDisposeScope();
-        return ApplyBlockCore(v.unsqueeze(1)).squeeze(1).MoveToOuterDisposeScope();
-    }
+    protected override Tensor ApplyCore(Tensor v) => ApplyAsBlock(v);
 
     /// <inheritdoc/>
     protected override Tensor ApplyBlockCore(Tensor V) =>
