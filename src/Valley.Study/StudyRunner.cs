@@ -90,6 +90,13 @@ public readonly record struct StudyProgress(string Stage, int Done, int Total);
 /// </summary>
 public static class StudyRunner
 {
+    /// <summary>
+    /// What a model's cached measurements contain; part of a study folder's inputs, so that a folder of an earlier format
+    /// (e.g. without baselines, or with Hutch++ traces) is refused rather than mixed into a new study. Change it whenever
+    /// <see cref="ModelMeasurements"/> or the way a measure is computed changes.
+    /// </summary>
+    public const string MeasurementsFormat = "3: baselines, XTrace trace, spectrum seeded as valley hessian";
+
     /// <summary>Runs a study into <paramref name="outDir"/> (resumable: trained models and finished measurements are reused) and returns its summary.</summary>
     public static StudySummary Run(StudyOptions o, DataSplit data, string outDir, IProgress<StudyProgress>? progress = null, CancellationToken ct = default,
         IProcessGroup? group = null)

@@ -84,7 +84,7 @@ public static class StudyCommand
                     if (p.GetValue(models) is { } zoo)
                         options = options with { Preset = $"{options.Preset}, models from {zoo}", Models = StudyZoo.Read(zoo, options.Model, sp.Train) };
                     // A study folder is continued only by a study of identical inputs: the data by content, not by name; the spec by section.
-                    inputs = studySpec.AddTo(new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version))
+                    inputs = studySpec.AddTo(new RunInputs().With("valley", typeof(RunInputs).Assembly.GetName().Version).With("measurements", StudyRunner.MeasurementsFormat))
                         .With("--loss", Valley.Curvature.Losses.NameOf(options.EffectiveLoss)).With("--models", p.GetValue(models) is null ? null : StudyZoo.Digest(options.Models))
                         .With("data", RunInputs.Digest(sp.Train)).With("test data", RunInputs.Digest(sp.Test));
                     if (group.IsRoot() && File.Exists(marker))
