@@ -7,18 +7,7 @@ public static class KendallTau
     public static double Compute(IReadOnlyList<double> x, IReadOnlyList<double> y)
     {
         if (x.Count != y.Count) throw new ArgumentException("Kendall τ: lengths differ");
-        long c = 0, d = 0, tx = 0, ty = 0;
-        for (int i = 0; i < x.Count; i++)
-            for (int j = i + 1; j < x.Count; j++)
-            {
-                int sx = Math.Sign(x[i] - x[j]), sy = Math.Sign(y[i] - y[j]);
-                if (sx == 0 && sy == 0) continue;
-                if (sx == 0) { tx++; continue; }
-                if (sy == 0) { ty++; continue; }
-                if (sx == sy) c++; else d++;
-            }
-        double denom = Math.Sqrt((double)(c + d + tx) * (c + d + ty));
-        return denom == 0 ? double.NaN : (c - d) / denom;
+        return RankStatistics.Tau(x, y, Enumerable.Range(0, x.Count).ToArray());
     }
 
     /// <summary>
