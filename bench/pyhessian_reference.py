@@ -157,7 +157,14 @@ def timed(name, fn, reps):
         used = products
     return {"seconds": sorted(times)[len(times) // 2], "products": used}, result, gradsH
 
-out = {"torch": torch.__version__, "threads": threads, "batches": batches}
+def blas_library():
+    # Debian's torch calls whichever libblas.so.3 the alternatives system points at; the reference BLAS (netlib) is ~40x
+    # slower on this model's matrix products than OpenBLAS, which would make every ratio meaningless. Report the file.
+    torch.randn(64, 64) @ torch.randn(64, 64)
+    libs = {line.split()[-1] for line in open("/proc/self/maps") if "blas" in line.lower() and line.split()[-1].startswith("/")}
+    return sorted(libs)
+
+out = {"torch": torch.__version__, "threads": threads, "batches": batches, "blas": blas_library()}
 r, (vals, vecs), g = timed("top1", lambda g: eigenvalues(g, top_n=1), 3)
 r["values"] = vals; r["relative_residuals"] = [residual(g, l, v) / abs(l) for l, v in zip(vals, vecs)]; out["power_top1"] = r
 r, (vals, vecs), g = timed("top5", lambda g: eigenvalues(g, top_n=5), 1)

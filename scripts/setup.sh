@@ -70,7 +70,11 @@ if have_apt; then
   if [ -z "${VALLEY_SETUP_NO_MPI:-}" ]; then
     for p in mpich libmpich-dev; do pkg_installed "$p" || want+=("$p"); done
   fi
-  for p in ${VALLEY_SETUP_EXTRAS:-}; do pkg_installed "$p" || want+=("$p"); done
+  extras="${VALLEY_SETUP_EXTRAS:-}"
+  # Debian's python3-torch uses whatever libblas.so.3 is installed; without OpenBLAS that is the reference BLAS, and the
+  # PyTorch column of the benchmarks would be ~40x too slow (docs/benchmarks.md).
+  case " $extras " in *" python3-torch "*) extras="$extras libopenblas0-pthread" ;; esac
+  for p in $extras; do pkg_installed "$p" || want+=("$p"); done
   if [ ${#want[@]} -gt 0 ]; then
     say "installing ${want[*]}"
     apt_install "${want[@]}"

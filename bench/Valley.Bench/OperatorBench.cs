@@ -20,18 +20,23 @@ public static class OperatorBench
         var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
         using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = examples, CacheGraph = false });
         using var cached = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = examples });
+        // Its own objective: the gradient and output graph caches of one objective take turns (filling one empties the other).
+        using var cachedOutputs = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = examples });
         var ggn = new GgnOperator(obj);
+        var ggnCached = new GgnOperator(cachedOutputs);
         var ef = new EmpiricalFisherOperator(obj);
         var v = randn(obj.Size, generator: new Generator(1));
         var t = Runner.Interleaved(reps,
             () => { using var s = NewDisposeScope(); obj.HessianVectorProduct(v); },
             () => { using var s = NewDisposeScope(); cached.HessianVectorProduct(v); },
             () => { using var s = NewDisposeScope(); ggn.Apply(v); },
-            () => { using var s = NewDisposeScope(); ef.Apply(v); });
+            () => { using var s = NewDisposeScope(); ef.Apply(v); },
+            () => { using var s = NewDisposeScope(); ggnCached.Apply(v); });
         Console.WriteLine($"model mlp:784-128-64-10:tanh ({obj.Size} parameters), {examples} Fashion-MNIST examples in one batch, {threads} threads, median of {reps}");
         Console.WriteLine($"Hessian-vector product:                       {t[0] * 1000,8:F2} ms");
         Console.WriteLine($"Hessian-vector product, cached graph:         {t[1] * 1000,8:F2} ms");
         Console.WriteLine($"GGN product:                                  {t[2] * 1000,8:F2} ms  (GGN / Hv {t[2] / t[0]:F2}, / cached Hv {t[2] / t[1]:F2}; target <= 1)");
+        Console.WriteLine($"GGN product, cached output graphs:            {t[4] * 1000,8:F2} ms  (/ cached Hv {t[4] / t[1]:F2}; target <= 1)");
         Console.WriteLine($"empirical-Fisher product:                     {t[3] * 1000,8:F2} ms");
 
         var sw = Stopwatch.StartNew();
@@ -48,5 +53,49 @@ public static class OperatorBench
         Console.WriteLine($"Hessian top-5 by Lanczos ({lanczos.Products} products):   {lanczosSeconds,8:F3} s  [{string.Join(" ", lanczos.Values.Select(x => x.ToString("G4")))}]");
         Console.WriteLine($"K-FAC top-5, one sampled label per example:   {kfacMcSeconds,8:F3} s");
         Console.WriteLine($"ratio K-FAC / Lanczos:                        {kfacSeconds / lanczosSeconds,8:P1} exact expectation, {kfacMcSeconds / lanczosSeconds:P1} sampled  (target < 5 %)");
+    }
+}
+
+/// <summary>Where K-FAC's time goes: the factors (one pass over the data) and the eigenvalues, against one forward pass.</summary>
+public static class KfacProfile
+{
+    public static void Run(int reps)
+    {
+        using var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 2048 });
+        KfacOperator? op = null;
+        var t = Runner.Interleaved(reps,
+            () => { using var s = NewDisposeScope(); using var _ = no_grad(); model.call(data.X.reshape(2048, -1)); },
+            () => { op?.Dispose(); op = new KfacOperator(obj); },
+            () => { op!.TopEigenvalues(5); },
+            () => { using var k = new KfacOperator(obj, new KfacOptions { Expectation = KfacExpectation.MonteCarlo, Samples = 1 }); },
+            () => { using var s = NewDisposeScope(); obj.LossAndGradient(); });
+        var A0 = op!.InputFactor(0);
+        var A1 = A0.clone();
+        var t2 = Runner.Interleaved(3,
+            () => { using var s = NewDisposeScope(); linalg.eigvalsh(A0); },
+            () => { using var s = NewDisposeScope(); linalg.eigvalsh(A1 + eye(A1.shape[0], dtype: A1.dtype) * 1e-3); },
+            () => { op.Eigenvalues(); });
+        Console.WriteLine($"eigvalsh of A (layer 0, {A0.shape[0]}) {t2[0] * 1000:F1} ms, of A + 1e-3 I {t2[1] * 1000:F1} ms; Eigenvalues() {t2[2] * 1000:F1} ms; A's smallest eigenvalues {string.Join(" ", linalg.eigvalsh(A0).narrow(0, 0, 3).data<double>().ToArray().Select(x => x.ToString("G3")))}");
+        Console.WriteLine($"forward {t[0] * 1000:F1} ms; gradient {t[4] * 1000:F1} ms; K-FAC factors (exact) {t[1] * 1000:F1} ms, (1 sample) {t[3] * 1000:F1} ms; top-5 from the factors {t[2] * 1000:F1} ms");
+        op?.Dispose();
+    }
+}
+
+public static class EighProfile
+{
+    public static void Run()
+    {
+        var x = randn(2048, 785, dtype: ScalarType.Float64);
+        var A = x.t().matmul(x);
+        var A32 = A.to(ScalarType.Float32);
+        var t = Runner.Interleaved(5,
+            () => { using var s = NewDisposeScope(); linalg.eigvalsh(A); },
+            () => { using var s = NewDisposeScope(); linalg.eigvalsh(A32); },
+            () => { using var s = NewDisposeScope(); linalg.eigh(A); },
+            () => { using var s = NewDisposeScope(); x.t().matmul(x); },
+            () => { using var s = NewDisposeScope(); var y = x.to(ScalarType.Float32); y.t().matmul(y); });
+        Console.WriteLine($"eigvalsh 785 float64 {t[0] * 1000:F1} ms, float32 {t[1] * 1000:F1} ms, eigh float64 {t[2] * 1000:F1} ms; XᵀX float64 {t[3] * 1000:F1} ms, float32 {t[4] * 1000:F1} ms");
     }
 }

@@ -110,12 +110,23 @@ public static class SpectrumBench
         var script = Path.Combine(AppContext.BaseDirectory, "pyhessian_reference.py");
         if (!File.Exists("/usr/bin/python3") || !File.Exists(script)) { Console.WriteLine("(no /usr/bin/python3 or reference script: PyTorch column skipped)"); return null; }
         var psi = new ProcessStartInfo("/usr/bin/python3", [script, dir, threads.ToString(), batches.ToString()]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString();  // OpenBLAS does not follow torch.set_num_threads
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEnd();
         var stderr = p.StandardError.ReadToEnd();
         p.WaitForExit();
         if (p.ExitCode != 0) { Console.WriteLine($"(PyTorch reference failed: {stderr.Trim().Split('\n').Last()})"); return null; }
-        return JsonDocument.Parse(stdout).RootElement;
+        var result = JsonDocument.Parse(stdout).RootElement;
+        // The reference BLAS (netlib) makes PyTorch ~40× slower on these matrix products: a column measured with it would
+        // inflate every ratio, so it is refused rather than printed (install libopenblas0-pthread).
+        var blas = result.TryGetProperty("blas", out var b) ? b.EnumerateArray().Select(x => x.GetString() ?? "").ToList() : [];
+        Console.WriteLine($"PyTorch reference BLAS: {(blas.Count == 0 ? "(none found)" : string.Join(", ", blas))}");
+        if (!blas.Any(l => l.Contains("openblas", StringComparison.OrdinalIgnoreCase) || l.Contains("mkl", StringComparison.OrdinalIgnoreCase)))
+        {
+            Console.WriteLine("(PyTorch reference refused: it does not run on OpenBLAS or MKL; install libopenblas0-pthread)");
+            return null;
+        }
+        return result;
     }
 }
 

@@ -160,3 +160,162 @@ public static class SpeedBench
             }
     }
 }
+
+/// <summary>
+/// Where an estimator's wall time goes beyond its products: each run on a fresh objective, the time inside the operator's
+/// products (the first, which builds the cached graphs, apart) against the rest (the estimator's own work).
+/// </summary>
+public static class FloorProfile
+{
+    sealed class Timed(ICurvatureOperator inner) : CurvatureOperator
+    {
+        public readonly List<double> Seconds = [];
+        public override long Size => inner.Size;
+        public override ScalarType DType => inner.DType;
+        public override Device Device => inner.Device;
+        protected override Tensor ApplyCore(Tensor v) { var sw = Stopwatch.StartNew(); var r = inner.Apply(v); Seconds.Add(sw.Elapsed.TotalSeconds); return r; }
+        protected override Tensor ApplyBlockCore(Tensor V) { var sw = Stopwatch.StartNew(); var r = inner.ApplyBlock(V); Seconds.Add(sw.Elapsed.TotalSeconds); return r; }
+    }
+
+    public static void Run(int reps)
+    {
+        var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        QuickTrain.Adam(model, 10_000, epochs: 2, seed: 0);
+        model.eval();
+        void One(string name, Func<ICurvatureOperator, long> f)
+        {
+            for (int r = 0; r < reps; r++)
+            {
+                using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+                var op = new Timed(new HessianOperator(obj));
+                var sw = Stopwatch.StartNew();
+                long products = f(op);
+                double total = sw.Elapsed.TotalSeconds, inside = op.Seconds.Sum(), first = op.Seconds[0];
+                double rest = op.Seconds.Count > 1 ? op.Seconds.Skip(1).Average() : double.NaN;
+                Console.WriteLine($"{name,-8} total {total * 1000,7:F1} ms, {products} products in {op.Seconds.Count} calls: first {first * 1000:F1} ms, others {rest * 1000:F2} ms each; outside products {(total - inside) * 1000:F1} ms");
+            }
+        }
+        One("top-1", op => Lanczos.Compute(op, new LanczosOptions { K = 1 }).Products);
+        One("top-5", op => Lanczos.Compute(op, new LanczosOptions { K = 5 }).Products);
+        One("density", op => StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = 1, Steps = 100 }).Products);
+        One("trace", op => XTrace.Estimate(op, new XTraceOptions { RelativeStandardError = 0.052, MaxProducts = 5000 }).Products);
+    }
+}
+
+/// <summary>The estimators' own work on an operator whose products cost almost nothing (a diagonal of the MLP's size).</summary>
+public static class EstimatorOverhead
+{
+    sealed class Diagonal(Tensor d) : CurvatureOperator
+    {
+        public override long Size => d.shape[0];
+        public override ScalarType DType => d.dtype;
+        public override Device Device => d.device;
+        protected override Tensor ApplyCore(Tensor v) => d * v;
+        protected override Tensor ApplyBlockCore(Tensor V) => d.unsqueeze(1) * V;
+    }
+
+    public static void Run()
+    {
+        long n = 109_386;
+        var d = exp(-arange(n, dtype: ScalarType.Float32) / 50) * 7 + randn(n, generator: new Generator(3)) * 1e-3f;
+        var op = new Diagonal(d);
+        var t = Runner.Interleaved(9,
+            () => GraphCache.ResidentBytes(trim: true),
+            () => GraphCache.ResidentBytes(trim: false),
+            () => { using var s = NewDisposeScope(); zeros([32, n], dtype: ScalarType.Float64); },
+            () => { using var s = NewDisposeScope(); Lanczos.Compute(op, new LanczosOptions { K = 1 }); },
+            () => { using var s = NewDisposeScope(); Lanczos.Compute(op, new LanczosOptions { K = 5 }); },
+            () => { using var s = NewDisposeScope(); StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = 1, Steps = 100 }); });
+        Console.WriteLine($"RSS with malloc_trim {t[0] * 1000:F2} ms, without {t[1] * 1000:F3} ms; zeros [32, n] float64 {t[2] * 1000:F2} ms");
+        Console.WriteLine($"on a diagonal operator: top-1 {t[3] * 1000:F1} ms, top-5 {t[4] * 1000:F1} ms, density 1×100 {t[5] * 1000:F1} ms");
+        using (var s = NewDisposeScope())
+        {
+            var r1 = Lanczos.Compute(op, new LanczosOptions { K = 1 });
+            var r5 = Lanczos.Compute(op, new LanczosOptions { K = 5 });
+            Console.WriteLine($"products: top-1 {r1.Products}, top-5 {r5.Products}");
+        }
+    }
+}
+
+public static class StepOps
+{
+    public static void Run()
+    {
+        long n = 109_386;
+        var basis = randn([20, n], dtype: ScalarType.Float64);
+        var w = randn([1, n], dtype: ScalarType.Float64);
+        var wf = randn([n, 1]);
+        var t = Runner.Interleaved(15,
+            () => { using var s = NewDisposeScope(); linalg.qr(w.t()); },
+            () => { using var s = NewDisposeScope(); var x = w - basis.matmul(w.t()).t().matmul(basis); },
+            () => { using var s = NewDisposeScope(); w.norm(-1); },
+            () => { using var s = NewDisposeScope(); wf.to(ScalarType.Float64); },
+            () => { using var s = NewDisposeScope(); isfinite(w).all().ToBoolean(); },
+            () => { using var s = NewDisposeScope(); (w / w.norm()).contiguous(); });
+        Console.WriteLine($"qr [n,1] {t[0] * 1000:F2} ms; projection against 20 rows {t[1] * 1000:F2}; norm {t[2] * 1000:F3}; to float64 {t[3] * 1000:F3}; isfinite.all {t[4] * 1000:F3}; normalize {t[5] * 1000:F3}");
+    }
+}
+
+public static class MallinfoProbe
+{
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    struct Mallinfo2 { public nuint arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost; }
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mallinfo2")] static extern Mallinfo2 Get();
+    static long InUse() { var m = Get(); return (long)(m.uordblks + m.hblkhd); }
+
+    public static void Run()
+    {
+        var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        model.eval();
+        var ps = model.parameters().Select(p => (Tensor)p).ToList();
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 100; i++) InUse();
+        Console.WriteLine($"mallinfo2: {sw.Elapsed.TotalMilliseconds / 100:F3} ms per call");
+        for (int rep = 0; rep < 4; rep++)
+        {
+            var x = data.X.narrow(0, 512 * rep, 512); var y = data.Y.narrow(0, 512 * rep, 512);
+            long r0 = GraphCache.ResidentBytes(trim: true), m0 = InUse();
+            var l = nn.functional.cross_entropy(model.call(x), y);
+            var g = autograd.grad([l], ps, retain_graph: true, create_graph: true);
+            long r1 = GraphCache.ResidentBytes(trim: true), m1 = InUse();
+            Console.WriteLine($"batch {rep}: RSS growth (trimmed) {(r1 - r0) / 1048576.0:F2} MiB, mallinfo2 in-use growth {(m1 - m0) / 1048576.0:F2} MiB");
+            l.Dispose(); foreach (var t in g) t.Dispose();
+        }
+    }
+}
+
+public static class ProjectionOps
+{
+    public static void Run()
+    {
+        long n = 109_386;
+        var basis = randn([1, 100, n]);
+        var Vs = basis.narrow(1, 0, 51);
+        var x = randn([1, n], dtype: ScalarType.Float64);
+        var b64 = randn([51, n], dtype: ScalarType.Float64);
+        var V2 = Vs[0];
+        var t = Runner.Interleaved(15,
+            () => { using var s = NewDisposeScope(); var y = x - Vs.bmm(x.unsqueeze(2).to(ScalarType.Float32)).transpose(1, 2).bmm(Vs).squeeze(1).to(ScalarType.Float64); },
+            () => { using var s = NewDisposeScope(); var xf = x[0].to(ScalarType.Float32); var c = V2.mv(xf); var y = x - V2.t().mv(c).to(ScalarType.Float64); },
+            () => { using var s = NewDisposeScope(); var xf = x[0].to(ScalarType.Float32); var c = V2.mv(xf); },
+            () => { using var s = NewDisposeScope(); var c = b64.mv(x[0]); var y = x - b64.t().mv(c); },
+            () => { using var s = NewDisposeScope(); var c = b64.mv(x[0]); var y = torch.addmv(x[0], b64.t(), c, beta: 1, alpha: -1); },
+            () => { using var s = NewDisposeScope(); var xf = x.to(ScalarType.Float32); var c = xf.matmul(V2.t()); var y = x - c.matmul(V2).to(ScalarType.Float64); },
+            () => { using var s = NewDisposeScope(); var c = x.matmul(b64.t()); var y = x - c.matmul(b64); },
+            () => { using var s = NewDisposeScope(); var xf = x.to(ScalarType.Float32); var c = xf.matmul(V2.t()); });
+        Console.WriteLine($"j=50 float32 bmm pass {t[0] * 1000:F2} ms; mv pass {t[1] * 1000:F2}; one mv {t[2] * 1000:F2}; float64 mv pass {t[3] * 1000:F2}; float64 addmv {t[4] * 1000:F2}; threads {get_num_threads()}");
+        Console.WriteLine($"float32 matmul pass {t[5] * 1000:F2}; float64 matmul pass {t[6] * 1000:F2}; float32 x·Vᵀ only {t[7] * 1000:F2}");
+        var xf32 = x[0].to(ScalarType.Float32);
+        var halves = new[] { V2.narrow(1, 0, n / 2), V2.narrow(1, n / 2, n - n / 2) };
+        var xh = new[] { xf32.narrow(0, 0, n / 2), xf32.narrow(0, n / 2, n - n / 2) };
+        set_num_threads(1);
+        var t1 = Runner.Interleaved(15,
+            () => { using var s = NewDisposeScope(); V2.mv(xf32); },
+            () => { var r = new Tensor[2]; Parallel.For(0, 2, i => { r[i] = halves[i].mv(xh[i]); }); (r[0] + r[1]).Dispose(); r[0].Dispose(); r[1].Dispose(); });
+        set_num_threads(2);
+        var t2 = Runner.Interleaved(15, () => { using var s = NewDisposeScope(); V2.mv(xf32); });
+        Console.WriteLine($"one float32 mv: 1 thread {t1[0] * 1000:F2} ms, 2 threads {t2[0] * 1000:F2} ms, two halves on two .NET threads {t1[1] * 1000:F2} ms");
+    }
+}

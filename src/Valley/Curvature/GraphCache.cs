@@ -12,6 +12,7 @@ namespace Valley.Curvature;
 internal sealed class GraphCache(long budget) : IDisposable
 {
     readonly List<Tensor[]> _graphs = [];
+    readonly List<object?> _payloads = [];
 
     /// <summary>The budget in bytes.</summary>
     public long Budget { get; } = budget;
@@ -37,12 +38,15 @@ internal sealed class GraphCache(long budget) : IDisposable
     /// <summary>The kept graph of batch <paramref name="batch"/>, or null.</summary>
     public Tensor[]? Get(int batch) => batch < _graphs.Count ? _graphs[batch] : null;
 
+    /// <summary>The object kept with batch <paramref name="batch"/>'s tensors (e.g. the <see cref="OutputBatch"/> that uses them), or null.</summary>
+    public object? Payload(int batch) => batch < _payloads.Count ? _payloads[batch] : null;
+
     /// <summary>
     /// Keeps batch <paramref name="batch"/>'s graph-carrying gradient when it is the next in order and fits the budget, taking
     /// it out of its dispose scope. The first graph is measured: resident memory now minus <paramref name="residentBefore"/>
     /// (taken before it was built), at least <paramref name="floor"/> (the gradient and the batch's inputs, which it holds).
     /// </summary>
-    public bool TryKeep(int batch, Tensor[] gradient, long examples, long residentBefore, long floor)
+    public bool TryKeep(int batch, Tensor[] gradient, long examples, long residentBefore, long floor, object? payload = null)
     {
         if (Closed || batch != _graphs.Count) return false;
         if (BytesPerExample is null && !Unbounded)
@@ -55,6 +59,7 @@ internal sealed class GraphCache(long budget) : IDisposable
         }
         foreach (var t in gradient) t.DetachFromDisposeScope();
         _graphs.Add(gradient);
+        _payloads.Add(payload);
         Bytes += bytes;
         return true;
     }
@@ -65,6 +70,7 @@ internal sealed class GraphCache(long budget) : IDisposable
         foreach (var g in _graphs)
             foreach (var t in g) t.Dispose();
         _graphs.Clear();
+        _payloads.Clear();
         Bytes = 0;
         Closed = false;
     }

@@ -264,7 +264,9 @@ public sealed class Objective : IDisposable
                 {
                     long before = cache is not null && cache.NeedsMeasurement ? GraphCache.ResidentBytes(trim: true) : 0;
                     g = Grad(BatchLoss(x, y), createGraph: true, retainGraph: true);
+                    bool measuring = cache is not null && cache.NeedsMeasurement;
                     kept = cache is not null && cache.TryKeep(b, g, size, before, Parameters.Size * Parameters.DType.ElementSize() + x.numel() * x.dtype.ElementSize());
+                    if (measuring) RememberGraphSize(cache);
                 }
                 double weight = (double)size / n;
                 for (int j = 0; j < k; j++)
@@ -306,11 +308,28 @@ public sealed class Objective : IDisposable
     /// <summary>Bytes the cached graphs are estimated to hold (see <see cref="ObjectiveOptions.GraphMemoryBytes"/>).</summary>
     public long CachedGraphBytes => _graphCache?.Bytes ?? 0;
 
+    /// <summary>Batches whose output graphs (for the GGN and Fisher operators) are cached at the current weights.</summary>
+    internal int CachedOutputBatches => _outputCache?.Count ?? 0;
+
+    /// <summary>Bytes the cached output graphs are estimated to hold.</summary>
+    internal long CachedOutputBytes => _outputCache?.Bytes ?? 0;
+
+    /// <summary>The measured size of one example's share of an output graph, in bytes; null until one was measured.</summary>
+    internal double? OutputGraphBytesPerExample
+    {
+        get => _outputCache?.BytesPerExample;
+        set => (_outputCache ??= NewGraphCache("outputs")).BytesPerExample = value;
+    }
+
     /// <summary>
     /// Frees the cached graphs now (they are otherwise kept until the weights change and the next product, or until the
     /// objective is disposed), e.g. before a memory-hungry computation that needs no Hessian-vector products.
     /// </summary>
-    public void ReleaseGraphs() => _graphCache?.Clear();
+    public void ReleaseGraphs()
+    {
+        _graphCache?.Clear();
+        _outputCache?.Clear();
+    }
 
     /// <summary>The measured size of one example's share of a graph, in bytes; null until a graph was measured.</summary>
     internal double? GraphBytesPerExample
@@ -323,24 +342,58 @@ public sealed class Objective : IDisposable
     /// The graph cache for this product, emptied when the weights' fingerprint (their dot products with a fixed random
     /// vector, and their sums) changed since its graphs were built; null when caching is off for this objective.
     /// </summary>
-    GraphCache? GraphCacheForProduct()
+    GraphCache? GraphCacheForProduct() => CacheForProduct(ref _graphCache, ref _fingerprintAtCache, _outputCache, "gradient");
+
+    GraphCache? _outputCache;
+    double[]? _fingerprintAtOutputCache;
+
+    /// <summary>
+    /// The cache of the Gauss-Newton-type operators' per-batch output graphs (the outputs and the graph of Jᵀu, see
+    /// <see cref="OutputBatch"/>), under the same budget and weights check as the gradient graphs. Only one of the two
+    /// caches holds graphs at a time: filling one empties the other, so together they stay within the budget.
+    /// </summary>
+    internal GraphCache? OutputGraphCacheForProduct() => CacheForProduct(ref _outputCache, ref _fingerprintAtOutputCache, _graphCache, "outputs");
+
+    GraphCache? CacheForProduct(ref GraphCache? cache, ref double[]? fingerprintAtCache, GraphCache? other, string kind)
     {
         if (!Options.CacheGraph || Options.GraphMemoryBytes == 0 || Source is not Dataset { Count: > 0 } inMemory) return null;
         // Off the CPU a graph's size cannot be measured: only the single-batch case, as it always was.
         bool cpu = Parameters.Device.type == DeviceType.CPU;
         if (!cpu && inMemory.Count > Options.BatchSize) return null;
-        _graphCache ??= NewGraphCache();
-        if (!cpu) _graphCache.Unbounded = true;
+        cache ??= NewGraphCache(kind);
+        if (!cpu) cache.Unbounded = true;
         var fp = Fingerprint();
-        if (_fingerprintAtCache is null || !_fingerprintAtCache.SequenceEqual(fp))
+        if (fingerprintAtCache is null || !fingerprintAtCache.SequenceEqual(fp))
         {
-            _graphCache.Clear();
-            _fingerprintAtCache = fp;
+            cache.Clear();
+            fingerprintAtCache = fp;
         }
-        return _graphCache;
+        if (cache.Count == 0) other?.Clear();
+        return cache;
     }
 
-    GraphCache NewGraphCache() => new(Options.GraphMemoryBytes ?? GraphCache.DefaultBudget());
+    GraphCache NewGraphCache(string kind = "gradient")
+    {
+        var cache = new GraphCache(Options.GraphMemoryBytes ?? GraphCache.DefaultBudget());
+        if (MeasuredGraphSizes.TryGetValue(Model, out var sizes) && sizes.TryGetValue(GraphSizeKey(kind), out var bytes)) cache.BytesPerExample = bytes;
+        return cache;
+    }
+
+    /// <summary>
+    /// A graph's measured size per example, kept per model and configuration for the life of the process: the measurement
+    /// (two trimmed readings of resident memory, about 25 ms) is then paid once, not by every objective on the same model
+    /// (the study and the benchmarks build many).
+    /// </summary>
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<nn.Module, System.Collections.Concurrent.ConcurrentDictionary<string, double>> MeasuredGraphSizes = new();
+
+    string GraphSizeKey(string kind) => $"{kind}|{Parameters.DType}|{Parameters.Device}|{Options.TrainMode}|{Loss.Method.DeclaringType?.FullName}.{Loss.Method.Name}|{string.Join('x', Parameters.Tensors.Select(t => t.numel()))}|" +
+                          (Source is Dataset d ? string.Join('x', d.X.shape.Skip(1)) : "");
+
+    internal void RememberGraphSize(GraphCache? cache, string kind = "gradient")
+    {
+        if (cache?.BytesPerExample is not { } bytes) return;
+        MeasuredGraphSizes.GetOrCreateValue(Model)[GraphSizeKey(kind)] = bytes;
+    }
 
     double[] Fingerprint()
     {
@@ -445,6 +498,7 @@ public sealed class Objective : IDisposable
     public void Dispose()
     {
         _graphCache?.Dispose();
+        _outputCache?.Dispose();
         if (_convertedFrom is { } original) Model.to(original);
         if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
         if (_ownsData) ((Dataset)Source).Dispose();

@@ -62,6 +62,10 @@ internal sealed class OutputBatch
         if (_used.Length == 0) throw new ValleyException("the model's outputs do not depend on any selected parameter");
     }
 
+    /// <summary>Every tensor the batch holds (its graphs included), for a cache that keeps the batch beyond its dispose scope.</summary>
+    public Tensor[] Tensors() =>
+        new[] { Output, Target, Flat, _u }.Concat(_jtu).Concat(_lossGrad is null ? [] : new[] { _lossGrad, _lossInput! }).ToArray();
+
     /// <summary>J v as [B, C] for per-parameter views of v.</summary>
     public Tensor JacobianVector(Tensor[] v)
     {
@@ -204,11 +208,36 @@ internal static class OutputPasses
     public static void ForEach(Objective objective, bool jacobianVector, CancellationToken ct, Action<OutputBatch, int> body)
     {
         using var mode = new ModeScope(objective.Model, objective.Options.TrainMode);
+        // Products (jacobianVector) keep each batch's outputs and Jᵀu graph while the weights are unchanged, within the
+        // objective's graph budget: a cached product is then two backward passes per batch and no forward pass.
+        var cache = jacobianVector ? objective.OutputGraphCacheForProduct() : null;
         int index = 0;
         foreach (var (x, y, size) in objective.Source.Batches(objective.Options.BatchSize))
         {
             ct.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
+            if (cache?.Payload(index) is OutputBatch kept)
+            {
+                body(kept, index++);
+                continue;
+            }
+            bool measuring = cache is not null && cache.NeedsMeasurement;
+            long before = measuring ? GraphCache.ResidentBytes(trim: true) : 0;
+            var batch = Build(objective, x, y, size, jacobianVector);
+            if (cache is not null)
+            {
+                batch.PrepareOutputHessian();
+                long floor = batch.Output.numel() * batch.Output.dtype.ElementSize() * 2 + x.numel() * x.dtype.ElementSize();
+                cache.TryKeep(index, batch.Tensors(), size, before, floor, batch);
+                if (measuring) objective.RememberGraphSize(cache, "outputs");
+            }
+            body(batch, index++);
+        }
+    }
+
+    static OutputBatch Build(Objective objective, Tensor x, Tensor y, long size, bool jacobianVector)
+    {
+        {
             var (xb, yb) = objective.ToModel(x, y, objective.Source.Task);
             var output = objective.Model.call(xb);
             var kind = KindOf(objective.Loss);
@@ -218,7 +247,7 @@ internal static class OutputPasses
                 throw new ValleyException($"{objective.Source.Name}: the model's output has shape [{string.Join(", ", output.shape)}]; cross-entropy needs logits of shape [examples, classes]");
             if (kind is OutputLossKind.MeanSquaredError or OutputLossKind.BinaryCrossEntropy && !output.shape.SequenceEqual(yb.shape))
                 throw new ValleyException($"{objective.Source.Name}: the model's outputs have shape [{string.Join(", ", output.shape)}], the targets [{string.Join(", ", yb.shape)}]");
-            body(new OutputBatch(objective, output, yb, size, jacobianVector), index++);
+            return new OutputBatch(objective, output, yb, size, jacobianVector);
         }
     }
 

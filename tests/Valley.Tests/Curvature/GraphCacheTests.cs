@@ -96,3 +96,86 @@ public class GraphCacheTests
         Assert.True(on.GraphBytesPerExample >= floor, $"{on.GraphBytesPerExample} bytes per example, floor {floor}");
     }
 }
+
+/// <summary>The output-graph cache of the GGN and Fisher operators: cached products equal uncached ones, as the Hessian's.</summary>
+public class OutputGraphCacheTests
+{
+    public OutputGraphCacheTests() => TestUtil.Init();
+
+    const long Examples = 60, Batch = 13; // 5 batches: 4 of 13 and one of 8
+
+    static (Objective Obj, Dataset Data) Mlp(ObjectiveOptions options)
+    {
+        var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
+        var model = new ModelSpec("mlp", [8, 6, 3], "tanh", true, 0, 0) { Text = "mlp:8-6-3:tanh" }.Build(data, seed: 1);
+        return (new Objective(model, Losses.CrossEntropy, data, options with { DType = ScalarType.Float64, BatchSize = Batch }), data);
+    }
+
+    static double Relative(Tensor a, Tensor b) => ((a - b).norm() / b.norm()).ToDouble();
+
+    public static TheoryData<string> Operators => new() { "ggn", "ef", "mc-fisher" };
+
+    static ICurvatureOperator Make(string name, Objective obj) => name switch
+    {
+        "ggn" => new GgnOperator(obj),
+        "ef" => new EmpiricalFisherOperator(obj),
+        _ => new MonteCarloFisherOperator(obj, samples: 3, seed: 4),
+    };
+
+    [Theory]
+    [MemberData(nameof(Operators))]
+    public void CachedProductsOnSeveralBatchesEqualUncachedOnesAndFollowWeightChanges(string name)
+    {
+        var (cached, d1) = Mlp(new ObjectiveOptions());
+        var (plain, d2) = Mlp(new ObjectiveOptions { CacheGraph = false });
+        using var _1 = d1; using var _2 = d2; using var _c = cached; using var _p = plain;
+        var op = Make(name, cached);
+        var reference = Make(name, plain);
+        var V = randn([cached.Size, 3], dtype: ScalarType.Float64, generator: new Generator(7));
+        var first = op.ApplyBlock(V);
+        Assert.Equal(5, cached.CachedOutputBatches);
+        var again = op.ApplyBlock(V);
+        var expected = reference.ApplyBlock(V);
+        Assert.Equal(0, plain.CachedOutputBatches);
+        Assert.True(Relative(first, expected) < 1e-12, $"first {Relative(first, expected)}");
+        Assert.True(Relative(again, expected) < 1e-12, $"cached {Relative(again, expected)}");
+
+        // New weights: every output graph is rebuilt and the products follow.
+        var step = randn(cached.Size, dtype: ScalarType.Float64, generator: new Generator(8));
+        cached.Parameters.AddInPlace(step, 0.3);
+        plain.Parameters.AddInPlace(step, 0.3);
+        var moved = op.ApplyBlock(V);
+        var movedExpected = reference.ApplyBlock(V);
+        Assert.True(Relative(moved, movedExpected) < 1e-12, $"after a weight change {Relative(moved, movedExpected)}");
+        Assert.True(Relative(moved, expected) > 1e-3, "the products did not change with the weights");
+        Assert.Equal(5, cached.CachedOutputBatches);
+    }
+
+    [Fact]
+    public void ABudgetForSomeBatchesCachesThoseAndTheTwoCachesTakeTurns()
+    {
+        var (some, d1) = Mlp(new ObjectiveOptions { GraphMemoryBytes = 30_000 });
+        var (plain, d2) = Mlp(new ObjectiveOptions { CacheGraph = false });
+        using var _1 = d1; using var _2 = d2; using var _s = some; using var _p = plain;
+        some.OutputGraphBytesPerExample = 1000;
+        some.GraphBytesPerExample = 1000;
+        var ggn = new GgnOperator(some);
+        var V = randn([some.Size, 2], dtype: ScalarType.Float64, generator: new Generator(9));
+        var expected = new GgnOperator(plain).ApplyBlock(V);
+        for (int rep = 0; rep < 3; rep++)
+        {
+            var r = ggn.ApplyBlock(V);
+            Assert.Equal(2, some.CachedOutputBatches);
+            Assert.Equal(26_000, some.CachedOutputBytes);
+            Assert.True(Relative(r, expected) < 1e-12, $"rep {rep}: {Relative(r, expected)}");
+        }
+        // A Hessian product fills the gradient cache and empties the output cache: together they keep to the budget.
+        var hv = some.HessianBlockProduct(V);
+        Assert.Equal(2, some.CachedBatches);
+        Assert.Equal(0, some.CachedOutputBatches);
+        Assert.True(Relative(hv, plain.HessianBlockProduct(V)) < 1e-12);
+        Assert.True(Relative(ggn.ApplyBlock(V), expected) < 1e-12);
+        Assert.Equal(2, some.CachedOutputBatches);
+        Assert.Equal(0, some.CachedBatches);
+    }
+}

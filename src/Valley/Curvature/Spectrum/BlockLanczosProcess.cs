@@ -33,7 +33,8 @@ internal sealed class BlockLanczosProcess : IDisposable
         _gen = gen;
         _n = n;
         _device = device;
-        _basis = zeros([Math.Min(_n, 32L * blockSize), _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+        // Uninitialized: rows are written before they are read, and zero-filling tens of MB costs more than a small model's product.
+        _basis = empty([Math.Min(_n, 32L * blockSize), _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
     }
 
     /// <summary>Size of the block tridiagonal matrix built so far.</summary>
@@ -60,7 +61,17 @@ internal sealed class BlockLanczosProcess : IDisposable
         A = (A + A.t()) / 2;
         _diag.Add(SpectrumMath.ToArray(A));
         _normEst = Math.Max(_normEst, A.abs().max().ToDouble());
-        // Against the whole basis (Q_j and Q_{j-1} included: this is also the three-term recurrence) and the locked vectors.
+        // The three-term recurrence first (W − Q_j A_j − Q_{j-1} B_{j-1}ᵀ, cheap: 2b vectors), then Gram-Schmidt against the
+        // whole basis and the locked vectors. After the recurrence the full pass removes only rounding-level components, so
+        // the DGKS criterion rarely asks for a second pass over the basis, whose reads dominate the step for small models.
+        W = W - A.matmul(Q);
+        if (_coupling.Count > 0)
+        {
+            // Row form of A Q_j's Q_{j-1} B_{j-1}ᵀ term: B_{j-1} times the previous block's rows.
+            var prev = _coupling[^1];
+            var B = Data.OwnedTensor.From(prev.Cast<double>().ToArray(), _b, _b).to(_device);
+            W = W - B.matmul(_basis.narrow(0, j0 - _b, _b));
+        }
         (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(_basis.narrow(0, 0, _rows)));
         // W = R ᵀ Q_next in row form: QR of Wᵀ [n, b].
         var (qn, r) = linalg.qr(W.t());
@@ -133,7 +144,7 @@ internal sealed class BlockLanczosProcess : IDisposable
         if (_rows + k > _basis.shape[0])
         {
             long cap = Math.Min(_n, Math.Max(_basis.shape[0] * 2, _rows + k));
-            var bigger = zeros([cap, _n], dtype: ScalarType.Float64, device: _basis.device);
+            var bigger = empty([cap, _n], dtype: ScalarType.Float64, device: _basis.device);
             bigger.narrow(0, 0, _rows).copy_(_basis.narrow(0, 0, _rows));
             _basis.Dispose();
             _basis = bigger.DetachFromDisposeScope();

@@ -53,7 +53,8 @@ internal sealed class ProductBudget
         if (product.shape.Length != 2 || product.shape[0] != n || product.shape[1] != k)
             throw new ValleyException($"{_estimator}: the operator returned a block of shape [{string.Join(", ", product.shape)}] for [{n}, {k}]");
         var result = product.to(ScalarType.Float64);
-        if (!isfinite(result).all().ToBoolean())
+        // One reduction instead of an elementwise mask: the maximum of |x| propagates NaN and is infinite iff an entry is.
+        if (!double.IsFinite(result.abs().max().ToDouble()))
             throw new NonFiniteException($"{_estimator}: an operator-vector product has NaN or infinite entries; the loss or its curvature overflows " +
                                          "at these weights (compute in float64, or rescale inputs that are very large)");
         return result.MoveToOuterDisposeScope();

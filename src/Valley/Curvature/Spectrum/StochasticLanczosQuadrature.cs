@@ -132,7 +132,7 @@ public static class StochasticLanczosQuadrature
         // Basis [r, m, n] in the operator's dtype (the products are no more accurate than that; halves the memory traffic of
         // reorthogonalization for float32 models); α, β and T in float64.
         var basisType = op.DType;
-        using var basis = zeros([r, m, n], dtype: basisType, device: op.Device);
+        using var basis = empty([r, m, n], dtype: basisType, device: op.Device); // rows are written before they are read
         var alpha = new double[r][];
         var beta = new double[r][];
         var length = Enumerable.Repeat(m, r).ToArray();
