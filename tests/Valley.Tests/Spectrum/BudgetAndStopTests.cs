@@ -108,6 +108,32 @@ public class BudgetAndStopTests
         Assert.Equal(1.0, high.Values[0], 10);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(4)]
+    public void LanczosVerifiesItsResidualsFromTheProductsItAlreadyMadeAndTheyEqualFreshProducts(int k)
+    {
+        // A repeated top eigenvalue, so that for k ≥ 2 the multiplicity probe finds the second copy and its vectors join.
+        var spectrum = Enumerable.Range(0, 150).Select(i => i < 2 ? 5.0 : i < 4 ? 4.0 - 0.3 * i : Math.Cos(0.7 * i)).ToArray();
+        using var op = DenseOperator.WithSpectrum(spectrum, seed: 6);
+        var plain = new PlainOperator(op.Matrix);
+        var verified = Lanczos.Compute(plain, new LanczosOptions { K = k, Tolerance = 1e-6, ReturnVectors = true, Seed = 2 });
+        var unverified = Lanczos.Compute(op, new LanczosOptions { K = k, Tolerance = 1e-6, VerifyResiduals = false, Seed = 2 });
+        Assert.True(verified.Converged, verified.StopMessage);
+        Assert.True(verified.ResidualsVerified);
+        // The check costs no product: exactly the products of the run without it, and the operator saw no more.
+        Assert.Equal(unverified.Products, verified.Products);
+        Assert.Equal(verified.Products, plain.Received);
+        Assert.Equal(5.0, verified.Values[0], 9);
+        // Each reported residual is ‖A y − θ y‖ recomputed here with a fresh product.
+        var y = verified.Vectors!;
+        var fresh = (op.Matrix.matmul(y.t()).t() - OwnedTensorRows(verified.Values) * y).norm(1).data<double>().ToArray();
+        for (int i = 0; i < k; i++)
+            Assert.True(Math.Abs(fresh[i] - verified.Residuals[i]) <= 1e-12 + 1e-6 * fresh[i], $"pair {i}: reported {verified.Residuals[i]:G4}, fresh {fresh[i]:G4}");
+    }
+
+    static Tensor OwnedTensorRows(double[] values) => Valley.Data.OwnedTensor.From(values).unsqueeze(1);
+
     [Fact]
     public void LanczosSaysWhenTheBudgetRanOutOrTheSpaceHasFewerEigenpairsThanAskedFor()
     {

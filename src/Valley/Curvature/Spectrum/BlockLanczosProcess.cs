@@ -20,12 +20,15 @@ internal sealed class BlockLanczosProcess : IDisposable
     readonly long _n;
     readonly Device _device;
     Tensor _basis;          // [capacity, n] float64, rows are orthonormal vectors
+    Tensor? _images;        // [capacity, n] float64, row i = A·(basis row i) as the operator returned it, when kept
     long _rows;             // rows in use (T size + b for the next block)
     readonly List<double[,]> _diag = [];
     readonly List<double[,]> _coupling = [];
     double _normEst;
 
-    public BlockLanczosProcess(ProductBudget budget, long n, Device device, int blockSize, Tensor? locked, Generator gen)
+    /// <param name="keepImages">Keep every product A q_i (as much memory again as the basis), so that A y for any Ritz
+    /// vector y = Q s is W s by linearity and the final residuals need no further products.</param>
+    public BlockLanczosProcess(ProductBudget budget, long n, Device device, int blockSize, Tensor? locked, Generator gen, bool keepImages = false)
     {
         _budget = budget;
         _b = blockSize;
@@ -35,7 +38,11 @@ internal sealed class BlockLanczosProcess : IDisposable
         _device = device;
         // Uninitialized: rows are written before they are read, and zero-filling tens of MB costs more than a small model's product.
         _basis = empty([Math.Min(_n, 32L * blockSize), _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+        if (keepImages) _images = empty(_basis.shape, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
     }
+
+    /// <summary>A·(basis row i) for the first <paramref name="rows"/> rows (a view), or null when the products are not kept.</summary>
+    public Tensor? Images(long rows) => _images?.narrow(0, 0, rows);
 
     /// <summary>Size of the block tridiagonal matrix built so far.</summary>
     public int TridiagonalSize => _diag.Count * _b;
@@ -57,6 +64,7 @@ internal sealed class BlockLanczosProcess : IDisposable
         long j0 = _rows - _b;
         var Q = _basis.narrow(0, j0, _b);
         var W = _budget.Apply(Q.t()).t().contiguous(); // rows: A q_i
+        _images?.narrow(0, j0, _b).copy_(W);
         var A = Q.matmul(W.t());
         A = (A + A.t()) / 2;
         _diag.Add(SpectrumMath.ToArray(A));
@@ -148,6 +156,13 @@ internal sealed class BlockLanczosProcess : IDisposable
             bigger.narrow(0, 0, _rows).copy_(_basis.narrow(0, 0, _rows));
             _basis.Dispose();
             _basis = bigger.DetachFromDisposeScope();
+            if (_images is not null)
+            {
+                var more = empty([cap, _n], dtype: ScalarType.Float64, device: _images.device);
+                more.narrow(0, 0, _rows).copy_(_images.narrow(0, 0, _rows));
+                _images.Dispose();
+                _images = more.DetachFromDisposeScope();
+            }
         }
         _basis.narrow(0, _rows, k).copy_(rows);
         _rows += k;
@@ -156,6 +171,7 @@ internal sealed class BlockLanczosProcess : IDisposable
     public void Dispose()
     {
         _basis.Dispose();
+        _images?.Dispose();
         _locked?.Dispose();
     }
 }

@@ -70,6 +70,14 @@ internal static class SpectrumMath
         return (Av - theta * rows).norm(1).cpu().data<double>().ToArray();
     }
 
+    /// <summary>‖A v_i − θ_i v_i‖ for rows v_i whose images A v_i (rows) are known: no product.</summary>
+    public static double[] ResidualNorms(Tensor images, double[] values, Tensor rows)
+    {
+        using var scope = NewDisposeScope();
+        var theta = Data.OwnedTensor.From(values).to(rows.device).unsqueeze(1);
+        return (images - theta * rows).norm(1).cpu().data<double>().ToArray();
+    }
+
     /// <summary>A [r, k] tensor as a 2-D array of doubles.</summary>
     public static double[,] ToArray(Tensor t)
     {

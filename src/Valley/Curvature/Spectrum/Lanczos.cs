@@ -39,7 +39,11 @@ public sealed record LanczosOptions
     /// <summary>Return the eigenvectors in <see cref="Eigenpairs.Vectors"/>.</summary>
     public bool ReturnVectors { get; init; }
 
-    /// <summary>Recompute each residual with an explicit product at the end (K products of the budget). Default true.</summary>
+    /// <summary>
+    /// Recompute each residual ‖A y − θ y‖ at the end from operator products rather than Lanczos' estimate. A y comes from
+    /// the products Lanczos already made (kept beside the basis: A Q s = W s) when both fit in half the memory, otherwise
+    /// from K more products of the budget. Default true.
+    /// </summary>
     public bool VerifyResiduals { get; init; } = true;
 
     /// <summary>
@@ -57,7 +61,8 @@ public sealed record LanczosOptions
 /// the Krylov basis and the tridiagonal bookkeeping are float64 whatever the operator's dtype (docs/design.md §3, §4), and
 /// every new block is orthogonalized against the whole basis by classical Gram-Schmidt with the DGKS criterion
 /// (<see cref="Reorthogonalization"/>). Ritz pairs are checked against the tolerance with Lanczos' residual estimate
-/// ‖B_m s_last‖ and, at the end, verified with explicit products; <see cref="Eigenpairs.StopReason"/> says why it stopped.
+/// ‖B_m s_last‖ and, at the end, verified from operator products (the kept products of the basis, or explicit ones);
+/// <see cref="Eigenpairs.StopReason"/> says why it stopped.
 /// </summary>
 public static class Lanczos
 {
@@ -89,19 +94,26 @@ public static class Lanczos
         Check.NonNegativeFinite(o.ZeroThreshold, nameof(o.ZeroThreshold));
         Check.AtLeast(o.BlockSize, 1, nameof(o.BlockSize));
         bool check = o.CheckMultiplicity ?? o.K >= 2;
-        // The k residual products at the end come out of the budget: kept back from the iteration when they may be needed.
-        long reserve = o.VerifyResiduals || check ? o.K : 0;
         Check.AtLeast(o.MaxProducts, MinimumProducts(n, o), nameof(o.MaxProducts));
         // The basis grows to at most min(n, budget) rows of n float64 values; it doubles as it grows, so the old and the new
         // one coexist for a moment. Refused up front when that cannot fit, instead of failing after hours.
         double rows = Math.Min(n, (double)o.MaxProducts + o.K + o.BlockSize);
-        MachineLimits.EnsureMemory((Math.Min(n, 2 * rows) + rows) * n * sizeof(double), $"Lanczos with a budget of {o.MaxProducts} products on {n} parameters");
+        double basisBytes = (Math.Min(n, 2 * rows) + rows) * n * sizeof(double);
+        MachineLimits.EnsureMemory(basisBytes, $"Lanczos with a budget of {o.MaxProducts} products on {n} parameters");
+        // With the products kept beside the basis (when both fit in half the memory), A y = W s for every Ritz vector
+        // y = Q s, so the residuals are recomputed from the products already made instead of k more: one fewer product
+        // for the top eigenvalue, k fewer for the top k.
+        bool keepImages = 2 * basisBytes <= MachineLimits.MemoryBytes / 2;
+        // The k residual products at the end come out of the budget: kept back from the iteration when they may be needed
+        // (without kept products, or when the products' rounding is too close to the tolerance for them to show it).
+        long reserve = o.VerifyResiduals || check ? o.K : 0;
         var sw = Stopwatch.StartNew();
         var budget = new ProductBudget(op, o.MaxProducts, "Lanczos");
 
-        var result = Run(op, o, budget, reserve, progress, ct);
+        var result = Run(op, o, budget, reserve, keepImages, progress, ct);
         var values = result.Values.ToList();
         var vectors = result.Vectors;
+        var images = result.Images;
         int iterations = result.Iterations;
         double orthogonality = result.OrthogonalityDefect;
         bool found = result.Stop != RunStop.Budget && values.Count == o.K;
@@ -113,7 +125,7 @@ public static class Lanczos
                 long left = budget.Left - reserve;
                 var locked = o.Locked is null ? vectors : cat([o.Locked, vectors], 0);
                 if (locked.shape[0] >= n || left < Math.Max(2, Math.Min(o.BlockSize, n - locked.shape[0]))) break;
-                var probe = Run(op, o with { K = 1, Locked = locked, Seed = o.Seed + 1000 + round }, budget, reserve, progress, ct);
+                var probe = Run(op, o with { K = 1, Locked = locked, Seed = o.Seed + 1000 + round }, budget, reserve, keepImages, progress, ct);
                 iterations += probe.Iterations;
                 orthogonality = Math.Max(orthogonality, probe.OrthogonalityDefect);
                 double kth = values[^1];
@@ -123,19 +135,28 @@ public static class Lanczos
                 vectors = cat([vectors, probe.Vectors], 0);
                 var order = SpectrumMath.Wanted(values.ToArray(), o.K, o.Target);
                 values = order.Select(i => values[i]).ToList();
-                vectors = vectors.index_select(0, Data.OwnedTensor.From(order.Select(i => (long)i).ToArray()));
+                var index = Data.OwnedTensor.From(order.Select(i => (long)i).ToArray());
+                vectors = vectors.index_select(0, index);
+                images = images is not null && probe.Images is not null ? cat([images, probe.Images], 0).index_select(0, index) : null;
             }
         }
 
         double[] residuals = result.Residuals;
         bool verified = false;
+        // Residuals from kept products cannot show the products' own rounding (Lanczos treated them as exact): they are used
+        // only when a generous bound on that rounding, 100 unit roundoffs of ‖A‖, lies two orders of magnitude below what
+        // the tolerance allows for every pair; otherwise k explicit products recompute the residuals (docs/design.md §4).
+        double normGuess = Math.Max(result.NormEstimate, values.Select(Math.Abs).DefaultIfEmpty(0).Max());
+        double rounding = 100 * UnitRoundoff(op.DType) * normGuess;
+        if (images is not null && values.Any(v => rounding > 0.01 * o.Tolerance * Math.Max(Math.Abs(v), o.ZeroThreshold * normGuess)))
+            images = null;
         if (o.VerifyResiduals)
         {
-            residuals = SpectrumMath.ResidualNorms(budget, values.ToArray(), vectors);
+            residuals = images is not null ? SpectrumMath.ResidualNorms(images, values.ToArray(), vectors) : SpectrumMath.ResidualNorms(budget, values.ToArray(), vectors);
             verified = true;
         }
         else if (values.Count != result.Values.Length || !values.SequenceEqual(result.Values))
-            residuals = SpectrumMath.ResidualNorms(budget, values.ToArray(), vectors);
+            residuals = images is not null ? SpectrumMath.ResidualNorms(images, values.ToArray(), vectors) : SpectrumMath.ResidualNorms(budget, values.ToArray(), vectors);
         double normEst = Math.Max(result.NormEstimate, values.Max(Math.Abs));
         double Relative(int i) => residuals[i] / Math.Max(Math.Max(Math.Abs(values[i]), o.ZeroThreshold * normEst), 1e-300);
         // A verified residual may exceed the estimate by the rounding of the products: half the tolerance again is allowed.
@@ -160,6 +181,14 @@ public static class Lanczos
             Vectors = o.ReturnVectors ? vectors : null,
         };
     }
+
+    static double UnitRoundoff(ScalarType t) => t switch
+    {
+        ScalarType.Float64 => 1.1e-16,
+        ScalarType.Float32 => 6.0e-8,
+        ScalarType.BFloat16 => 3.9e-3,
+        _ => 4.9e-4,
+    };
 
     /// <summary>The smallest budget <see cref="Compute"/> accepts: a first step long enough for k Ritz values, and the k residual products.</summary>
     internal static long MinimumProducts(long n, LanczosOptions o) =>
@@ -194,17 +223,18 @@ public static class Lanczos
     enum RunStop { Converged, Exhausted, Budget }
 
     /// <summary>One Lanczos run: values best-first, their estimated residuals, Ritz vectors (rows, float64), and why it stopped.</summary>
-    readonly record struct RunResult(double[] Values, double[] Residuals, Tensor Vectors, RunStop Stop, int Iterations, double NormEstimate,
+    /// <param name="Images">A times each Ritz vector (rows), from the kept products; null when they were not kept.</param>
+    readonly record struct RunResult(double[] Values, double[] Residuals, Tensor Vectors, Tensor? Images, RunStop Stop, int Iterations, double NormEstimate,
         double WorstEstimate, double OrthogonalityDefect);
 
-    static RunResult Run(ICurvatureOperator op, LanczosOptions o, ProductBudget budget, long reserve, IProgress<EstimatorProgress>? progress, CancellationToken ct)
+    static RunResult Run(ICurvatureOperator op, LanczosOptions o, ProductBudget budget, long reserve, bool keepImages, IProgress<EstimatorProgress>? progress, CancellationToken ct)
     {
         long n = op.Size;
         long lockedCount = o.Locked?.shape[0] ?? 0;
         long space = n - lockedCount;
         int b = (int)Math.Min(o.BlockSize, space);
         var gen = new Generator((ulong)o.Seed);
-        using var proc = new BlockLanczosProcess(budget, n, op.Device, b, o.Locked, gen);
+        using var proc = new BlockLanczosProcess(budget, n, op.Device, b, o.Locked, gen, keepImages);
         proc.Start(randn([b, n], dtype: ScalarType.Float64, generator: gen));
         double[] theta = [];
         Matrix<double>? S = null;
@@ -244,6 +274,7 @@ public static class Lanczos
         var vectors = raw / norms;
         var gram = vectors.matmul(vectors.t()) - eye(wanted.Length, dtype: ScalarType.Float64, device: vectors.device);
         double defect = Math.Max((norms - 1).abs().max().ToDouble(), gram.abs().max().ToDouble());
-        return new RunResult(wanted.Select(i => theta[i]).ToArray(), res, vectors.DetachFromDisposeScope(), stop, iter, theta.Max(Math.Abs), worst, defect);
+        var images = proc.Images(proc.TridiagonalSize) is { } w ? (coefficients.matmul(w) / norms).DetachFromDisposeScope() : null;
+        return new RunResult(wanted.Select(i => theta[i]).ToArray(), res, vectors.DetachFromDisposeScope(), images, stop, iter, theta.Max(Math.Abs), worst, defect);
     }
 }
