@@ -144,11 +144,11 @@ public static class Lanczos
         double[] residuals = result.Residuals;
         bool verified = false;
         // Residuals from kept products cannot show the products' own rounding (Lanczos treated them as exact): they are used
-        // only when a generous bound on that rounding, 100 unit roundoffs of ‖A‖, lies two orders of magnitude below what
-        // the tolerance allows for every pair; otherwise k explicit products recompute the residuals (docs/design.md §4).
+        // only when a bound on that rounding, 10 unit roundoffs of ‖A‖, lies an order of magnitude below what the tolerance
+        // allows for every pair; otherwise k explicit products recompute the residuals (docs/design.md §4).
         double normGuess = Math.Max(result.NormEstimate, values.Select(Math.Abs).DefaultIfEmpty(0).Max());
-        double rounding = 100 * UnitRoundoff(op.DType) * normGuess;
-        if (images is not null && values.Any(v => rounding > 0.01 * o.Tolerance * Math.Max(Math.Abs(v), o.ZeroThreshold * normGuess)))
+        double rounding = 10 * UnitRoundoff(op.DType) * normGuess;
+        if (images is not null && values.Any(v => rounding > 0.1 * o.Tolerance * Math.Max(Math.Abs(v), o.ZeroThreshold * normGuess)))
             images = null;
         if (o.VerifyResiduals)
         {
