@@ -222,8 +222,9 @@ public sealed class HessianRun
         else if (!Agreed(_results.Diagonal is not null && _results.DiagonalOptions == diagonal && File.Exists(diagonalCsv)))
         {
             var saved = _group.Broadcast(_group.IsRoot() && File.Exists(diagonalProgress) ? File.ReadAllBytes(diagonalProgress) : []);
-            var d = DiagonalEstimator.Estimate(op, diagonal, progress, ct, ReadDiagonalCheckpoint(saved),
-                c => { if (_group.IsRoot() && WriteDiagonalCheckpoint(c) is { } bytes) AtomicFile.WriteAllBytes(diagonalProgress, bytes); });
+            // Only rank 0 writes, so only rank 0 pays for copying the state out after every block.
+            Action<DiagonalCheckpoint>? save = _group.IsRoot() ? c => { if (WriteDiagonalCheckpoint(c) is { } bytes) AtomicFile.WriteAllBytes(diagonalProgress, bytes); } : null;
+            var d = DiagonalEstimator.Estimate(op, diagonal, progress, ct, ReadDiagonalCheckpoint(saved), save);
             FinishDiagonal(d, diagonal, parameters, report);
         }
         if (_group.IsRoot()) File.Delete(diagonalProgress);
