@@ -75,13 +75,14 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
     /// <param name="objective">The objective (not owned: dispose it yourself).</param>
     /// <param name="options">Expectation, samples, seed; null: exact.</param>
     /// <param name="ct">Checked between batches.</param>
-    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="KfacOptions"/>).</exception>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="KfacOptions"/>), or the objective is in train mode and its model has BatchNorm layers.</exception>
     public KfacOperator(Objective objective, KfacOptions? options = null, CancellationToken ct = default)
     {
         Objective = objective;
         Options = options ?? new KfacOptions();
         Check.AtLeast(Options.Samples, 1, nameof(Options.Samples));
         if (!Enum.IsDefined(Options.Expectation)) throw Check.OutOfRange(nameof(Options.Expectation), Options.Expectation, "must be Exact, MonteCarlo or Empirical");
+        PerExampleCurvature.RequireIndependentExamples(objective, "K-FAC");
         var kind = OutputPasses.KindOf(objective.Loss);
         if (kind == OutputLossKind.Other && Options.Expectation != KfacExpectation.Empirical)
             throw new ValleyException("K-FAC's exact and Monte-Carlo expectations need the model's predictive distribution, known for the cross-entropy, mse and bce losses only (use the empirical expectation)");

@@ -7,7 +7,7 @@ namespace Valley.Curvature;
 /// of the negative log-likelihood of a label ŷ_is drawn from the model's own predictive distribution (Martens 2020 §9.2):
 /// categorical for cross-entropy, Gaussian N(f, ½ I) for MSE, Bernoulli for BCE, scaled so that E[g gᵀ] is the loss's
 /// output Hessian. Its expectation is the Fisher, which for these losses equals the <see cref="GgnOperator"/>. The labels
-/// are drawn once per product from generators seeded by (seed, rank, batch index), so every product is of the same matrix;
+/// are drawn once per product from generators seeded by a hash of (seed, rank, batch index), so every product is of the same matrix;
 /// they depend on the batch size, which orders the draws. Refused for other losses (no predictive distribution).
 /// </summary>
 public sealed class MonteCarloFisherOperator : ObjectiveOperator
@@ -21,10 +21,11 @@ public sealed class MonteCarloFisherOperator : ObjectiveOperator
     /// <param name="objective">The objective (not owned: dispose it yourself).</param>
     /// <param name="samples">Labels sampled per example (curvlinops's default: 1).</param>
     /// <param name="seed">Seed of the labels.</param>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="samples"/> is below 1.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="samples"/> is below 1, or the objective is in train mode and its model has BatchNorm layers.</exception>
     public MonteCarloFisherOperator(Objective objective, int samples = 1, long seed = 0) : base(objective)
     {
         Check.AtLeast(samples, 1, nameof(samples));
+        PerExampleCurvature.RequireIndependentExamples(objective, "the Monte-Carlo Fisher");
         if (OutputPasses.KindOf(objective.Loss) == OutputLossKind.Other)
             throw new ValleyException("the Monte-Carlo Fisher needs the model's predictive distribution, known for the cross-entropy, mse and bce losses only");
         Samples = samples;
@@ -42,7 +43,9 @@ public sealed class MonteCarloFisherOperator : ObjectiveOperator
             return w => (g * (g * w.unsqueeze(0)).sum(2, keepdim: true)).sum(0L) / Samples;
         });
 
-    /// <summary>The generator of one batch's labels: the same for every product.</summary>
-    internal static TorchSharp.torch.Generator Generator(long seed, int rank, int batch) =>
-        new((ulong)(seed * 1_000_003L + rank * 7919L + batch) ^ 0x5DEECE66DUL);
+    /// <summary>
+    /// The generator of one batch's labels: the same for every product, and its own for every (seed, rank, batch) tuple
+    /// (a SplitMix64 hash of the tuple, <see cref="Seeds.Derive"/>). K-FAC's Monte-Carlo expectation draws from the same.
+    /// </summary>
+    internal static TorchSharp.torch.Generator Generator(long seed, int rank, int batch) => Seeds.Generator(seed, rank, batch);
 }

@@ -36,6 +36,25 @@ public class OperatorCommandTests
     }
 
     [Theory]
+    [InlineData("ef")]
+    [InlineData("mc-fisher")]
+    [InlineData("kfac")]
+    public void PerExampleOperatorsAreRefusedWithTrainModeOnAModelWithBatchNorm(string op)
+    {
+        // BatchNorm's batch statistics couple the examples in train mode: per-example gradients and labels are not defined.
+        string dir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "TorchScript");
+        var outDir = Path.Combine(TestUtil.TempDir("train-mode-bn"), op);
+        int code = Run(out _, out var err, "hessian", "--model", Path.Combine(dir, "resnet_bn.pt"), "--data", Path.Combine(dir, "resnet_bn_data.npz"),
+            "--operator", op, "--train-mode", "--top", "1", "--out", outDir);
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.StartsWith("--train-mode: must be off for", err.Trim().Replace("error: ", ""));
+        Assert.Contains("BatchNorm", err);
+        // Refused before anything was computed or written.
+        Assert.False(File.Exists(Path.Combine(outDir, "hessian.json")));
+    }
+
+    [Theory]
     [InlineData("ggn")]
     [InlineData("ef")]
     [InlineData("kfac")]

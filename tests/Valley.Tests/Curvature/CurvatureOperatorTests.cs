@@ -199,6 +199,180 @@ public class CurvatureOperatorTests
 
     static double[] Flatten(double[,] m) => m.Cast<double>().ToArray();
 
+    /// <summary>A small regression model (3 inputs, 2 outputs) and data for the MSE and BCE losses, in float64.</summary>
+    static (Mlp Model, Dataset Data) SmallTwoOutput(LossFunction loss, long seed = 7, long n = 10)
+    {
+        var g = new Generator((ulong)seed);
+        var x = randn([n, 3], dtype: ScalarType.Float64, generator: g);
+        var y = ReferenceEquals(loss, Losses.BinaryCrossEntropy) ? rand([n, 2], dtype: ScalarType.Float64, generator: g).lt(0.5).to(ScalarType.Float64)
+            : randn([n, 2], dtype: ScalarType.Float64, generator: g);
+        var model = new Mlp([3, 4, 2], "tanh");
+        model.to(ScalarType.Float64);
+        using (no_grad()) foreach (var p in model.parameters()) p.copy_(randn(p.shape, dtype: ScalarType.Float64, generator: g) * 0.9);
+        return (model, new Dataset("two-output", x, y, TaskKind.Regression, 0));
+    }
+
+    /// <summary>
+    /// The Fisher of an MSE or BCE objective as the exact expectation over the model's predictive distribution, in the loss's
+    /// scale (the one whose expectation is the loss's output Hessian): the per-example loss is ℓ = NLL/C (both losses average
+    /// over the C outputs), so F = (1/N) Σ_i C · E_ŷ[∇ℓ(ŷ) ∇ℓ(ŷ)ᵀ]. MSE: ŷ ~ N(f, ½ I) (NLL = ‖ŷ − f‖²), ∇ℓ = J_iᵀ (2/C)(f − ŷ)
+    /// and E[(f − ŷ)(f − ŷ)ᵀ] = ½ I, so F_i = (2/C) J_iᵀ J_i. BCE: ŷ ∈ {0, 1}^C ~ Bernoulli(σ(f)), enumerated here with
+    /// each label vector's gradient by autograd through the model and the loss itself.
+    /// </summary>
+    static Tensor ExactFisher(Objective o, bool bce)
+    {
+        using var mode = new ModeForTest(o.Model);
+        var ps = Params(o);
+        var sum = zeros([o.Size, o.Size], dtype: ScalarType.Float64);
+        for (long i = 0; i < o.Data.Count; i++)
+        {
+            if (!bce)
+            {
+                var J = Jacobian(o, i);
+                sum += J.t().matmul(J) * (2.0 / J.shape[0]);
+                continue;
+            }
+            var (x, _) = Example(o, i);
+            var f = o.Model.call(x); // [1, C]
+            long c = f.shape[1];
+            var s = sigmoid(f.detach())[0];
+            for (int labels = 0; labels < 1 << (int)c; labels++)
+            {
+                var yhat = OwnedTensor.From(Enumerable.Range(0, (int)c).Select(k => (double)((labels >> k) & 1)).ToArray(), 1, c);
+                double prob = Enumerable.Range(0, (int)c).Select(k => ((labels >> k) & 1) == 1 ? s[k].ToDouble() : 1 - s[k].ToDouble()).Aggregate(1.0, (a, b) => a * b);
+                var grad = FlatGrad(o.Loss(f, yhat), ps);
+                sum += outer(grad, grad) * (prob * c);
+            }
+        }
+        return sum / o.Data.Count;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void MonteCarloFisherOfMseAndBceConvergesToTheExactFisherWithinItsStandardError(bool bce)
+    {
+        var loss = bce ? Losses.BinaryCrossEntropy : Losses.MeanSquaredError;
+        var (model, data) = SmallTwoOutput(loss);
+        using var _ = data;
+        using var o = new Objective(model, loss, data, new() { BatchSize = 4 });
+        var fisher = ExactFisher(o, bce);
+        if (bce)
+        {
+            // The enumeration agrees with the closed form Jᵀ diag(σ(1−σ)) J / C.
+            using var mode = new ModeForTest(o.Model);
+            var closed = zeros([o.Size, o.Size], dtype: ScalarType.Float64);
+            for (long i = 0; i < data.Count; i++)
+            {
+                var J = Jacobian(o, i);
+                var sg = sigmoid(o.Model.call(Example(o, i).X).detach()[0]);
+                closed += J.t().matmul(diag(sg * (1 - sg))).matmul(J) / J.shape[0];
+            }
+            Assert.True(RelDiff(TestUtil.ToArray2D(closed / data.Count), fisher) < 1e-10);
+        }
+        Tensor Mc(int samples, long seed) => OwnedTensor.From(Flatten(ExactHessian.Compute(new MonteCarloFisherOperator(o, samples, seed)).Values), o.Size, o.Size);
+        double norm = fisher.norm().ToDouble();
+        double Error(int samples) => Enumerable.Range(0, 6).Average(seed => (Mc(samples, 1000 + seed) - fisher).norm().ToDouble()) / norm;
+        double e1 = Error(1), e8 = Error(8), e64 = Error(64);
+        // The error falls as 1/√S: 8× from 1 to 64 samples; at least 4× here, and monotonically.
+        Assert.True(e8 < e1 && e64 < e8 && e64 < e1 / 4, $"relative error {e1:G3} at 1 sample, {e8:G3} at 8, {e64:G3} at 64");
+        // Every entry's mean over 30 seeds (2 samples each) within 3 standard errors of the exact Fisher's, for ≥ 95 % of entries.
+        var draws = stack(Enumerable.Range(0, 30).Select(seed => Mc(2, seed)).ToArray()); // [30, n, n]
+        var mean = draws.mean([0]);
+        var se = draws.std(0) / Math.Sqrt(30);
+        double within = ((mean - fisher).abs() <= se * 3 + 1e-12).to(ScalarType.Float64).mean().ToDouble();
+        Assert.True(within >= 0.95, $"{within:P1} of the entries within 3 standard errors");
+    }
+
+    [Theory]
+    [InlineData("cross-entropy")]
+    [InlineData("mse")]
+    [InlineData("bce")]
+    public void KfacsMonteCarloExpectationConvergesToItsExactExpectation(string lossName)
+    {
+        var loss = Losses.Named(lossName, TaskKind.Regression);
+        var (model, data) = lossName == "cross-entropy" ? SmallClassifier(seed: 14, n: 16) : SmallTwoOutput(loss, seed: 15, n: 16);
+        using var _ = data;
+        using var o = new Objective(model, loss, data, new() { BatchSize = 5 });
+        using var exact = new KfacOperator(o);
+        int layers = exact.Layers.Count;
+        double Error(int samples) => Enumerable.Range(0, 6).Average(seed =>
+        {
+            using var mc = new KfacOperator(o, new KfacOptions { Expectation = KfacExpectation.MonteCarlo, Samples = samples, Seed = 50 + seed });
+            double e = 0;
+            for (int l = 0; l < layers; l++)
+            {
+                // A is the inputs' second moment: the labels do not enter it.
+                Assert.Equal(0.0, (mc.InputFactor(l) - exact.InputFactor(l)).abs().max().ToDouble());
+                e += ((mc.OutputFactor(l) - exact.OutputFactor(l)).norm() / exact.OutputFactor(l).norm()).ToDouble();
+            }
+            return e / layers;
+        });
+        double e1 = Error(1), e64 = Error(64);
+        Assert.True(e64 < e1 / 4, $"{lossName}: relative error of G {e1:G3} at 1 sample, {e64:G3} at 64");
+        // G's entries: their mean over 30 seeds within 3 standard errors of the exact expectation's, for ≥ 95 % of entries.
+        for (int l = 0; l < layers; l++)
+        {
+            var draws = stack(Enumerable.Range(0, 30).Select(seed =>
+            {
+                using var mc = new KfacOperator(o, new KfacOptions { Expectation = KfacExpectation.MonteCarlo, Samples = 2, Seed = seed });
+                return mc.OutputFactor(l).clone();
+            }).ToArray());
+            var se = draws.std(0) / Math.Sqrt(30);
+            double within = ((draws.mean([0]) - exact.OutputFactor(l)).abs() <= se * 3 + 1e-12).to(ScalarType.Float64).mean().ToDouble();
+            Assert.True(within >= 0.95, $"{lossName}, layer {l}: {within:P1} of G's entries within 3 standard errors");
+        }
+    }
+
+    [Fact]
+    public void LabelSeedsAreAHashOfSeedRankAndBatchSoTuplesTheOldFormulaMergedDiffer()
+    {
+        // seed·1000003 + rank·7919 + batch gave rank 0's batch 7919 and rank 1's batch 0 one seed (and seed 1, rank 0,
+        // batch 0 that of seed 0, rank 0, batch 1000003).
+        Assert.Equal(0 * 1_000_003L + 0 * 7919L + 7919, 0 * 1_000_003L + 1 * 7919L + 0);
+        Assert.NotEqual(Seeds.Derive(0, 0, 7919), Seeds.Derive(0, 1, 0));
+        Assert.NotEqual(Seeds.Derive(1, 0, 0), Seeds.Derive(0, 0, 1_000_003));
+        static double First(long seed, int rank, int batch) => rand([1], dtype: ScalarType.Float64, generator: MonteCarloFisherOperator.Generator(seed, rank, batch)).ToDouble();
+        Assert.NotEqual(First(0, 0, 7919), First(0, 1, 0));
+        // No two of 64 seeds × 8 ranks × 256 batches share a seed.
+        var all = new HashSet<ulong>();
+        for (long seed = 0; seed < 64; seed++) for (long rank = 0; rank < 8; rank++) for (long batch = 0; batch < 256; batch++) Assert.True(all.Add(Seeds.Derive(seed, rank, batch)));
+        // Deterministic: the same seed gives the same Monte-Carlo Fisher, another seed another one.
+        var (model, data) = SmallClassifier(seed: 3, n: 12);
+        using var _ = data;
+        using var o = new Objective(model, Losses.CrossEntropy, data, new() { BatchSize = 5 });
+        var a = ExactHessian.Compute(new MonteCarloFisherOperator(o, 1, seed: 9)).Values;
+        var b = ExactHessian.Compute(new MonteCarloFisherOperator(o, 1, seed: 9)).Values;
+        var c = ExactHessian.Compute(new MonteCarloFisherOperator(o, 1, seed: 10)).Values;
+        Assert.Equal(0.0, TestUtil.MaxAbsDiff(a, b));
+        Assert.True(TestUtil.MaxAbsDiff(a, c) > 1e-6);
+    }
+
+    [Fact]
+    public void PerExampleOperatorsAreRefusedInTrainModeWithBatchNorm()
+    {
+        var g = new Generator(5);
+        using var data = new Dataset("img", randn([8, 1, 4, 4], dtype: ScalarType.Float64, generator: g), randint(0, 3, [8], generator: g), TaskKind.Classification, 3);
+        var withBn = nn.Sequential(("conv", nn.Conv2d(1, 2, 3)), ("bn", nn.BatchNorm2d(2)), ("flat", nn.Flatten()), ("fc", nn.Linear(8, 3)));
+        withBn.to(ScalarType.Float64);
+        using var train = new Objective(withBn, Losses.CrossEntropy, data, new() { BatchSize = 4, TrainMode = true });
+        foreach (var make in new Func<ICurvatureOperator>[] { () => new EmpiricalFisherOperator(train), () => new MonteCarloFisherOperator(train), () => new KfacOperator(train) })
+        {
+            var e = Assert.Throws<ArgumentOutOfRangeException>(() => make());
+            Assert.Equal(nameof(ObjectiveOptions.TrainMode), e.ParamName);
+            Assert.Contains("BatchNorm (bn)", e.Message);
+        }
+        // The Hessian and the GGN are defined there; eval mode, and train mode without BatchNorm, are accepted.
+        Assert.Equal(train.Size, new GgnOperator(train).Size);
+        Assert.Equal(train.Size, new HessianOperator(train).Size);
+        using var eval = new Objective(withBn, Losses.CrossEntropy, data, new() { BatchSize = 4 });
+        using (var k = new KfacOperator(eval)) Assert.Equal(2, k.Layers.Count);
+        var (mlp, mlpData) = SmallClassifier();
+        using var __ = mlpData;
+        using var mlpTrain = new Objective(mlp, Losses.CrossEntropy, mlpData, new() { TrainMode = true });
+        Assert.Equal(mlpTrain.Size, new EmpiricalFisherOperator(mlpTrain).Size);
+    }
+
     [Theory]
     [InlineData(KfacExpectation.Exact)]
     [InlineData(KfacExpectation.Empirical)]
@@ -272,31 +446,75 @@ public class CurvatureOperatorTests
         Assert.Equal(fro, kfac.FrobeniusNorm(), 1e-10 * fro);
     }
 
+    /// <summary>Places a layer's K-FAC block into a dense matrix: row-major vec of [W | b] (out × (in + 1)) is G ⊗ A, mapped to the flat order [W (out × in), b (out)].</summary>
+    static void PlaceKronecker(Tensor reference, Tensor G, Tensor A, long weightOffset, long biasOffset)
+    {
+        long outD = G.shape[0], inD = A.shape[0] - 1, dim = outD * (inD + 1);
+        var kk = kron(G, A).contiguous().data<double>().ToArray();
+        var idx = new long[dim];
+        for (long oo = 0; oo < outD; oo++)
+            for (long ii = 0; ii <= inD; ii++) idx[oo * (inD + 1) + ii] = ii < inD ? weightOffset + oo * inD + ii : biasOffset + oo;
+        var r = new double[reference.shape[0], reference.shape[1]];
+        for (long a = 0; a < dim; a++) for (long b = 0; b < dim; b++) r[idx[a], idx[b]] = kk[a * dim + b];
+        reference.add_(OwnedTensor.From(r.Cast<double>().ToArray(), reference.shape[0], reference.shape[1]));
+    }
+
     [Fact]
-    public void KfacCoversConvolutionsAndNamesWhatItDoesNotCover()
+    public void KfacOfAConvolutionEqualsKroneckerFactorsBuiltHereFromPatchesAndOutputGradients()
     {
         var g = new Generator(4);
-        using var data = new Dataset("img", randn([6, 1, 6, 6], dtype: ScalarType.Float64, generator: g), randint(0, 3, [6], generator: g), TaskKind.Classification, 3);
-        var model = nn.Sequential(("conv", nn.Conv2d(1, 2, 3, padding: 1)), ("bn", nn.BatchNorm2d(2)), ("flat", nn.Flatten()), ("fc", nn.Linear(72, 3)));
+        const long N = 6, T = 36;
+        using var data = new Dataset("img", randn([N, 1, 6, 6], dtype: ScalarType.Float64, generator: g), randint(0, 3, [N], generator: g), TaskKind.Classification, 3);
+        var conv = nn.Conv2d(1, 2, 3, padding: 1);
+        var bn = nn.BatchNorm2d(2);
+        var fc = nn.Linear(72, 3);
+        var model = nn.Sequential(("conv", conv), ("bn", bn), ("flat", nn.Flatten()), ("fc", fc));
         model.to(ScalarType.Float64);
         using var o = new Objective(model, Losses.CrossEntropy, data, new() { BatchSize = 4 });
         using var kfac = new KfacOperator(o);
         Assert.Equal(["conv", "fc"], kfac.Layers.Select(l => l.Name));
         Assert.Equal(["bn.weight", "bn.bias"], kfac.UncoveredParameters);
-        // The convolution's factors by hand (KFC): A = (1/N) Σ_i (1/T) Σ_t ā ā ᵀ over the 3×3 patches.
-        var patches = nn.functional.unfold(data.X, (3, 3), padding: (1, 1)).transpose(1, 2).reshape(-1, 9);
-        var abar = cat([patches, ones([patches.shape[0], 1], dtype: ScalarType.Float64)], 1);
-        var A = abar.t().matmul(abar) / (6 * 36);
-        Assert.True((kfac.InputFactor(0) - A).abs().max().ToDouble() < 1e-12);
-        // A product equals (G ⊗ A) per covered layer and zero on BatchNorm's parameters.
-        var v = randn(o.Size, dtype: ScalarType.Float64, generator: g);
-        var kv = kfac.Apply(v);
+        var dense = ExactHessian.Compute(kfac);
+
+        // The reference, from plain TorchSharp ops on one example at a time (eval mode, as the objective). KFC (Grosse &
+        // Martens 2016, §3): A = (1/N) Σ_i (1/T) Σ_t ā_it ā_itᵀ over the unfolded 3×3 input patches with a 1 appended for the
+        // bias, and G = (1/N) Σ_i Σ_t E[g_it g_itᵀ], g_it the loss gradient at the convolution's outputs at position t, its
+        // expectation over the model's predictive distribution Js_tᵀ (diag p − p pᵀ) Js_t (Js_t = ∂f/∂s_t). KFC puts the
+        // sum over positions on the patches' factor and the mean on the gradients'; Valley puts 1/T on A: the product, which
+        // is what is compared, is the same.
+        model.eval();
         var names = o.Parameters.Names.ToList();
-        long bnOff = o.Parameters.Offsets[names.IndexOf("bn.weight")];
-        Assert.Equal(0.0, kv.narrow(0, bnOff, 4).abs().max().ToDouble());
-        var vbar = cat([v.narrow(0, 0, 18).reshape(2, 9), v.narrow(0, 18, 2).reshape(2, 1)], 1);
-        var expected = kfac.OutputFactor(0).matmul(vbar).matmul(kfac.InputFactor(0));
-        Assert.True((kv.narrow(0, 0, 18) - expected.narrow(1, 0, 9).reshape(-1)).abs().max().ToDouble() < 1e-12);
+        long Off(string name) => o.Parameters.Offsets[names.IndexOf(name)];
+        var Aconv = zeros([10, 10], dtype: ScalarType.Float64);
+        var Gconv = zeros([2, 2], dtype: ScalarType.Float64);
+        var Afc = zeros([73, 73], dtype: ScalarType.Float64);
+        var Gfc = zeros([3, 3], dtype: ScalarType.Float64);
+        for (long i = 0; i < N; i++)
+        {
+            var x = data.X.narrow(0, i, 1);
+            var patches = nn.functional.unfold(x, (3, 3), padding: (1, 1))[0].t(); // [T, 9]
+            var abar = cat([patches, ones([T, 1], dtype: ScalarType.Float64)], 1);
+            Aconv += abar.t().matmul(abar) / T;
+            var s = conv.call(x).detach().requires_grad_(true); // [1, 2, 6, 6]
+            var h = bn.call(s).flatten(1); // [1, 72]
+            var f = fc.call(h)[0]; // [3]
+            var p = softmax(f.detach(), 0);
+            var M = diag(p) - outer(p, p);
+            var Js = stack(Enumerable.Range(0, 3).Select(c => autograd.grad([f[c]], [s], retain_graph: true)[0].reshape(2, T)).ToArray()); // [3, 2, T]
+            var Jt = Js.permute(2, 0, 1); // [T, 3, 2]
+            Gconv += Jt.transpose(1, 2).matmul(M).matmul(Jt).sum(0L);
+            var hbar = cat([h[0].detach(), ones(1, dtype: ScalarType.Float64)]);
+            Afc += outer(hbar, hbar);
+            Gfc += M; // the logits are fc's outputs: ∂f/∂s = I
+        }
+        var reference = zeros([o.Size, o.Size], dtype: ScalarType.Float64);
+        PlaceKronecker(reference, Gconv / N, Aconv / N, Off("conv.weight"), Off("conv.bias"));
+        PlaceKronecker(reference, Gfc / N, Afc / N, Off("fc.weight"), Off("fc.bias"));
+        model.train();
+        Assert.True(RelDiff(dense.Values, reference) < 1e-10, $"K-FAC differs by {RelDiff(dense.Values, reference):G3}");
+        // Zero on BatchNorm's parameters, which K-FAC does not cover.
+        long bnOff = Off("bn.weight");
+        for (long r = bnOff; r < bnOff + 4; r++) Assert.Equal(0.0, Enumerable.Range(0, (int)o.Size).Max(c => Math.Abs(dense.Values[r, c])));
     }
 
     [Fact]

@@ -124,6 +124,33 @@ public class MpiTests
     }
 
     [Fact]
+    public void DiagonalAndFrobeniusNormOnTwoRanksEqualOneProcessAndARerunDecidesOnRankZerosFiles()
+    {
+        var data = TestUtil.CsvFolder("mpi-diag", 200, 6, 3, seed: 5);
+        var root = TestUtil.TempDir("mpi-diag");
+        string[] Args(string dir) => ["hessian", "--data", data, "--model", "mlp:6-10-3:tanh", "--subset", "0", "--batch-size", "64", "--threads", "1",
+            "--diagonal", "--diagonal-products", "40", "--frobenius", "--trace-error", "1e-9", "--max-products", "40", "--out", dir, "--format", "json"];
+        string one = Path.Combine(root, "one"), two = Path.Combine(root, "two");
+        Assert.Equal(0, InProcess(Args(one)));
+        var run = Exec(2, Cli, Args(two));
+        Assert.True(run.Code == 0, run.Stderr);
+        double[] Entries(string dir) => File.ReadAllLines(Path.Combine(dir, "diagonal.csv")).Skip(1).Select(l => double.Parse(l.Split(',')[2], System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        double Norm(string json) => JsonDocument.Parse(json).RootElement.GetProperty("frobenius").GetProperty("norm").GetDouble();
+        // The same probes on every rank, products summed over them: the one-process numbers up to rounding.
+        var (e1, e2) = (Entries(one), Entries(two));
+        double scale = e1.Max(Math.Abs);
+        for (int i = 0; i < e1.Length; i++) Assert.True(Math.Abs(e1[i] - e2[i]) <= 1e-5 * scale, $"entry {i}: {e1[i]} vs {e2[i]}");
+        Close(Norm(File.ReadAllText(Path.Combine(one, "hessian.json"))), Norm(run.Stdout), 1e-5, "Frobenius norm");
+        // Rank 0 alone sees the folder: without diagonal.csv every rank recomputes the diagonal, and keeps the finished
+        // Frobenius norm (ranks deciding apart would wait forever for each other's products).
+        File.Delete(Path.Combine(two, "diagonal.csv"));
+        var again = Exec(2, Cli, Args(two), timeoutSeconds: 120);
+        Assert.True(again.Code == 0, again.Stderr);
+        Assert.Equal(e2, Entries(two));
+        Assert.Equal(Norm(run.Stdout), Norm(again.Stdout));
+    }
+
+    [Fact]
     public void HessianOnANpzWithBinaryCrossEntropyOnTwoRanksEqualsOneProcessOnTheCsv()
     {
         var root = TestUtil.TempDir("mpi-npz");

@@ -193,6 +193,43 @@ public class InterruptionTests
         Assert.Equal(a.ToJsonString(), b.ToJsonString());
     }
 
+    [Fact]
+    public void AHessianRunKilledDuringItsDiagonalAndFrobeniusNormResumesToTheUninterruptedResults()
+    {
+        var data = TestUtil.CsvFolder("kill-diag", 1500, 20, 3, seed: 8);
+        string[] Args(string dir) => ["hessian", "--data", data, "--model", "mlp:20-64-64-3", "--subset", "0", "--threads", "2", "--seed", "3",
+                                      "--diagonal", "--diagonal-products", "200", "--frobenius", "--trace-error", "1e-9", "--max-products", "200", "--out", dir];
+        var clean = Path.Combine(TestUtil.TempDir("kill-diag-clean"), "h");
+        Assert.Equal(0, RunToEnd(Args(clean)));
+        var dir = Path.Combine(TestUtil.TempDir("kill-diag-run"), "h");
+        var json = Path.Combine(dir, "hessian.json");
+        bool Saved(string what)
+        {
+            try { return what == "diagonal" ? File.Exists(Path.Combine(dir, "diagonal-progress.bin")) : File.Exists(json) && File.ReadAllText(json).Contains("\"frobenius_progress\""); }
+            catch (IOException) { return false; }
+        }
+        // Killed once the diagonal has saved probes, then once the Frobenius norm has: each rerun continues from them.
+        var rng = new Random(13);
+        int killed = 0;
+        foreach (var what in new[] { "diagonal", "frobenius" })
+        {
+            using var p = Start(Args(dir));
+            while (!p.HasExited && !Saved(what)) Thread.Sleep(2);
+            if (p.WaitForExit(rng.Next(0, 40))) continue;
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            killed++;
+        }
+        Assert.Equal(0, RunToEnd(Args(dir)));
+        Assert.True(killed == 2, $"{killed} of 2 runs were killed mid-way");
+        Assert.Equal(File.ReadAllText(Path.Combine(clean, "diagonal.csv")), File.ReadAllText(Path.Combine(dir, "diagonal.csv")));
+        var a = JsonNode.Parse(File.ReadAllText(Path.Combine(clean, "hessian.json")))!; Strip(a);
+        var b = JsonNode.Parse(File.ReadAllText(json))!; Strip(b);
+        Assert.Equal(a.ToJsonString(), b.ToJsonString());
+        Assert.False(File.Exists(Path.Combine(dir, "diagonal-progress.bin")));
+        Assert.Empty(Directory.GetFiles(dir, "*.tmp", SearchOption.AllDirectories));
+    }
+
     /// <summary>Remove timing fields (seconds) recursively.</summary>
     static void Strip(JsonNode? n)
     {

@@ -55,43 +55,92 @@ public sealed record FrobeniusEstimate
 }
 
 /// <summary>
+/// The state of an unfinished Frobenius-norm estimate, handed out after every block of probes so that a caller can save it
+/// and an interrupted estimate can continue from it (<see cref="FrobeniusNorm.Estimate"/>): the probes are drawn from the
+/// seed again and those already applied skipped, so a resumed estimate equals an uninterrupted one.
+/// </summary>
+public sealed record FrobeniusCheckpoint
+{
+    /// <summary>The options of the estimate (a checkpoint of other options is ignored).</summary>
+    public required FrobeniusOptions Options { get; init; }
+
+    /// <summary>The operator's size n (a checkpoint of another size is ignored).</summary>
+    public required long Size { get; init; }
+
+    /// <summary>‖A v‖² of every probe so far, in order.</summary>
+    public required double[] Samples { get; init; }
+
+    /// <summary>Products spent so far.</summary>
+    public required long Products { get; init; }
+
+    /// <summary>Wall-clock time spent so far.</summary>
+    public double Seconds { get; init; }
+}
+
+/// <summary>
 /// The Frobenius norm of an operator from its products: ‖A‖_F² = tr(AᵀA) = E‖A v‖² for probes with E[v vᵀ] = I
 /// (Rademacher or Gaussian), Hutchinson's estimator applied to AᵀA with one product per probe.
 /// </summary>
 public static class FrobeniusNorm
 {
     /// <summary>Estimates ‖A‖_F to the relative standard error asked for (of ‖A‖_F²), or until the budget runs out.</summary>
+    /// <param name="op">The operator.</param>
+    /// <param name="options">Target, budget, block size, probes, seed; null: the defaults.</param>
+    /// <param name="progress">Products so far and the relative standard error.</param>
+    /// <param name="ct">Checked before every block of probes.</param>
+    /// <param name="resumeFrom">
+    /// A checkpoint of an interrupted estimate with the same options on an operator of the same size: its probes are kept and
+    /// the estimate continues (the result is that of an uninterrupted estimate); ignored when options or size differ.
+    /// </param>
+    /// <param name="checkpoint">Called with the state after every block of probes.</param>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="FrobeniusOptions"/>).</exception>
-    public static FrobeniusEstimate Estimate(ICurvatureOperator op, FrobeniusOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default)
+    public static FrobeniusEstimate Estimate(ICurvatureOperator op, FrobeniusOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default,
+        FrobeniusCheckpoint? resumeFrom = null, Action<FrobeniusCheckpoint>? checkpoint = null)
     {
         var o = options ?? new FrobeniusOptions();
         Validate(o);
+        if (resumeFrom is not null && (resumeFrom.Options != o || resumeFrom.Size != op.Size || resumeFrom.Products != resumeFrom.Samples.Length || resumeFrom.Products > o.MaxProducts))
+            resumeFrom = null;
         var sw = Stopwatch.StartNew();
-        var budget = new ProductBudget(op, o.MaxProducts, "frobenius");
+        double earlier = resumeFrom?.Seconds ?? 0;
+        var budget = new ProductBudget(op, o.MaxProducts, "frobenius", resumeFrom?.Products ?? 0);
         var gen = new Generator((ulong)o.Seed);
-        var samples = new List<double>();
-        bool converged = false;
-        while (budget.Left > 0)
+        var samples = new List<double>(resumeFrom?.Samples ?? []);
+        Tensor Probes(int k) => o.Gaussian ? randn([k, op.Size], dtype: ScalarType.Float64, generator: gen) : SpectrumMath.Rademacher(k, op.Size, gen, ScalarType.Float64);
+        // The interrupted run's blocks of probes, drawn again and skipped, so that the generator continues where it stopped.
+        for (long done = 0; done < samples.Count;)
         {
+            using var scope = NewDisposeScope();
+            int k = (int)Math.Min(o.BlockSize, o.MaxProducts - done);
+            Probes(k);
+            done += k;
+        }
+        bool converged = false;
+        while (true)
+        {
+            if (samples.Count > 0)
+            {
+                var (m, e) = Statistics.MeanAndStandardError(samples);
+                double relative = e / Math.Max(Math.Abs(m), 1e-300);
+                progress?.Report(new EstimatorProgress("frobenius", budget.Used, budget.Max, double.IsNaN(relative) ? null : relative));
+                if (samples.Count >= o.MinProbes && relative <= o.RelativeStandardError) { converged = true; break; }
+            }
+            if (budget.Left <= 0) break;
             ct.ThrowIfCancellationRequested();
             using (var scope = NewDisposeScope())
             {
                 int k = (int)Math.Min(o.BlockSize, budget.Left);
-                var v = o.Gaussian ? randn([k, op.Size], dtype: ScalarType.Float64, generator: gen) : SpectrumMath.Rademacher(k, op.Size, gen, ScalarType.Float64);
-                var Av = budget.Apply(v.to(op.Device).t());
+                var Av = budget.Apply(Probes(k).to(op.Device).t());
                 samples.AddRange(Av.pow(2).sum(0L).cpu().data<double>().ToArray());
             }
-            var (m, e) = Statistics.MeanAndStandardError(samples);
-            double relative = e / Math.Max(Math.Abs(m), 1e-300);
-            progress?.Report(new EstimatorProgress("frobenius", budget.Used, budget.Max, double.IsNaN(relative) ? null : relative));
-            if (samples.Count >= o.MinProbes && relative <= o.RelativeStandardError) { converged = true; break; }
+            checkpoint?.Invoke(new FrobeniusCheckpoint { Options = o, Size = op.Size, Samples = samples.ToArray(), Products = budget.Used, Seconds = earlier + sw.Elapsed.TotalSeconds });
         }
         var (mean, se) = Statistics.MeanAndStandardError(samples);
         double norm = Math.Sqrt(Math.Max(mean, 0));
         return new FrobeniusEstimate
         {
             Norm = norm, StandardError = norm > 0 ? se / (2 * norm) : se, SquaredNorm = mean, SquaredStandardError = se, Probes = samples.Count,
-            Products = budget.Used, Converged = converged, Seconds = sw.Elapsed.TotalSeconds,
+            Products = budget.Used, Converged = converged, Seconds = earlier + sw.Elapsed.TotalSeconds,
         };
     }
 

@@ -16,11 +16,13 @@ internal sealed class ProductBudget
     /// <param name="op">The operator products are asked of.</param>
     /// <param name="max">The most products the estimator may ask for (a block of k vectors is k products).</param>
     /// <param name="estimator">The estimator's name, for messages.</param>
-    public ProductBudget(ICurvatureOperator op, long max, string estimator)
+    /// <param name="used">Products already spent (by the interrupted run an estimator resumes).</param>
+    public ProductBudget(ICurvatureOperator op, long max, string estimator, long used = 0)
     {
         _op = op;
         Max = max;
         _estimator = estimator;
+        Used = used;
     }
 
     /// <summary>The operator's size n.</summary>
