@@ -22,6 +22,7 @@ public static class Runner
             case "sam-step": TrainBench.StepTime(IntArg(args, "--reps", 201)); return 0;
             case "sgd-vs-sam": TrainBench.SgdVsSam(StrArg(args, "--out", "artifacts/bench/sgd-vs-sam"), double.Parse(StrArg(args, "--stop-at-loss", "0.25"), System.Globalization.CultureInfo.InvariantCulture), IntArg(args, "--max-epochs", 40)); return 0;
             case "sharpness": SharpnessBench.Run(); return 0;
+            case "soak-cached": SoakBench.Cached(IntArg(args, "--products", 10_000)); return 0;
             case "soak": SoakBench.Run(IntArg(args, "--products", 10_000), IntArg(args, "--points", 101)); return 0;
             case "landscape": LandscapeBench.Run(IntArg(args, "--points", 51)); return 0;
             case "hvp-profile": HvpProfile.Run(); return 0;

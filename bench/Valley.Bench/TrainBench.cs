@@ -98,6 +98,30 @@ public static class LandscapeBench
 /// <summary>Issue 8's soak benchmark: resident memory over 10,000 Hessian-vector products and over a 101×101 landscape grid.</summary>
 public static class SoakBench
 {
+    /// <summary>Resident memory over many products of an operator on the multi-batch cache (4 batches of 512, all kept).</summary>
+    public static void Cached(int products)
+    {
+        using var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        foreach (var kind in new[] { "hessian", "ggn" })
+        {
+            using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+            ICurvatureOperator op = kind == "ggn" ? new GgnOperator(obj) : new HessianOperator(obj);
+            var v = randn(obj.Size, generator: new Generator(1));
+            var marks = new SortedDictionary<int, long>();
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            for (int i = 1; i <= products; i++)
+            {
+                using (NewDisposeScope()) op.Apply(v);
+                if (i == 100 || i % 1000 == 0) marks[i] = Runner.ResidentBytes();
+            }
+            int cached = kind == "ggn" ? obj.CachedOutputBatches : obj.CachedBatches;
+            Console.WriteLine($"{products} cached {kind} products (mlp:784-128-64-10:tanh, 2,048 examples, 4 batches of 512, {cached} batches cached, {sw.Elapsed.TotalSeconds:F0} s): resident MiB " +
+                              string.Join(", ", marks.Select(kv => $"{kv.Key}: {kv.Value / 1048576.0:F0}")) +
+                              $"; growth after warm-up (100 → {products}): {100.0 * (marks[products] - marks[100]) / marks[100]:F1}%");
+        }
+    }
+
     public static void Run(int products, int points)
     {
         using (var data = Runner.FashionSubset(2048))

@@ -81,10 +81,21 @@ internal sealed class BlockLanczosProcess : IDisposable
             W = W - B.matmul(_basis.narrow(0, j0 - _b, _b));
         }
         (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(_basis.narrow(0, 0, _rows)));
-        // W = R ᵀ Q_next in row form: QR of Wᵀ [n, b].
-        var (qn, r) = linalg.qr(W.t());
-        var R = SpectrumMath.ToArray(r);
-        var next = qn.t().contiguous();
+        // W = R ᵀ Q_next in row form: QR of Wᵀ [n, b] (for b = 1 just the norm: a LAPACK QR of an n×1 matrix costs a millisecond).
+        Tensor next;
+        double[,] R;
+        if (_b == 1)
+        {
+            double norm = W.norm().ToDouble();
+            R = new double[1, 1] { { norm } };
+            next = norm > 0 ? W / norm : W.clone();
+        }
+        else
+        {
+            var (qn, r) = linalg.qr(W.t());
+            R = SpectrumMath.ToArray(r);
+            next = qn.t().contiguous();
+        }
         double threshold = 1e-10 * Math.Max(_normEst, 1e-300);
         bool room = _rows + LockedCount < _n;
         for (int i = 0; i < _b; i++)
