@@ -253,6 +253,16 @@ public static class StepOps
             () => { using var s = NewDisposeScope(); wf.to(ScalarType.Float64); },
             () => { using var s = NewDisposeScope(); isfinite(w).all().ToBoolean(); },
             () => { using var s = NewDisposeScope(); (w / w.norm()).contiguous(); });
+        var q1 = randn([1, n], dtype: ScalarType.Float64); var w1 = randn([1, n], dtype: ScalarType.Float64);
+        var a11 = randn([1, 1], dtype: ScalarType.Float64);
+        var td = Runner.Interleaved(25,
+            () => { using var s = NewDisposeScope(); q1.matmul(w1.t()); },
+            () => { using var s = NewDisposeScope(); (q1 * w1).sum(); },
+            () => { using var s = NewDisposeScope(); q1[0].dot(w1[0]); },
+            () => { using var s = NewDisposeScope(); var x = w1 - a11.matmul(q1); },
+            () => { using var s = NewDisposeScope(); var x = w1 - a11 * q1; },
+            () => { using var s = NewDisposeScope(); var x = w1.clone(); });
+        Console.WriteLine($"[1,n]@[n,1] {td[0] * 1000:F3} ms; (q*w).sum {td[1] * 1000:F3}; dot {td[2] * 1000:F3}; w - a@q {td[3] * 1000:F3}; w - a*q {td[4] * 1000:F3}; clone {td[5] * 1000:F3}");
         Console.WriteLine($"qr [n,1] {t[0] * 1000:F2} ms; projection against 20 rows {t[1] * 1000:F2}; norm {t[2] * 1000:F3}; to float64 {t[3] * 1000:F3}; isfinite.all {t[4] * 1000:F3}; normalize {t[5] * 1000:F3}");
     }
 }
