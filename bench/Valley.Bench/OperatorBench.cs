@@ -14,14 +14,15 @@ namespace Valley.Bench;
 /// </summary>
 public static class OperatorBench
 {
-    public static void Run(int examples, int reps, int threads)
+    public static void Run(int examples, int reps, int threads, int batch = 0)
     {
+        if (batch <= 0) batch = examples;
         using var data = Runner.FashionSubset(examples);
         var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
-        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = examples, CacheGraph = false });
-        using var cached = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = examples });
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch, CacheGraph = false });
+        using var cached = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch });
         // Its own objective: the gradient and output graph caches of one objective take turns (filling one empties the other).
-        using var cachedOutputs = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = examples });
+        using var cachedOutputs = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch });
         var ggn = new GgnOperator(obj);
         var ggnCached = new GgnOperator(cachedOutputs);
         var ef = new EmpiricalFisherOperator(obj);
@@ -32,7 +33,7 @@ public static class OperatorBench
             () => { using var s = NewDisposeScope(); ggn.Apply(v); },
             () => { using var s = NewDisposeScope(); ef.Apply(v); },
             () => { using var s = NewDisposeScope(); ggnCached.Apply(v); });
-        Console.WriteLine($"model mlp:784-128-64-10:tanh ({obj.Size} parameters), {examples} Fashion-MNIST examples in one batch, {threads} threads, median of {reps}");
+        Console.WriteLine($"model mlp:784-128-64-10:tanh ({obj.Size} parameters), {examples} Fashion-MNIST examples in batches of {batch}, {threads} threads, median of {reps}");
         Console.WriteLine($"Hessian-vector product:                       {t[0] * 1000,8:F2} ms");
         Console.WriteLine($"Hessian-vector product, cached graph:         {t[1] * 1000,8:F2} ms");
         Console.WriteLine($"GGN product:                                  {t[2] * 1000,8:F2} ms  (GGN / Hv {t[2] / t[0]:F2}, / cached Hv {t[2] / t[1]:F2}; target <= 1)");
@@ -48,7 +49,7 @@ public static class OperatorBench
             () => { using var k = new KfacOperator(cached, new KfacOptions { Expectation = KfacExpectation.MonteCarlo, Samples = 1 }); k.TopEigenvalues(5); },
             () =>
             {
-                using var fresh = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = examples });
+                using var fresh = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch });
                 lanczos = Lanczos.Compute(new HessianOperator(fresh), new LanczosOptions { K = 5, Seed = 1 });
             });
         double kfacSeconds = tk[0], kfacMcSeconds = tk[1], lanczosSeconds = tk[2];

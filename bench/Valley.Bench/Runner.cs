@@ -32,12 +32,13 @@ public static class Runner
             case "archive-hvp": ArchiveBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 31), threads); return 0;
             case "kfac-profile": KfacProfile.Run(IntArg(args, "--reps", 7)); return 0;
             case "eigh-profile": EighProfile.Run(); return 0;
-            case "operators": OperatorBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 15), threads); return 0;
+            case "operators": OperatorBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 15), threads, IntArg(args, "--batch", 0)); return 0;
             case "floor-profile": FloorProfile.Run(IntArg(args, "--reps", 3)); return 0;
             case "estimator-overhead": EstimatorOverhead.Run(); return 0;
             case "step-ops": StepOps.Run(); return 0;
             case "mallinfo": MallinfoProbe.Run(); return 0;
             case "projection-ops": ProjectionOps.Run(); return 0;
+            case "cached-by-batch": CachedByBatch.Run(IntArg(args, "--reps", 9)); return 0;
             case "speed": SpeedBench.Run(threads, StrArg(args, "--out", "artifacts/bench/speed"), IntArg(args, "--reps", 3)); return 0;
             case "trace-products": SpeedBench.TraceProducts(StrArg(args, "--model", "mlp:784-128-64-10"), IntArg(args, "--seeds", 5)); return 0;
             case "estimator-products": SpeedBench.EstimatorProducts(StrArg(args, "--model", "mlp:784-128-64-10")); return 0;

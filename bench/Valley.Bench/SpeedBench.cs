@@ -329,3 +329,23 @@ public static class ProjectionOps
         Console.WriteLine($"one float32 mv: 1 thread {t1[0] * 1000:F2} ms, 2 threads {t2[0] * 1000:F2} ms, two halves on two .NET threads {t1[1] * 1000:F2} ms");
     }
 }
+
+/// <summary>A cached product by batch size: the same 2,048 examples in 1, 2, 4 and 8 batches, interleaved.</summary>
+public static class CachedByBatch
+{
+    public static void Run(int reps)
+    {
+        using var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        var sizes = new long[] { 2048, 1024, 512, 256 };
+        var objs = sizes.Select(b => new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = b })).ToArray();
+        var ggns = objs.Select(o => new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = o.Options.BatchSize })).ToArray();
+        var v = randn(objs[0].Size, generator: new Generator(1));
+        var actions = objs.Select(o => (Action)(() => { using var s = NewDisposeScope(); o.HessianVectorProduct(v); }))
+            .Concat(ggns.Select(o => (Action)(() => { using var s = NewDisposeScope(); new GgnOperator(o).Apply(v); }))).ToArray();
+        var t = Runner.Interleaved(reps, actions);
+        for (int i = 0; i < sizes.Length; i++)
+            Console.WriteLine($"batch {sizes[i],5}: cached Hv {t[i] * 1000:F2} ms, cached GGN {t[sizes.Length + i] * 1000:F2} ms (GGN / Hv {t[sizes.Length + i] / t[i]:F2})");
+        foreach (var o in objs.Concat(ggns)) o.Dispose();
+    }
+}

@@ -217,9 +217,19 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
         }
         else a = x.reshape(batch, -1, x.shape[^1]);
         long t = a.shape[1];
-        if (b.Bias >= 0) a = cat([a, ones([batch, t, 1], dtype: a.dtype, device: a.device)], 2);
         var flat = a.reshape(-1, a.shape[2]);
-        b.A.add_(flat.t().matmul(flat).to(ScalarType.Float64), alpha: 1.0 / t);
+        long d = flat.shape[1];
+        // Σ āāᵀ with ā = (a, 1) for a bias, by blocks instead of appending a column of ones: no copy of the inputs, and
+        // the matrix product keeps the inputs' own width (a multiple of 8 or 16 for most layers, which BLAS kernels like).
+        var xx = flat.t().matmul(flat).to(ScalarType.Float64);
+        b.A.narrow(0, 0, d).narrow(1, 0, d).add_(xx, alpha: 1.0 / t);
+        if (b.Bias >= 0)
+        {
+            var sums = flat.sum(dim: 0).to(ScalarType.Float64);
+            b.A.narrow(0, d, 1).narrow(1, 0, d).add_(sums.unsqueeze(0), alpha: 1.0 / t);
+            b.A.narrow(0, 0, d).narrow(1, d, 1).add_(sums.unsqueeze(1), alpha: 1.0 / t);
+            b.A[d, d].add_(flat.shape[0] / (double)t);
+        }
     }
 
     /// <summary>A layer's output gradients as rows, one per example and position: [B·T, out].</summary>
