@@ -164,6 +164,7 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
                     {
                         if (!OutputPasses.IsDefined(grads[j])) continue;
                         var g = PerPosition(_blocks[present[j]], grads[j]);
+                        if (g.dtype is not (ScalarType.Float32 or ScalarType.Float64)) g = g.to(ScalarType.Float32);
                         var gg = g.t().matmul(g);
                         if (sums[j] is { } sum) sum.add_(gg);
                         else sums[j] = gg.MoveToOuterDisposeScope();
@@ -206,8 +207,10 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
     static void AddInputMoment(Block b, Tensor input)
     {
         using var scope = NewDisposeScope();
-        // The batch's moment in the model's dtype (float32: about twice as fast as float64), accumulated in float64.
+        // The batch's moment in the model's dtype (float32: about twice as fast as float64), accumulated in float64; half
+        // precision is raised to float32 (its sums would overflow or lose most digits).
         var x = input.detach();
+        if (x.dtype is not (ScalarType.Float32 or ScalarType.Float64)) x = x.to(ScalarType.Float32);
         long batch = x.shape[0];
         Tensor a; // [B, T, in]
         if (b.Module is Conv2d c)
@@ -325,7 +328,7 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
     /// The eigenvalues of a factor that products among the k largest (or largest in magnitude) can come from, ascending:
     /// its k smallest and k largest, or all of them when there are at most 2k. For a large factor the k largest come from a
     /// randomized block Krylov space (Musco &amp; Musco 2015; 8 blocks of k + 8 vectors, Rayleigh-Ritz), accepted only when
-    /// every residual ‖F y − θ y‖ is below 1e-6·θ₁: each θ is then within that of an eigenvalue and, by interlacing, not
+    /// every residual ‖F y − θ y‖ is below 1e-6·θ: each θ is then within that of an eigenvalue and, by interlacing, not
     /// above the one it stands for, so the error is about residual²/gap. A factor is positive semi-definite, so its smallest
     /// eigenvalues lie in [0, θ_min] and their products are never among the largest: zeros stand in for them. Otherwise
     /// (or for a small factor) the dense eigensolver gives all of them.
@@ -354,7 +357,8 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
             var th = theta.narrow(0, theta.shape[0] - k, k);
             var residual = (f.matmul(y) - y * th.unsqueeze(0)).norm(0);
             double largest = th.max().ToDouble();
-            if (largest > 0 && residual.max().ToDouble() <= 1e-6 * largest)
+            // Each pair against its own θ, so that a small θ_k is as accurate relative to itself as θ₁.
+            if (largest > 0 && th.min().ToDouble() > 0 && (residual / th).max().ToDouble() <= 1e-6)
             {
                 // The smallest: a PSD factor's are ≥ 0 and at most its smallest Ritz value; products with them are never
                 // among the k largest (or largest in magnitude) when the largest exist, so zeros stand in for them.

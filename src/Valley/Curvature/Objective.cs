@@ -399,11 +399,17 @@ public sealed class Objective : IDisposable
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        _fingerprintProbe ??= Parameters.Tensors.Select((p, i) => randn(p.shape, dtype: ScalarType.Float64, generator: new Generator(9173 + (ulong)i)).to(p.device).DetachFromDisposeScope()).ToArray();
-        var fp = new double[2 * Parameters.Tensors.Count];
-        for (int i = 0; i < Parameters.Tensors.Count; i++)
+        // Every weight of the model, not only the selected ones (a frozen part that changes changes the curvature of the
+        // selected part too), and in eval mode its buffers (BatchNorm's running statistics are part of the function then;
+        // in train mode the batch statistics are, and every forward pass moves the running ones).
+        var tensors = Model.parameters().Select(p => (Tensor)p)
+            .Concat(Options.TrainMode ? [] : Model.buffers().Select(b => (Tensor)b)).ToList();
+        if (_fingerprintProbe is null || _fingerprintProbe.Length != tensors.Count)
+            _fingerprintProbe = tensors.Select((p, i) => randn(p.shape, dtype: ScalarType.Float64, generator: new Generator(9173 + (ulong)i)).to(p.device).DetachFromDisposeScope()).ToArray();
+        var fp = new double[2 * tensors.Count];
+        for (int i = 0; i < tensors.Count; i++)
         {
-            var p = Parameters.Tensors[i].to(ScalarType.Float64);
+            var p = tensors[i].to(ScalarType.Float64);
             fp[2 * i] = (p * _fingerprintProbe[i]).sum().ToDouble();
             fp[2 * i + 1] = p.sum().ToDouble();
         }

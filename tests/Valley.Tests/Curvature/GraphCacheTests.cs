@@ -81,6 +81,37 @@ public class GraphCacheTests
     }
 
     [Fact]
+    public void AChangeToUnselectedWeightsRebuildsTheCachedGraphsOfTheSelectedOnes()
+    {
+        // Only the last layer is selected; the first layer then moves in place (as when fine-tuning a backbone). The
+        // selected part's curvature changes with it, so a cached product must follow, for the Hessian and the GGN.
+        var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
+        using var _d = data;
+        var model = new ModelSpec("mlp", [8, 6, 3], "tanh", true, 0, 0) { Text = "mlp:8-6-3:tanh" }.Build(data, seed: 1);
+        var last = model.named_parameters().Select(p => p.name).TakeLast(2).ToHashSet();
+        var options = new ObjectiveOptions { DType = ScalarType.Float64, BatchSize = Batch, ParameterFilter = last.Contains };
+        using var cached = new Objective(model, Losses.CrossEntropy, data, options);
+        using var plain = new Objective(model, Losses.CrossEntropy, data, options with { CacheGraph = false });
+        var V = randn([cached.Size, 2], dtype: ScalarType.Float64, generator: new Generator(12));
+        var ggn = new GgnOperator(cached);
+        var before = cached.HessianBlockProduct(V);
+        var ggnBefore = ggn.ApplyBlock(V);
+        using (no_grad())
+        {
+            var first = model.named_parameters().First().parameter;
+            first.add_(randn(first.shape, dtype: first.dtype, generator: new Generator(13)) * 0.5);
+        }
+        var after = cached.HessianBlockProduct(V);
+        var expected = plain.HessianBlockProduct(V);
+        Assert.True(Relative(after, before) > 1e-3, "the selected part's curvature did not change");
+        Assert.True(Relative(after, expected) < 1e-12, $"Hessian after the change {Relative(after, expected)}");
+        var ggnAfter = ggn.ApplyBlock(V);
+        var ggnExpected = new GgnOperator(plain).ApplyBlock(V);
+        Assert.True(Relative(ggnAfter, ggnBefore) > 1e-3);
+        Assert.True(Relative(ggnAfter, ggnExpected) < 1e-12, $"GGN after the change {Relative(ggnAfter, ggnExpected)}");
+    }
+
+    [Fact]
     public void ABudgetOfZeroTurnsCachingOffAndAMeasuredGraphIsAtLeastItsGradientAndInputs()
     {
         var (off, d1) = Mlp(new ObjectiveOptions { GraphMemoryBytes = 0 });

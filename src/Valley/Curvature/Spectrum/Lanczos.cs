@@ -103,14 +103,22 @@ public static class Lanczos
         // With the products kept beside the basis (when both fit in half the memory), A y = W s for every Ritz vector
         // y = Q s, so the residuals are recomputed from the products already made instead of k more: one fewer product
         // for the top eigenvalue, k fewer for the top k.
-        bool keepImages = 2 * basisBytes <= MachineLimits.MemoryBytes / 2;
+        // Not when the residuals are neither verified nor recomputed, and not for an objective in train mode: there a
+        // product may differ between calls (dropout masks in batches beyond the graph cache), which only fresh products show.
+        bool keepImages = (o.VerifyResiduals || check) && op is not ObjectiveOperator { Objective.Options.TrainMode: true }
+                          && 2 * basisBytes <= MachineLimits.MemoryBytes / 2;
         // The k residual products at the end come out of the budget: kept back from the iteration when they may be needed
         // (without kept products, or when the products' rounding is too close to the tolerance for them to show it).
         long reserve = o.VerifyResiduals || check ? o.K : 0;
         var sw = Stopwatch.StartNew();
         var budget = new ProductBudget(op, o.MaxProducts, "Lanczos");
 
+        // Intermediates (cat, index_select) live in this scope; the runs' own results are detached and disposed below.
+        using var scope = NewDisposeScope();
+        var runTensors = new List<Tensor>();
         var result = Run(op, o, budget, reserve, keepImages, progress, ct);
+        runTensors.Add(result.Vectors);
+        if (result.Images is { } ri) runTensors.Add(ri);
         var values = result.Values.ToList();
         var vectors = result.Vectors;
         var images = result.Images;
@@ -126,6 +134,8 @@ public static class Lanczos
                 var locked = o.Locked is null ? vectors : cat([o.Locked, vectors], 0);
                 if (locked.shape[0] >= n || left < Math.Max(2, Math.Min(o.BlockSize, n - locked.shape[0]))) break;
                 var probe = Run(op, o with { K = 1, Locked = locked, Seed = o.Seed + 1000 + round }, budget, reserve, keepImages, progress, ct);
+                runTensors.Add(probe.Vectors);
+                if (probe.Images is { } pi) runTensors.Add(pi);
                 iterations += probe.Iterations;
                 orthogonality = Math.Max(orthogonality, probe.OrthogonalityDefect);
                 double kth = values[^1];
@@ -164,6 +174,8 @@ public static class Lanczos
         double worst = Enumerable.Range(0, values.Count).Select(Relative).DefaultIfEmpty(double.NaN).Max();
         var (reason, message) = Explain(op, o, result, converged, verified, worst, residuals.DefaultIfEmpty(0).Max() / Math.Max(normEst, 1e-300),
             orthogonality, n - (o.Locked?.shape[0] ?? 0), values.Count);
+        var returned = o.ReturnVectors ? vectors.clone().DetachFromDisposeScope() : null;
+        foreach (var t in runTensors) t.Dispose();
         return new Eigenpairs
         {
             Method = o.BlockSize == 1 ? "lanczos" : $"block-lanczos(b={o.BlockSize})",
@@ -178,7 +190,7 @@ public static class Lanczos
             StopMessage = message,
             Tolerance = o.Tolerance,
             Seconds = sw.Elapsed.TotalSeconds,
-            Vectors = o.ReturnVectors ? vectors : null,
+            Vectors = returned,
         };
     }
 
@@ -215,7 +227,7 @@ public static class Lanczos
                                                     Invariant($"were wrong: the verified relative residual is {worst:0.0e+0} (tolerance {tol:G3})"));
         bool lowPrecision = op.DType is ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16;
         string dtype = op.DType.ToString().ToLowerInvariant();
-        return (StopReason.PrecisionFloor, Invariant($"Lanczos' residual estimate {run.WorstEstimate:0.0e+0} is within the tolerance {tol:G3}, but recomputed with a product ") +
+        return (StopReason.PrecisionFloor, Invariant($"Lanczos' residual estimate {run.WorstEstimate:0.0e+0} is within the tolerance {tol:G3}, but recomputed from products ") +
                                            Invariant($"the residual is {worst:0.0e+0}·|θ|: the {dtype} products are accurate only to about {floor:0.0e+0}·‖A‖") +
                                            (lowPrecision ? "; compute in float64" : "; the operator's products are not that accurate (or not symmetric)"));
     }

@@ -56,7 +56,7 @@ internal sealed class ProductBudget
             throw new ValleyException($"{_estimator}: the operator returned a block of shape [{string.Join(", ", product.shape)}] for [{n}, {k}]");
         var result = product.to(ScalarType.Float64);
         // One reduction instead of an elementwise mask: the maximum of |x| propagates NaN and is infinite iff an entry is.
-        if (!double.IsFinite(result.abs().max().ToDouble()))
+        if (result.numel() > 0 && !double.IsFinite(result.abs().max().ToDouble()))
             throw new NonFiniteException($"{_estimator}: an operator-vector product has NaN or infinite entries; the loss or its curvature overflows " +
                                          "at these weights (compute in float64, or rescale inputs that are very large)");
         return result.MoveToOuterDisposeScope();
