@@ -140,24 +140,8 @@ public static class SoakBench
                               string.Join(", ", marks.Select(kv => $"{kv.Key}: {kv.Value / 1048576.0:F0}")) +
                               $"; growth after warm-up (100 → {products}): {100.0 * (marks[products] - marks[100]) / marks[100]:F1}%");
         }
-        using (var data = Runner.FashionSubset(2048))
-        {
-            // The multi-batch graph cache: 4 batches of 512, every graph kept, each product only double-backward passes.
-            var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
-            using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
-            var op = new HessianOperator(obj);
-            var v = randn(obj.Size, generator: new Generator(1));
-            var marks = new SortedDictionary<int, long>();
-            for (int i = 1; i <= products; i++)
-            {
-                using (NewDisposeScope()) op.Apply(v);
-                if (i == 100 || i % 1000 == 0) marks[i] = Runner.ResidentBytes();
-            }
-            Console.WriteLine($"{products} cached Hessian-vector products (mlp:784-128-64-10:tanh, 2,048 examples, 4 batches of 512, {obj.CachedBatches} graphs cached, " +
-                              $"{obj.CachedGraphBytes / 1048576.0:F1} MiB by measurement): resident MiB " +
-                              string.Join(", ", marks.Select(kv => $"{kv.Key}: {kv.Value / 1048576.0:F0}")) +
-                              $"; growth after warm-up (100 → {products}): {100.0 * (marks[products] - marks[100]) / marks[100]:F1}%");
-        }
+        // The multi-batch graph caches (Hessian and GGN): 4 batches of 512, every graph kept.
+        Cached(products);
         using (var data = Runner.FashionSubset(10_000))
         {
             var model = ModelSpec.Parse("mlp:784-128-64-10").Build(data, seed: 0);

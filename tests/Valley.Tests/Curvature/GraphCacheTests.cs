@@ -14,14 +14,14 @@ public class GraphCacheTests
 
     const long Examples = 60, Batch = 13; // 5 batches: 4 of 13 and one of 8
 
-    static (Objective Obj, Dataset Data) Mlp(ObjectiveOptions options)
+    internal static (Objective Obj, Dataset Data) Mlp(ObjectiveOptions options)
     {
         var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
         var model = new ModelSpec("mlp", [8, 6, 3], "tanh", true, 0, 0) { Text = "mlp:8-6-3:tanh" }.Build(data, seed: 1);
         return (new Objective(model, Losses.CrossEntropy, data, options with { DType = ScalarType.Float64, BatchSize = Batch }), data);
     }
 
-    static double Relative(Tensor a, Tensor b) => ((a - b).norm() / b.norm()).ToDouble();
+    internal static double Relative(Tensor a, Tensor b) => ((a - b).norm() / b.norm()).ToDouble();
 
     [Fact]
     public void CachedProductsOnSeveralBatchesEqualUncachedOnesAndFollowWeightChanges()
@@ -133,16 +133,10 @@ public class OutputGraphCacheTests
 {
     public OutputGraphCacheTests() => TestUtil.Init();
 
-    const long Examples = 60, Batch = 13; // 5 batches: 4 of 13 and one of 8
+    // The same model, data and batches as GraphCacheTests (5 batches: 4 of 13 and one of 8).
+    static (Objective Obj, Dataset Data) Mlp(ObjectiveOptions options) => GraphCacheTests.Mlp(options);
 
-    static (Objective Obj, Dataset Data) Mlp(ObjectiveOptions options)
-    {
-        var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
-        var model = new ModelSpec("mlp", [8, 6, 3], "tanh", true, 0, 0) { Text = "mlp:8-6-3:tanh" }.Build(data, seed: 1);
-        return (new Objective(model, Losses.CrossEntropy, data, options with { DType = ScalarType.Float64, BatchSize = Batch }), data);
-    }
-
-    static double Relative(Tensor a, Tensor b) => ((a - b).norm() / b.norm()).ToDouble();
+    static double Relative(Tensor a, Tensor b) => GraphCacheTests.Relative(a, b);
 
     public static TheoryData<string> Operators => new() { "ggn", "ef", "mc-fisher" };
 
