@@ -405,7 +405,10 @@ public sealed class Objective : IDisposable
         var tensors = Model.parameters().Select(p => (Tensor)p)
             .Concat(Options.TrainMode ? [] : Model.buffers().Select(b => (Tensor)b)).ToList();
         if (_fingerprintProbe is null || _fingerprintProbe.Length != tensors.Count)
+        {
+            if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
             _fingerprintProbe = tensors.Select((p, i) => randn(p.shape, dtype: ScalarType.Float64, generator: new Generator(9173 + (ulong)i)).to(p.device).DetachFromDisposeScope()).ToArray();
+        }
         var fp = new double[2 * tensors.Count];
         for (int i = 0; i < tensors.Count; i++)
         {
