@@ -160,13 +160,15 @@ public static class Lanczos
         double rounding = 10 * UnitRoundoff(op.DType) * normGuess;
         if (images is not null && values.Any(v => rounding > 0.1 * o.Tolerance * Math.Max(Math.Abs(v), o.ZeroThreshold * normGuess)))
             images = null;
+        double[] Recomputed() => images is not null ? SpectrumMath.ResidualNorms(images, values.ToArray(), vectors)
+                                                    : SpectrumMath.ResidualNorms(budget, values.ToArray(), vectors);
         if (o.VerifyResiduals)
         {
-            residuals = images is not null ? SpectrumMath.ResidualNorms(images, values.ToArray(), vectors) : SpectrumMath.ResidualNorms(budget, values.ToArray(), vectors);
+            residuals = Recomputed();
             verified = true;
         }
         else if (values.Count != result.Values.Length || !values.SequenceEqual(result.Values))
-            residuals = images is not null ? SpectrumMath.ResidualNorms(images, values.ToArray(), vectors) : SpectrumMath.ResidualNorms(budget, values.ToArray(), vectors);
+            residuals = Recomputed();
         double normEst = Math.Max(result.NormEstimate, values.Max(Math.Abs));
         double Relative(int i) => residuals[i] / Math.Max(Math.Max(Math.Abs(values[i]), o.ZeroThreshold * normEst), 1e-300);
         // A verified residual may exceed the estimate by the rounding of the products: half the tolerance again is allowed.
