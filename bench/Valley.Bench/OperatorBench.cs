@@ -40,13 +40,13 @@ public static class OperatorBench
         Console.WriteLine($"GGN product, cached output graphs:            {t[4] * 1000,8:F2} ms  (/ cached Hv {t[4] / t[1]:F2}; target <= 1)");
         Console.WriteLine($"empirical-Fisher product:                     {t[3] * 1000,8:F2} ms");
 
-        // Medians of interleaved repetitions, each from scratch: K-FAC's factors and eigenvalues, and Lanczos on a fresh
-        // objective (its graph cache built inside the timing, as a user's run does).
+        // Medians of interleaved repetitions, each from scratch on a fresh objective: K-FAC's factors and eigenvalues, and
+        // Lanczos (its graph cache built inside the timing, as a user's run does).
         double[] kfacTop = [];
         Eigenpairs lanczos = null!;
         var tk = Runner.Interleaved(Math.Max(3, reps / 2),
-            () => { using var k = new KfacOperator(cached); kfacTop = k.TopEigenvalues(5).Values; },
-            () => { using var k = new KfacOperator(cached, new KfacOptions { Expectation = KfacExpectation.MonteCarlo, Samples = 1 }); k.TopEigenvalues(5); },
+            () => { using var fresh = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch }); using var k = new KfacOperator(fresh); kfacTop = k.TopEigenvalues(5).Values; },
+            () => { using var fresh = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch }); using var k = new KfacOperator(fresh, new KfacOptions { Expectation = KfacExpectation.MonteCarlo, Samples = 1 }); k.TopEigenvalues(5); },
             () =>
             {
                 using var fresh = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = batch });

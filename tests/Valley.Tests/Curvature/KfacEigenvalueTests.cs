@@ -33,4 +33,32 @@ public class KfacEigenvalueTests
         Assert.Equal(1 + 1e-4 * 399, found[^1], 9);
         Assert.Equal(1 + 1e-4 * 395, found[5], 9);
     }
+
+    [Fact]
+    public void AFloat32ModelsFactorWithAWideSpectrumStillTakesTheKrylovPath()
+    {
+        // An MLP input factor's top five span a factor of ~40 (112 … 2.85): in float32 the fifth residual cannot fall below
+        // u·‖F‖ ≈ 2e-6·θ₅, so a float32 Krylov space always failed the 1e-6·θ test and the dense solver answered. The space
+        // is built in float64 whatever the model's dtype.
+        var spectrum = Enumerable.Range(0, 785).Select(i => 1e-3 + 112 * Math.Pow(0.4, i)).ToArray();
+        using var op = DenseOperator.WithSpectrum(spectrum, seed: 5);
+        var found = KfacOperator.ExtremeEigenvalues(op.Matrix, 5, ScalarType.Float32);
+        Assert.Equal(new double[5], found.Take(5).ToArray());
+        var top = spectrum.OrderByDescending(x => x).Take(5).Reverse().ToArray();
+        for (int i = 0; i < 5; i++) Assert.Equal(1.0, found[5 + i] / top[i], 9);
+    }
+
+    [Theory]
+    [InlineData(511)]
+    [InlineData(600)]
+    [InlineData(785)]
+    public void TheBlockedGramEqualsTheFullProduct(int width)
+    {
+        // Wide inputs are multiplied by column blocks (the upper three of four); narrow ones in one product.
+        using var scope = NewDisposeScope();
+        var x = randn([300, width], dtype: ScalarType.Float64, generator: new TorchSharp.torch.Generator(7));
+        var expected = x.t().matmul(x);
+        var gram = KfacOperator.Gram(x);
+        Assert.Equal(0.0, (gram - expected).abs().max().ToDouble() / expected.abs().max().ToDouble(), 13);
+    }
 }
