@@ -69,7 +69,10 @@ public static class Runner
     }
 
     /// <summary>Median seconds of each action, repetitions interleaved (A B A B ...) so that machine noise hits both alike.</summary>
-    public static double[] Interleaved(int reps, params Action[] actions)
+    public static double[] Interleaved(int reps, params Action[] actions) => InterleavedRounds(reps, actions).Select(Median).ToArray();
+
+    /// <summary>Seconds of each action in every round (rounds interleaved A B A B ...), after one warm-up round.</summary>
+    public static List<double>[] InterleavedRounds(int reps, params Action[] actions)
     {
         foreach (var a in actions) a(); // warm-up
         var times = actions.Select(_ => new List<double>()).ToArray();
@@ -80,8 +83,14 @@ public static class Runner
                 actions[i]();
                 times[i].Add(sw.Elapsed.TotalSeconds);
             }
-        return times.Select(t => t.OrderBy(x => x).ElementAt(t.Count / 2)).ToArray();
+        return times;
     }
+
+    /// <summary>The median of the ratios a[r] / b[r] of the same rounds: a burst of load slows both of a round alike, so it cancels.</summary>
+    public static double MedianRatio(List<double> a, List<double> b) => Median(a.Zip(b, (x, y) => x / y).ToList());
+
+    /// <summary>The median (upper median for an even count).</summary>
+    public static double Median(List<double> t) => t.OrderBy(x => x).ElementAt(t.Count / 2);
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
     static extern int MallocTrim(nuint pad);

@@ -28,7 +28,7 @@ public static class HessianCommand
         var opName = new Option<string>("--operator") { Description = "The curvature matrix: hessian, ggn (generalized Gauss-Newton), ef (empirical Fisher), mc-fisher (Monte-Carlo Fisher) or kfac (K-FAC: eigenvalues, trace, diagonal and Frobenius norm exactly from its Kronecker factors)", DefaultValueFactory = _ => "hessian" }
             .AcceptOnlyFromAmong([.. CurvatureOperators.Names]);
         var mcSamples = new Option<int>("--mc-samples") { Description = "Labels sampled per example by mc-fisher and kfac --kfac-expectation mc", DefaultValueFactory = _ => 1 };
-        var kfacExpectation = new Option<string>("--kfac-expectation") { Description = "K-FAC's output-gradient factor: exact (over the model's predictive distribution), mc (sampled labels) or empirical (the data's labels)", DefaultValueFactory = _ => "exact" }
+        var kfacExpectation = new Option<string>("--kfac-expectation") { Description = "K-FAC's output-gradient factor: mc (labels sampled from the model's predictive distribution, --mc-samples per example, as published: one backward pass per batch), exact (the expectation itself: one backward pass per class and batch) or empirical (the data's labels)", DefaultValueFactory = _ => "mc" }
             .AcceptOnlyFromAmong("exact", "mc", "empirical");
         var diagonal = new Option<bool>("--diagonal") { Description = "Estimate the diagonal (written to diagonal.csv by parameter name, entry and standard error; a per-parameter summary in the terminal)" };
         var diagonalMethod = new Option<string>("--diagonal-method") { Description = "hutchinson or xdiag", DefaultValueFactory = _ => "hutchinson" }.AcceptOnlyFromAmong("hutchinson", "xdiag");
@@ -92,7 +92,7 @@ public static class HessianCommand
                     op = CurvatureOperators.Create(ctx.Objective, kind, new CurvatureOperatorOptions
                     {
                         Samples = p.GetValue(mcSamples), Seed = options.Seed,
-                        KfacExpectation = p.GetValue(kfacExpectation) switch { "mc" => KfacExpectation.MonteCarlo, "empirical" => KfacExpectation.Empirical, _ => KfacExpectation.Exact },
+                        KfacExpectation = p.GetValue(kfacExpectation) switch { "exact" => KfacExpectation.Exact, "empirical" => KfacExpectation.Empirical, _ => KfacExpectation.MonteCarlo },
                     }, ct);
                     SpectrumAnalysis.Validate(op, options);
                     if (diagonalOptions is not null) DiagonalEstimator.Validate(op, diagonalOptions);
@@ -107,6 +107,7 @@ public static class HessianCommand
             var uncovered = (op as KfacOperator)?.UncoveredParameters;
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {HessianRun.Title(name)}, {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
                                        (group.Size > 1 ? $" on each of {group.Size} ranks ({ctx.TrainExamples} in all)" : ""));
+            if (!json && op is KfacOperator kfac) term.MarkupLine($"[grey]K-FAC: {Markup.Escape(kfac.ExpectationDescription)}[/]");
             if (!json && uncovered is { Count: > 0 })
                 term.MarkupLine($"[yellow]K-FAC covers Linear and Conv2d layers only; it is zero on {Markup.Escape(string.Join(", ", uncovered))}[/]");
             var run = HessianRun.Open(dir, new HessianOutput(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),

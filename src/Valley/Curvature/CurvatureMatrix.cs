@@ -28,8 +28,8 @@ public sealed record CurvatureOperatorOptions
     /// <summary>Seed of the sampled labels.</summary>
     public long Seed { get; init; }
 
-    /// <summary>K-FAC's expectation. Default exact.</summary>
-    public KfacExpectation KfacExpectation { get; init; } = KfacExpectation.Exact;
+    /// <summary>K-FAC's expectation. Default Monte-Carlo (sampled labels, <see cref="Samples"/> per example), as <see cref="KfacOptions.Expectation"/>.</summary>
+    public KfacExpectation KfacExpectation { get; init; } = KfacExpectation.MonteCarlo;
 }
 
 /// <summary>The curvature operators by kind, and their names ("hessian", "ggn", "ef", "mc-fisher", "kfac").</summary>

@@ -14,7 +14,7 @@ public enum KfacExpectation
     /// </summary>
     Exact,
 
-    /// <summary>Labels sampled from the model's predictive distribution, <see cref="KfacOptions.Samples"/> per example (Martens &amp; Grosse 2015 §5).</summary>
+    /// <summary>Labels sampled from the model's predictive distribution, <see cref="KfacOptions.Samples"/> per example (Martens &amp; Grosse 2015 §5; the default).</summary>
     MonteCarlo,
 
     /// <summary>The data's own labels: the Kronecker-factored empirical Fisher.</summary>
@@ -24,8 +24,13 @@ public enum KfacExpectation
 /// <summary>Options of <see cref="KfacOperator"/>.</summary>
 public sealed record KfacOptions
 {
-    /// <summary>The expectation behind G. Default <see cref="KfacExpectation.Exact"/> (deterministic; other losses need Empirical).</summary>
-    public KfacExpectation Expectation { get; init; } = KfacExpectation.Exact;
+    /// <summary>
+    /// The expectation behind G. Default <see cref="KfacExpectation.MonteCarlo"/> with one label per example, as published
+    /// (Martens &amp; Grosse 2015 §5) and as curvlinops and BackPACK do: one backward pass per batch whatever the number of
+    /// classes C, where <see cref="KfacExpectation.Exact"/> (deterministic, the "type-2" K-FAC, KFLR in BackPACK) needs C.
+    /// Losses other than cross-entropy, MSE and BCE need <see cref="KfacExpectation.Empirical"/>.
+    /// </summary>
+    public KfacExpectation Expectation { get; init; } = KfacExpectation.MonteCarlo;
 
     /// <summary>Labels per example for <see cref="KfacExpectation.MonteCarlo"/>. Default 1.</summary>
     public int Samples { get; init; } = 1;
@@ -434,6 +439,14 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
             Converged = true, StopReason = StopReason.Converged, StopMessage = "exact: products of the Kronecker factors' eigenvalues", Seconds = sw.Elapsed.TotalSeconds,
         };
     }
+
+    /// <summary>Which expectation G is, in words, for output: "G over labels sampled from the model (1 per example, seed 0)".</summary>
+    public string ExpectationDescription => Options.Expectation switch
+    {
+        KfacExpectation.Exact => "G exactly over the model's predictive distribution",
+        KfacExpectation.MonteCarlo => $"G over labels sampled from the model ({Options.Samples} per example, seed {Options.Seed})",
+        _ => "G over the data's labels (empirical)",
+    };
 
     /// <summary>tr(A ⊗ G) summed over layers: Σ tr A · tr G, exactly.</summary>
     public double Trace() => _blocks.Sum(b => b.A.trace().ToDouble() * b.G.trace().ToDouble());

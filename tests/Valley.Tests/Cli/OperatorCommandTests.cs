@@ -82,6 +82,27 @@ public class OperatorCommandTests
     }
 
     [Fact]
+    public void KfacSamplesLabelsByDefaultAsPublishedAndTheExactExpectationIsAnOption()
+    {
+        // The default is Martens & Grosse's K-FAC (one label per example from the model's distribution, seeded): the same
+        // numbers as asking for it, and not those of the exact expectation.
+        double[] Top(string name, params string[] extra)
+        {
+            var outDir = Path.Combine(TestUtil.TempDir("kfac-expectation"), name);
+            int code = Run(out var stdout, out var err, ["hessian", "--data", CsvData(), "--model", "mlp:4-6-3:tanh", "--subset", "0", "--dtype", "float64",
+                "--operator", "kfac", "--top", "3", "--trace", "--out", outDir, .. extra]);
+            Assert.True(code == 0, err);
+            var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "hessian.json"))).RootElement.GetProperty("report");
+            return [.. Doubles(json.GetProperty("top").GetProperty("values")), json.GetProperty("trace").GetProperty("trace").GetDouble()];
+        }
+        var byDefault = Top("default");
+        Assert.Equal(byDefault, Top("mc", "--kfac-expectation", "mc", "--mc-samples", "1", "--seed", "0"));
+        var exact = Top("exact", "--kfac-expectation", "exact");
+        Assert.True(Math.Abs(byDefault[0] - exact[0]) > 1e-6 * exact[0], $"sampled λ1 {byDefault[0]} equals the exact expectation's {exact[0]}");
+        Assert.NotEqual(byDefault, Top("mc-seed", "--seed", "1"));
+    }
+
+    [Fact]
     public void TheOperatorIsAnInputOfTheRunSoAnotherOperatorStartsAfresh()
     {
         var outDir = Path.Combine(TestUtil.TempDir("operator-fingerprint"), "o");

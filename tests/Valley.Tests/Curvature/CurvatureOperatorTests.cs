@@ -294,7 +294,7 @@ public class CurvatureOperatorTests
         var (model, data) = lossName == "cross-entropy" ? SmallClassifier(seed: 14, n: 16) : SmallTwoOutput(loss, seed: 15, n: 16);
         using var _ = data;
         using var o = new Objective(model, loss, data, new() { BatchSize = 5 });
-        using var exact = new KfacOperator(o);
+        using var exact = new KfacOperator(o, new KfacOptions { Expectation = KfacExpectation.Exact });
         int layers = exact.Layers.Count;
         double Error(int samples) => Enumerable.Range(0, 6).Average(seed =>
         {
@@ -471,7 +471,7 @@ public class CurvatureOperatorTests
         var model = nn.Sequential(("conv", conv), ("bn", bn), ("flat", nn.Flatten()), ("fc", fc));
         model.to(ScalarType.Float64);
         using var o = new Objective(model, Losses.CrossEntropy, data, new() { BatchSize = 4 });
-        using var kfac = new KfacOperator(o);
+        using var kfac = new KfacOperator(o, new KfacOptions { Expectation = KfacExpectation.Exact });
         Assert.Equal(["conv", "fc"], kfac.Layers.Select(l => l.Name));
         Assert.Equal(["bn.weight", "bn.bias"], kfac.UncoveredParameters);
         var dense = ExactHessian.Compute(kfac);
@@ -530,7 +530,8 @@ public class CurvatureOperatorTests
         using var o = new Objective(model, Losses.CrossEntropy, data);
         foreach (var (kind, prefix) in new[] { (CurvatureKind.Ggn, "ggn"), (CurvatureKind.EmpiricalFisher, "ef"), (CurvatureKind.Kfac, "kfac") })
         {
-            using var c = CurvatureMatrix.Of(o, kind);
+            // K-FAC's fixture is its exact expectation (the GGN's factors).
+            using var c = CurvatureMatrix.Of(o, kind, new CurvatureOperatorOptions { KfacExpectation = KfacExpectation.Exact });
             var top = c.TopEigenvalues(3, new LanczosOptions { Tolerance = 1e-5, Seed = 1 }).Values;
             var expected = Doubles(prefix + "_top3");
             for (int i = 0; i < 3; i++) Assert.True(Math.Abs(top[i] - expected[i]) < 1e-4 * expected[0], $"{prefix} λ{i + 1}: {top[i]} vs {expected[i]}");
