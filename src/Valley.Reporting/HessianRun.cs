@@ -109,10 +109,11 @@ public sealed class HessianRun
 
     /// <summary>
     /// The version of what a run writes, recorded among its inputs (<see cref="Open"/> adds it), so that a folder written by
-    /// a version whose results differ is started afresh rather than resumed: 2 draws the Monte-Carlo Fisher's and K-FAC's
-    /// labels from a SplitMix64 hash of (seed, rank, batch) instead of a linear formula.
+    /// a version whose results differ is started afresh rather than resumed: 2 drew the Monte-Carlo Fisher's and K-FAC's
+    /// labels from a SplitMix64 hash of (seed, rank, batch) instead of a linear formula; 3 keys them by (seed, example,
+    /// sample), and K-FAC samples them by default.
     /// </summary>
-    public const string ResultsFormat = "2: MC labels seeded by a SplitMix64 hash of (seed, rank, batch); resumable diagonal and Frobenius norm";
+    public const string ResultsFormat = "3: MC labels keyed by (seed, example, sample); K-FAC samples labels by default; resumable diagonal and Frobenius norm";
 
     readonly IProcessGroup _group;
     HessianOutput _results; // the finished (and unfinished) estimates every write carries

@@ -1,9 +1,9 @@
 namespace Valley;
 
 /// <summary>
-/// Seeds derived from tuples of integers, e.g. (seed, rank, batch) for one batch's sampled labels. A linear formula such as
-/// seed·1000003 + rank·7919 + batch maps different tuples to one seed (rank 0, batch 7919 and rank 1, batch 0), so two
-/// batches would draw the same labels; a hash of the tuple does not.
+/// Seeds derived from tuples of integers, e.g. (seed, example, sample, component) for one sampled label's variate. A linear
+/// formula such as seed·1000003 + example·7919 + sample maps different tuples to one value (example 0, sample 7919 and
+/// example 1, sample 0), so two labels would be drawn alike; a hash of the tuple does not.
 /// </summary>
 internal static class Seeds
 {
@@ -30,7 +30,4 @@ internal static class Seeds
         foreach (long p in parts) h = Mix(h ^ (ulong)p);
         return h;
     }
-
-    /// <summary>The generator of the tuple <paramref name="parts"/> (<see cref="Derive"/>).</summary>
-    public static TorchSharp.torch.Generator Generator(params ReadOnlySpan<long> parts) => new(Derive(parts));
 }

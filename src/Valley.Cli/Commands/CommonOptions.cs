@@ -49,7 +49,7 @@ public sealed class CommonOptions
     public CommonOptions(long subsetDefault = 2048, long batchDefault = 1024)
     {
         Subset = new("--subset") { Description = "Use a fixed, seeded subset of N training examples (0 = all)", DefaultValueFactory = _ => subsetDefault };
-        BatchSize = new("--batch-size", "-b") { Description = "Examples per batch (results do not depend on it, except the labels sampled by mc-fisher and --kfac-expectation mc; memory does)", DefaultValueFactory = _ => batchDefault };
+        BatchSize = new("--batch-size", "-b") { Description = "Examples per batch (results do not depend on it; memory does)", DefaultValueFactory = _ => batchDefault };
     }
 
     public void AddTo(Command cmd, bool layer = true)

@@ -139,7 +139,7 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
                 });
                 removers.Add(() => remover.remove());
             }
-            var kind = OutputPasses.KindOf(Objective.Loss);
+            var uniforms = new ExampleUniforms(Objective, Options.Seed);
             OutputPasses.ForEach(Objective, jacobianVector: false, ct, (batch, index) =>
             {
                 var outputs = new List<Tensor>();
@@ -155,7 +155,7 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
                 var (q, weight) = Options.Expectation switch
                 {
                     KfacExpectation.Exact => (batch.OutputHessianRoot(), 1.0),
-                    KfacExpectation.MonteCarlo => (batch.SampledGradients(Options.Samples, MonteCarloFisherOperator.Generator(Options.Seed, Objective.Group.Rank, index)), 1.0 / Options.Samples),
+                    KfacExpectation.MonteCarlo => (batch.SampledGradients(uniforms.For(batch, index, Options.Samples)), 1.0 / Options.Samples),
                     _ => (batch.ExampleLossGradients().unsqueeze(0), 1.0),
                 };
                 // Σ_q gᵀg per layer in the model's dtype (a float32 matrix product is about twice as fast as float64),

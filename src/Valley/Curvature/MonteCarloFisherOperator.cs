@@ -7,8 +7,9 @@ namespace Valley.Curvature;
 /// of the negative log-likelihood of a label ŷ_is drawn from the model's own predictive distribution (Martens 2020 §9.2):
 /// categorical for cross-entropy, Gaussian N(f, ½ I) for MSE, Bernoulli for BCE, scaled so that E[g gᵀ] is the loss's
 /// output Hessian. Its expectation is the Fisher, which for these losses equals the <see cref="GgnOperator"/>. The labels
-/// are drawn once per product from generators seeded by a hash of (seed, rank, batch index), so every product is of the same matrix;
-/// they depend on the batch size, which orders the draws. Refused for other losses (no predictive distribution).
+/// are drawn for each product from variates keyed by (seed, example index, sample) (<see cref="ExampleUniforms"/>), so every
+/// product is of the same matrix, whatever the batch size and the number of ranks. Refused for other losses (no predictive
+/// distribution).
 /// </summary>
 public sealed class MonteCarloFisherOperator : ObjectiveOperator
 {
@@ -30,7 +31,10 @@ public sealed class MonteCarloFisherOperator : ObjectiveOperator
             throw new ValleyException("the Monte-Carlo Fisher needs the model's predictive distribution, known for the cross-entropy, mse and bce losses only");
         Samples = samples;
         Seed = seed;
+        _uniforms = new ExampleUniforms(objective, seed);
     }
+
+    readonly ExampleUniforms _uniforms;
 
     /// <inheritdoc/>
     protected override Tensor ApplyCore(Tensor v) => ApplyAsBlock(v);
@@ -39,13 +43,7 @@ public sealed class MonteCarloFisherOperator : ObjectiveOperator
     protected override Tensor ApplyBlockCore(Tensor V) =>
         GaussNewtonProduct.Block(Objective, V, Cancellation, (batch, index) =>
         {
-            var g = batch.SampledGradients(Samples, Generator(Seed, Objective.Group.Rank, index)); // [S, B, C]
+            var g = batch.SampledGradients(_uniforms.For(batch, index, Samples)); // [S, B, C]
             return w => (g * (g * w.unsqueeze(0)).sum(2, keepdim: true)).sum(0L) / Samples;
         });
-
-    /// <summary>
-    /// The generator of one batch's labels: the same for every product, and its own for every (seed, rank, batch) tuple
-    /// (a SplitMix64 hash of the tuple, <see cref="Seeds.Derive"/>). K-FAC's Monte-Carlo expectation draws from the same.
-    /// </summary>
-    internal static TorchSharp.torch.Generator Generator(long seed, int rank, int batch) => Seeds.Generator(seed, rank, batch);
 }

@@ -32,6 +32,13 @@ internal sealed class OutputBatch
     public Tensor Flat { get; }
     /// <summary>Examples in the batch.</summary>
     public long Size { get; }
+    /// <summary>Uniform variates one sampled label of one example takes: 1 for cross-entropy, 2C for MSE (Box-Muller), C for BCE.</summary>
+    public int UniformsPerSample => Kind switch
+    {
+        OutputLossKind.CrossEntropy => 1,
+        OutputLossKind.MeanSquaredError => (int)(2 * PerExample),
+        _ => (int)PerExample,
+    };
     /// <summary>Outputs per example C.</summary>
     public long PerExample { get; }
     /// <summary>The loss.</summary>
@@ -133,29 +140,39 @@ internal sealed class OutputBatch
     /// 1/√r so that their second moment is the per-example output Hessian of the loss (r = 1 for cross-entropy, C for
     /// MSE and BCE, which average over the C outputs): [S, B, C]. Cross-entropy: ŷ ~ Categorical(softmax f), ∇ = p − e_ŷ;
     /// MSE: ŷ ~ N(f, ½ I), the Gaussian whose negative log-likelihood is the squared error, ∇ = 2(f − ŷ); BCE:
-    /// ŷ ~ Bernoulli(σ(f)), ∇ = σ(f) − ŷ.
+    /// ŷ ~ Bernoulli(σ(f)), ∇ = σ(f) − ŷ. The labels come from <paramref name="u"/>, uniform variates [S, B,
+    /// <see cref="UniformsPerSample"/>] in [0, 1) (<see cref="ExampleUniforms"/>: keyed by each example's index, so that the
+    /// labels depend neither on the batch size nor on the number of ranks).
     /// </summary>
-    public Tensor SampledGradients(int samples, Generator gen)
+    public Tensor SampledGradients(Tensor u)
     {
         var f = Flat.to(ScalarType.Float64);
+        u = u.to(ScalarType.Float64).to(f.device);
         Tensor g;
         switch (Kind)
         {
             case OutputLossKind.CrossEntropy:
             {
+                // Inversion: ŷ = #{c : P(y ≤ c) ≤ u}, capped at C − 1 against the rounding of the last cumulative sum.
                 var p = f.softmax(1);
-                var y = multinomial(p, samples, replacement: true, generator: gen).t(); // [S, B]
+                var cdf = p.cumsum(1);
+                var y = cdf.unsqueeze(0).le(u).sum(2).clamp_max(p.shape[1] - 1); // [S, B]
                 g = p.unsqueeze(0) - nn.functional.one_hot(y, p.shape[1]).to(ScalarType.Float64);
                 break;
             }
             case OutputLossKind.MeanSquaredError:
-                // f − ŷ = −ε/√2, so ∇ = −√2 ε, scaled by 1/√C.
-                g = randn([samples, Size, PerExample], dtype: ScalarType.Float64, generator: gen) * (-Math.Sqrt(2.0 / PerExample));
+            {
+                // ε ~ N(0, I) by Box-Muller (1 − u₁ is in (0, 1]); f − ŷ = −ε/√2, so ∇ = −√2 ε, scaled by 1/√C.
+                var u1 = u.narrow(2, 0, PerExample);
+                var u2 = u.narrow(2, PerExample, PerExample);
+                var eps = (-2.0 * (1.0 - u1).log()).sqrt() * (2 * Math.PI * u2).cos();
+                g = eps * (-Math.Sqrt(2.0 / PerExample));
                 break;
+            }
             case OutputLossKind.BinaryCrossEntropy:
             {
                 var s = f.sigmoid();
-                var y = rand([samples, Size, PerExample], dtype: ScalarType.Float64, generator: gen).lt(s.unsqueeze(0)).to(ScalarType.Float64);
+                var y = u.lt(s.unsqueeze(0)).to(ScalarType.Float64);
                 g = (s.unsqueeze(0) - y) / Math.Sqrt(PerExample);
                 break;
             }
@@ -303,5 +320,43 @@ internal static class GaussNewtonProduct
         var block = result.t();
         result.Dispose();
         return block;
+    }
+}
+
+/// <summary>
+/// Uniform variates for the labels sampled by the Monte-Carlo Fisher and K-FAC, keyed by (seed, example, sample, component)
+/// through a SplitMix64 hash (<see cref="Seeds.Derive"/>), with the example's index counted over all ranks in order (this
+/// rank's examples follow those of the ranks before it). An example therefore gets the same labels whatever the batch size
+/// and however many ranks share the data, and every product of one operator sees the same labels.
+/// </summary>
+internal sealed class ExampleUniforms(Objective objective, long seed)
+{
+    readonly List<long> _batchStarts = [0];
+    long? _rankStart;
+
+    /// <summary>[S, B, k] variates in [0, 1) for batch <paramref name="index"/> of a pass (batches come in order from 0).</summary>
+    public Tensor For(OutputBatch batch, int index, int samples)
+    {
+        if (index >= _batchStarts.Count)
+            throw new InvalidOperationException($"batch {index} before batch {_batchStarts.Count - 1} was seen");
+        long start = RankStart() + _batchStarts[index];
+        if (index == _batchStarts.Count - 1) _batchStarts.Add(_batchStarts[index] + batch.Size);
+        int k = batch.UniformsPerSample;
+        var values = new double[samples * batch.Size * k];
+        int at = 0;
+        for (int s = 0; s < samples; s++)
+            for (long i = 0; i < batch.Size; i++)
+                for (int j = 0; j < k; j++)
+                    values[at++] = (Seeds.Derive(seed, start + i, s, j) >> 11) * (1.0 / (1UL << 53));
+        return tensor(values, [samples, batch.Size, k], dtype: ScalarType.Float64);
+    }
+
+    long RankStart()
+    {
+        if (_rankStart is { } known) return known;
+        var group = objective.Group;
+        if (group.Size <= 1) return (_rankStart = 0).Value;
+        var counts = group.AllGather([objective.Source.Count]);
+        return (_rankStart = (long)counts.Take(group.Rank).Sum()).Value;
     }
 }

@@ -123,6 +123,27 @@ public class MpiTests
         Assert.Equal(two.GetProperty("report").GetProperty("trace").GetRawText(), report.GetProperty("trace").GetRawText());
     }
 
+    [Theory]
+    [InlineData("kfac")]
+    [InlineData("mc-fisher")]
+    public void SampledLabelsOnTwoRanksAreThoseOfOneProcess(string op)
+    {
+        // An example's labels are keyed by its index over all ranks, so K-FAC (sampled labels by default) and the MC Fisher
+        // are the same matrices on two ranks (and with other batches) as in one process.
+        var data = TestUtil.CsvFolder("mpi-csv-mc", 300, 6, 3, seed: 5);
+        var root = TestUtil.TempDir("mpi-mc-" + op);
+        string[] Args(string dir, string batch) => ["hessian", "--data", data, "--model", "mlp:6-10-3:tanh", "--subset", "0", "--batch-size", batch, "--threads", "1",
+            "--operator", op, "--top", "2", "--tol", "1e-8", "--out", dir, "--format", "json"];
+        InProcess(Args(Path.Combine(root, "one"), "300"));
+        var run = Exec(2, Cli, Args(Path.Combine(root, "two"), "64"));
+        Assert.True(run.Code == 0, run.Stderr);
+        var one = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "one", "hessian.json"))).RootElement;
+        var two = JsonDocument.Parse(run.Stdout).RootElement;
+        var t1 = one.GetProperty("report").GetProperty("top").GetProperty("values").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        var t2 = two.GetProperty("report").GetProperty("top").GetProperty("values").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        for (int i = 0; i < 2; i++) Close(t1[i], t2[i], 1e-6, $"{op} λ{i + 1}");
+    }
+
     [Fact]
     public void DiagonalAndFrobeniusNormOnTwoRanksEqualOneProcessAndARerunDecidesOnRankZerosFiles()
     {
