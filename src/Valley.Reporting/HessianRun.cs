@@ -32,6 +32,9 @@ public sealed record HessianOutput(string Model, string? Weights, string Data, l
     /// <summary>K-FAC only: the selected parameters no covered layer holds (the approximation is zero on them).</summary>
     public IReadOnlyList<string>? UncoveredParameters { get; init; }
 
+    /// <summary>K-FAC only: which expectation its output-gradient factor G is, in words (<see cref="KfacOperator.ExpectationDescription"/>).</summary>
+    public string? KfacExpectation { get; init; }
+
     /// <summary>The diagonal's per-parameter summary, when asked for (the entries are in diagonal.csv).</summary>
     public DiagonalSummary? Diagonal { get; init; }
 

@@ -111,7 +111,7 @@ public static class HessianCommand
             if (!json && uncovered is { Count: > 0 })
                 term.MarkupLine($"[yellow]K-FAC covers Linear and Conv2d layers only; it is zero on {Markup.Escape(string.Join(", ", uncovered))}[/]");
             var run = HessianRun.Open(dir, new HessianOutput(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
-                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), CommonOptions.Inputs(p, ctx)) { Operator = name, UncoveredParameters = uncovered }, group);
+                p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), CommonOptions.Inputs(p, ctx)) { Operator = name, UncoveredParameters = uncovered, KfacExpectation = (op as KfacOperator)?.ExpectationDescription }, group);
             if (run.Replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(run.Replaced)}): starting afresh[/]");
             HessianOutput output = null!;
             ProgressBars.Run(term, progress =>

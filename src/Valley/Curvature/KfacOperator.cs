@@ -78,7 +78,7 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
 
     /// <summary>Computes the Kronecker factors of every covered layer (one pass over the objective's data).</summary>
     /// <param name="objective">The objective (not owned: dispose it yourself).</param>
-    /// <param name="options">Expectation, samples, seed; null: exact.</param>
+    /// <param name="options">Expectation, samples, seed; null: the defaults (one sampled label per example, seed 0).</param>
     /// <param name="ct">Checked between batches.</param>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="KfacOptions"/>), or the objective is in train mode and its model has BatchNorm layers.</exception>
     public KfacOperator(Objective objective, KfacOptions? options = null, CancellationToken ct = default)
@@ -408,18 +408,19 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
                 var th = theta.narrow(0, theta.shape[0] - k, k);
                 var residual = (FQ.matmul(top) - Q.matmul(top) * th.unsqueeze(0)).norm(0);
                 double smallest = th.min().ToDouble(), largest = th.max().ToDouble();
+                // The Ritz vectors are unit vectors and the Ritz values those of a projection only if the basis is orthonormal.
+                double lost = (Q.t().matmul(Q) - eye(Q.shape[1], dtype: ScalarType.Float64, device: Q.device)).abs().max().ToDouble();
                 // Each pair against its own θ, so that a small θ_k is as accurate relative to itself as θ₁.
-                if (smallest > 1e-8 * largest && (residual / th).max().ToDouble() <= 1e-6) return th.cpu().data<double>().ToArray();
+                if (lost <= 1e-10 && smallest > 1e-8 * largest && (residual / th).max().ToDouble() <= 1e-6) return th.cpu().data<double>().ToArray();
                 if (i >= MaxKrylovBlocks) return null;
             }
             // The next block: the last image orthogonalized against the basis (classical Gram-Schmidt twice: Giraud et al.
-            // 2005), then normalized by a QR; when the image had almost nothing outside the basis (the space is nearly
-            // exhausted), the QR normalized rounding noise, which is orthogonalized once more.
-            var before = w.norm().ToDouble();
+            // 2005), normalized by a QR, and orthogonalized and normalized once more: where a column had almost nothing
+            // outside the basis (a factor of low rank exhausts the space), the first QR normalized rounding noise.
             var r = w - Q.matmul(Q.t().matmul(w));
             r = r - Q.matmul(Q.t().matmul(r));
             var next = linalg.qr(r).Q;
-            if (r.norm().ToDouble() < 1e-4 * before) next = linalg.qr(next - Q.matmul(Q.t().matmul(next))).Q;
+            next = linalg.qr(next - Q.matmul(Q.t().matmul(next))).Q;
             q = next.MoveToOuterDisposeScope();
         }
     }

@@ -165,7 +165,7 @@ internal sealed class OutputBatch
                 // ε ~ N(0, I) by Box-Muller (1 − u₁ is in (0, 1]); f − ŷ = −ε/√2, so ∇ = −√2 ε, scaled by 1/√C.
                 var u1 = u.narrow(2, 0, PerExample);
                 var u2 = u.narrow(2, PerExample, PerExample);
-                var eps = (-2.0 * (1.0 - u1).log()).sqrt() * (2 * Math.PI * u2).cos();
+                var eps = (-2.0 * (-u1).log1p()).sqrt() * (2 * Math.PI * u2).cos();
                 g = eps * (-Math.Sqrt(2.0 / PerExample));
                 break;
             }
@@ -329,34 +329,47 @@ internal static class GaussNewtonProduct
 /// rank's examples follow those of the ranks before it). An example therefore gets the same labels whatever the batch size
 /// and however many ranks share the data, and every product of one operator sees the same labels.
 /// </summary>
-internal sealed class ExampleUniforms(Objective objective, long seed)
+internal sealed class ExampleUniforms
 {
-    readonly List<long> _batchStarts = [0];
-    long? _rankStart;
+    readonly long _seed;
+    readonly long _rankStart;
+    long _next;
+    int _last = -1;
 
-    /// <summary>[S, B, k] variates in [0, 1) for batch <paramref name="index"/> of a pass (batches come in order from 0).</summary>
+    /// <remarks>
+    /// Collective when the objective's data are sharded: every rank makes its operator together (as it makes its objective),
+    /// and the all-gather of the ranks' example counts happens here, not inside a pass that a rank might never enter.
+    /// </remarks>
+    public ExampleUniforms(Objective objective, long seed)
+    {
+        _seed = seed;
+        var group = objective.Group;
+        _rankStart = group.Size <= 1 ? 0 : (long)group.AllGather([objective.Source.Count]).Take(group.Rank).Sum();
+    }
+
+    /// <summary>
+    /// [S, B, k] variates in [0, 1) for batch <paramref name="index"/> of a pass. Batches come in order from 0 in every pass;
+    /// each starts where the one before it ended, so a source that cuts its batches differently from pass to pass still
+    /// gives every example its own index.
+    /// </summary>
     public Tensor For(OutputBatch batch, int index, int samples)
     {
-        if (index >= _batchStarts.Count)
-            throw new InvalidOperationException($"batch {index} before batch {_batchStarts.Count - 1} was seen");
-        long start = RankStart() + _batchStarts[index];
-        if (index == _batchStarts.Count - 1) _batchStarts.Add(_batchStarts[index] + batch.Size);
+        if (index == 0) _next = 0;
+        else if (index != _last + 1) throw new InvalidOperationException($"batch {index} of a pass after batch {_last}: batches must come in order");
+        _last = index;
+        long start = _rankStart + _next;
+        _next += batch.Size;
         int k = batch.UniformsPerSample;
         var values = new double[samples * batch.Size * k];
         int at = 0;
         for (int s = 0; s < samples; s++)
             for (long i = 0; i < batch.Size; i++)
                 for (int j = 0; j < k; j++)
-                    values[at++] = (Seeds.Derive(seed, start + i, s, j) >> 11) * (1.0 / (1UL << 53));
-        return tensor(values, [samples, batch.Size, k], dtype: ScalarType.Float64);
+                    values[at++] = Uniform(_seed, start + i, s, j);
+        return Data.OwnedTensor.From(values, samples, batch.Size, k);
     }
 
-    long RankStart()
-    {
-        if (_rankStart is { } known) return known;
-        var group = objective.Group;
-        if (group.Size <= 1) return (_rankStart = 0).Value;
-        var counts = group.AllGather([objective.Source.Count]);
-        return (_rankStart = (long)counts.Take(group.Rank).Sum()).Value;
-    }
+    /// <summary>The variate of one (seed, example, sample, component): the top 53 bits of its hash, as a double in [0, 1).</summary>
+    public static double Uniform(long seed, long example, int sample, int component) =>
+        (Seeds.Derive(seed, example, sample, component) >> 11) * (1.0 / (1UL << 53));
 }

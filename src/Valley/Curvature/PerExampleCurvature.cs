@@ -32,11 +32,17 @@ internal static class PerExampleCurvature
     /// <exception cref="ArgumentOutOfRangeException">Train mode with BatchNorm.</exception>
     public static void RequireIndependentExamples(Objective objective, string what)
     {
-        if (!objective.Options.TrainMode) return;
+        if (DependentExamples(objective, what, "use eval mode, or the Hessian or the GGN") is { } problem) throw problem;
+    }
+
+    /// <summary>The refusal <see cref="RequireIndependentExamples"/> would throw, or null when the examples are independent.</summary>
+    public static ArgumentOutOfRangeException? DependentExamples(Objective objective, string what, string instead)
+    {
+        if (!objective.Options.TrainMode) return null;
         var layers = BatchNormLayers(objective.Model);
-        if (layers.Count == 0) return;
-        throw Check.OutOfRange(nameof(ObjectiveOptions.TrainMode), null,
+        if (layers.Count == 0) return null;
+        return Check.OutOfRange(nameof(ObjectiveOptions.TrainMode), null,
             $"must be off for {what}: in train mode BatchNorm ({string.Join(", ", layers.Take(3))}{(layers.Count > 3 ? ", …" : "")}) normalizes by the batch's statistics, " +
-            "which couple the examples, so per-example gradients and labels are not defined (use eval mode, or the Hessian or the GGN)");
+            $"which couple the examples, so per-example gradients and labels are not defined ({instead})");
     }
 }

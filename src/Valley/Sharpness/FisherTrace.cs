@@ -16,9 +16,11 @@ namespace Valley.Sharpness;
 public static class FisherTrace
 {
     /// <summary>tr F̂ at the objective's current weights, in the objective's mode (eval unless it asks for train mode).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The objective is in train mode and its model has BatchNorm layers (per-example gradients are not defined).</exception>
     public static SharpnessResult Compute(Objective objective, CancellationToken ct = default)
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
+        PerExampleCurvature.RequireIndependentExamples(objective, "fisher-trace");
         using var mode = new ModeScope(objective.Model, objective.Options.TrainMode);
         bool batched = objective.Model is Mlp mlp && objective.Parameters.Size == mlp.parameters().Sum(p => p.numel());
         var squaredNorms = batched ? BatchedMlp(objective, (Mlp)objective.Model, ct) : PerExample(objective, ct);

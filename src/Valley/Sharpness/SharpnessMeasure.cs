@@ -17,6 +17,8 @@ public enum MeasureNeeds
     WeightMatrix = 4,
     /// <summary>A bias-free ReLU <see cref="Models.Mlp"/> over all its parameters.</summary>
     BiasFreeReluMlp = 8,
+    /// <summary>Per-example gradients: not in train mode on a model with BatchNorm, whose batch statistics couple the examples.</summary>
+    IndependentExamples = 16,
 }
 
 /// <summary>
@@ -55,6 +57,8 @@ public sealed record SharpnessMeasure
             return MissingParameters(objective, $"{Name}: needs a weight matrix (rank-2 parameter)");
         if (Needs.HasFlag(MeasureNeeds.BiasFreeReluMlp) && !FisherRaoNorm.Applies(objective))
             return new ValleyException($"{Name}: needs a bias-free ReLU MLP (e.g. mlp:784-128-64-10:nobias) over all its parameters");
+        if (Needs.HasFlag(MeasureNeeds.IndependentExamples) && PerExampleCurvature.DependentExamples(objective, Name, "use eval mode") is { } coupled)
+            return coupled;
         return null;
     }
 
@@ -156,6 +160,7 @@ public static class SharpnessMeasures
     public static SharpnessMeasure FisherTrace { get; } = new()
     {
         Name = "fisher-trace", Description = "trace of the empirical Fisher: mean squared per-example gradient norm",
+        Needs = MeasureNeeds.IndependentExamples,
         Run = (obj, _, ct) => [Sharpness.FisherTrace.Compute(obj, ct)],
     };
 

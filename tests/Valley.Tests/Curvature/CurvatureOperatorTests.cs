@@ -327,14 +327,22 @@ public class CurvatureOperatorTests
     }
 
     [Fact]
-    public void TheVariatesOfDifferentTuplesDiffer()
+    public void TheVariatesAreUniformOnTheUnitIntervalAndDifferBetweenTuples()
     {
-        // A linear formula seed·1000003 + example·7919 + sample would merge (0, 0, 7919) and (0, 1, 0); the hash does not,
-        // and no two of 16 seeds × 256 examples × 8 samples × 4 components share a value.
-        Assert.NotEqual(Seeds.Derive(0, 0, 7919), Seeds.Derive(0, 1, 0));
-        var all = new HashSet<ulong>();
-        for (long seed = 0; seed < 16; seed++) for (long i = 0; i < 256; i++) for (long s = 0; s < 8; s++) for (long j = 0; j < 4; j++)
-            Assert.True(all.Add(Seeds.Derive(seed, i, s, j)));
+        // A linear formula seed·1000003 + example·7919 + sample would merge (0, 0, 7919) and (0, 1, 0); the hash does not.
+        // The 53-bit variates of 16 seeds × 256 examples × 8 samples × 4 components: all in [0, 1), all distinct, and their
+        // mean and the fraction below ¼ within 5 standard errors of ½ and ¼.
+        Assert.NotEqual(ExampleUniforms.Uniform(0, 0, 7919, 0), ExampleUniforms.Uniform(0, 1, 0, 0));
+        var all = new HashSet<double>();
+        for (long seed = 0; seed < 16; seed++) for (long i = 0; i < 256; i++) for (int s = 0; s < 8; s++) for (int j = 0; j < 4; j++)
+        {
+            double u = ExampleUniforms.Uniform(seed, i, s, j);
+            Assert.InRange(u, 0.0, Math.BitDecrement(1.0));
+            Assert.True(all.Add(u));
+        }
+        double n = all.Count, mean = all.Average(), quarter = all.Count(u => u < 0.25) / n;
+        Assert.True(Math.Abs(mean - 0.5) <= 5 * Math.Sqrt(1.0 / 12 / n), $"mean {mean}");
+        Assert.True(Math.Abs(quarter - 0.25) <= 5 * Math.Sqrt(0.25 * 0.75 / n), $"below ¼: {quarter}");
     }
 
     [Theory]

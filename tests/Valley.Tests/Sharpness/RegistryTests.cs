@@ -74,6 +74,25 @@ public class RegistryTests
         Assert.Contains("weight matrix", a.Message);
     }
 
+    [Fact]
+    public void FisherTraceNeedsIndependentExamplesSoTrainModeWithBatchNormLeavesItOut()
+    {
+        // Per-example gradients under BatchNorm's batch statistics are no example's own: "all" leaves fisher-trace out in
+        // train mode, naming it is an argument error of TrainMode, and eval mode (running statistics) runs it.
+        var g = new Generator(4);
+        using var data = new Dataset("random-images", rand([8, 1, 28, 28], generator: g), randint(0, 10, [8], generator: g), TaskKind.Classification, 10);
+        var model = ModelSpec.Parse("resnet:1").Build(data, seed: 5);
+        using var train = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { TrainMode = true, BatchSize = 4 });
+        Assert.DoesNotContain("fisher-trace", SharpnessSuite.Measures(train, new SharpnessSuiteOptions()).Select(m => m.Name));
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => SharpnessSuite.Run(train, new SharpnessSuiteOptions { Measures = [SharpnessMeasures.FisherTrace] }));
+        Assert.Equal(nameof(ObjectiveOptions.TrainMode), e.ParamName);
+        Assert.Contains("BatchNorm", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => FisherTrace.Compute(train));
+        using var eval = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 4 });
+        Assert.Contains("fisher-trace", SharpnessSuite.Measures(eval, new SharpnessSuiteOptions()).Select(m => m.Name));
+        Assert.True(FisherTrace.Compute(eval).Value > 0);
+    }
+
     [Theory]
     [InlineData("Rho")]
     [InlineData("Steps")]
