@@ -359,15 +359,37 @@ internal sealed class ExampleUniforms
         _last = index;
         long start = _rankStart + _next;
         _next += batch.Size;
-        int k = batch.UniformsPerSample;
-        var values = new double[samples * batch.Size * k];
-        int at = 0;
-        for (int s = 0; s < samples; s++)
-            for (long i = 0; i < batch.Size; i++)
-                for (int j = 0; j < k; j++)
-                    values[at++] = Uniform(_seed, start + i, s, j);
-        return Data.OwnedTensor.From(values, samples, batch.Size, k);
+        return Uniforms(_seed, start, batch.Size, samples, batch.UniformsPerSample);
     }
+
+    /// <summary>
+    /// <see cref="Uniform"/> of examples [start, start + count) × samples × components as one tensor [S, count, k], computed
+    /// by int64 tensor operations (wrapping, as the hash's unsigned arithmetic): an MSE model with 784 outputs needs 1,568
+    /// variates per example, too many for a loop on the CPU's managed side.
+    /// </summary>
+    internal static Tensor Uniforms(long seed, long start, long count, int samples, int k)
+    {
+        using var scope = NewDisposeScope();
+        // Derive(seed, example, sample, component) = Mix(Mix(Mix(Mix(Mix(4) ^ seed) ^ example) ^ sample) ^ component).
+        long h = (long)Seeds.Mix(Seeds.Mix(4) ^ (ulong)seed);
+        var examples = arange(start, start + count, dtype: ScalarType.Int64);
+        var perExample = Mix(examples.bitwise_xor(h));                                                    // [B]
+        var perSample = Mix(perExample.unsqueeze(0).bitwise_xor(arange(samples, dtype: ScalarType.Int64).unsqueeze(1)));   // [S, B]
+        var all = Mix(perSample.unsqueeze(2).bitwise_xor(arange(k, dtype: ScalarType.Int64).reshape(1, 1, k)));            // [S, B, k]
+        return (ShiftRight(all, 11).to(ScalarType.Float64) * (1.0 / (1UL << 53))).MoveToOuterDisposeScope();
+    }
+
+    /// <summary><see cref="Seeds.Mix"/> on int64 tensors: additions and products wrap modulo 2⁶⁴ as the unsigned ones do.</summary>
+    static Tensor Mix(Tensor z)
+    {
+        z = z + unchecked((long)0x9E3779B97F4A7C15UL);
+        z = z.bitwise_xor(ShiftRight(z, 30)) * unchecked((long)0xBF58476D1CE4E5B9UL);
+        z = z.bitwise_xor(ShiftRight(z, 27)) * unchecked((long)0x94D049BB133111EBUL);
+        return z.bitwise_xor(ShiftRight(z, 31));
+    }
+
+    /// <summary>The logical (unsigned) right shift of int64 words: the arithmetic shift with the copied sign bits masked off.</summary>
+    static Tensor ShiftRight(Tensor z, int bits) => z.bitwise_right_shift(bits).bitwise_and((1L << (64 - bits)) - 1);
 
     /// <summary>The variate of one (seed, example, sample, component): the top 53 bits of its hash, as a double in [0, 1).</summary>
     public static double Uniform(long seed, long example, int sample, int component) =>

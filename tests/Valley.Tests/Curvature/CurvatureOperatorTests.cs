@@ -346,6 +346,21 @@ public class CurvatureOperatorTests
     }
 
     [Theory]
+    [InlineData(0L, 0L)]
+    [InlineData(9L, 1_000_000_007L)]
+    [InlineData(-3L, 1L << 40)]
+    [InlineData(long.MaxValue, long.MaxValue - 100)]
+    public void TheVariatesFromTensorArithmeticAreThoseOfTheScalarHash(long seed, long start)
+    {
+        // The int64 tensor version (wrapping products, masked shifts) must give bit for bit what the unsigned scalar hash gives.
+        using var scope = torch.NewDisposeScope();
+        var u = ExampleUniforms.Uniforms(seed, start, 50, 3, 5).data<double>().ToArray();
+        int at = 0;
+        for (int s = 0; s < 3; s++) for (long i = 0; i < 50; i++) for (int j = 0; j < 5; j++)
+            Assert.Equal(ExampleUniforms.Uniform(seed, start + i, s, j), u[at++]);
+    }
+
+    [Theory]
     [InlineData("cross-entropy")]
     [InlineData("mse")]
     [InlineData("bce")]
