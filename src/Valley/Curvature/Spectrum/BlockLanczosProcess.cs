@@ -81,32 +81,45 @@ internal sealed class BlockLanczosProcess : IDisposable
             W = W - B.matmul(_basis.narrow(0, j0 - _b, _b));
         }
         (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(_basis.narrow(0, 0, _rows)));
-        // W = R ᵀ Q_next in row form: QR of Wᵀ [n, b] (for b = 1 just the norm: a LAPACK QR of an n×1 matrix costs a millisecond).
-        Tensor next;
-        double[,] R;
-        if (_b == 1)
-        {
-            double norm = W.norm().ToDouble();
-            R = new double[1, 1] { { norm } };
-            next = norm > 0 ? W / norm : W.clone();
-        }
-        else
-        {
-            var (qn, r) = linalg.qr(W.t());
-            R = SpectrumMath.ToArray(r);
-            next = qn.t().contiguous();
-        }
+        // W = Rᵀ Q_next in row form, row by row: each row of W orthogonalized against the new rows before it (classical
+        // Gram-Schmidt twice) and normalized, R[i, c] = q_i · w_c. A row with nothing left (the Krylov space is exhausted in
+        // that direction: deflation) becomes a fresh random direction orthogonal to the basis and the rows before it, and
+        // the rows after it are orthogonalized against that one too, so that W = Rᵀ Q_next still holds exactly and T stays
+        // QᵀAQ. (A QR of Wᵀ cannot do this: past a deflated column its Householder vector is rounding noise, and zeroing its
+        // row of R drops the later columns' components along it.)
+        var R = new double[_b, _b];
         double threshold = 1e-10 * Math.Max(_normEst, 1e-300);
         bool room = _rows + LockedCount < _n;
-        for (int i = 0; i < _b; i++)
+        double first = _b == 1 ? W.norm().ToDouble() : 0;
+        // b = 1 and nothing exhausted (nearly every step of the default): the normalized row itself, without the block's copies.
+        var next = _b == 1 && first > threshold ? W / first : zeros([_b, _n], dtype: ScalarType.Float64, device: _device);
+        if (_b == 1 && first > threshold) R[0, 0] = first;
+        else for (int c = 0; c < _b; c++)
         {
-            if (Math.Abs(R[i, i]) > threshold) continue;
-            // Deflation: an exhausted direction. Zero its coupling and continue with a fresh random direction.
-            for (int c = 0; c < _b; c++) R[i, c] = 0;
-            if (!room) continue;
-            var fresh = randn([1, _n], dtype: ScalarType.Float64, generator: _gen).to(_device);
-            var others = cat([_basis.narrow(0, 0, _rows), next.narrow(0, 0, i), next.narrow(0, i + 1, _b - i - 1)], 0);
-            next[i] = Orthonormalize(fresh, others)[0];
+            var w = W.narrow(0, c, 1);
+            if (c > 0)
+            {
+                var before = next.narrow(0, 0, c);
+                var h1 = before.matmul(w.t());
+                w = w - h1.t().matmul(before);
+                var h2 = before.matmul(w.t());
+                w = w - h2.t().matmul(before);
+                var h = SpectrumMath.ToArray(h1 + h2);
+                for (int i = 0; i < c; i++) R[i, c] = h[i, 0];
+            }
+            double norm = w.norm().ToDouble();
+            if (norm > threshold)
+            {
+                R[c, c] = norm;
+                next[c] = (w / norm)[0];
+            }
+            else if (room)
+            {
+                // Deflation: R[c, c] = 0 and a fresh direction.
+                var fresh = randn([1, _n], dtype: ScalarType.Float64, generator: _gen).to(_device);
+                var others = c == 0 ? _basis.narrow(0, 0, _rows) : cat([_basis.narrow(0, 0, _rows), next.narrow(0, 0, c)], 0);
+                next[c] = Orthonormalize(fresh, others)[0];
+            }
         }
         _coupling.Add(R);
         if (_rows + _b <= _n) Append(next);
