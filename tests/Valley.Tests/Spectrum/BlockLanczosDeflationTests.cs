@@ -35,4 +35,19 @@ public class BlockLanczosDeflationTests
         var top = Lanczos.Compute(op, new LanczosOptions { K = Math.Min(rank, 3), BlockSize = block, VerifyResiduals = false, Seed = 5, Tolerance = 1e-8 });
         for (int i = 0; i < top.Values.Length; i++) Assert.Equal(rank - i, top.Values[i], 8);
     }
+
+    [Theory]
+    [InlineData(10, 4)]
+    [InlineData(11, 3)]
+    [InlineData(7, 5)]
+    public void ABlockSizeThatDoesNotDivideTheSizeStillEndsWithTheEigenvalues(int n, int block)
+    {
+        // The basis fills up with a last, partial block; the Ritz values are then the eigenvalues.
+        var spectrum = Enumerable.Range(0, n).Select(i => 1.0 + i * i).ToArray();
+        using var op = DenseOperator.WithSpectrum(spectrum, seed: 12);
+        var top = Lanczos.Compute(op, new LanczosOptions { K = 3, BlockSize = block, Seed = 2, Tolerance = 1e-10 });
+        Assert.True(top.Converged, top.StopMessage);
+        var expected = spectrum.OrderByDescending(x => x).Take(3).ToArray();
+        for (int i = 0; i < 3; i++) Assert.Equal(expected[i], top.Values[i], 8);
+    }
 }

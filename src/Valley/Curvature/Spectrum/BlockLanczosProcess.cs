@@ -9,7 +9,8 @@ namespace Valley.Curvature.Spectrum;
 /// the diagonal blocks A_j = Q_jᵀ A Q_j and the couplings B_j of A Q_j = Q_{j-1} B_{j-1}ᵀ + Q_j A_j + Q_{j+1} B_j. Each new
 /// block is fully reorthogonalized against the whole basis and the locked vectors (<see cref="Reorthogonalization"/>).
 /// Rank-deficient blocks (an exhausted invariant subspace) are refilled with random vectors orthogonal to the basis, so
-/// the process never stalls before the basis spans the whole space.
+/// the process never stalls before the basis spans the whole space. Every block has b rows except, when b does not divide
+/// the space, the last one, which completes the basis.
 /// </summary>
 internal sealed class BlockLanczosProcess : IDisposable
 {
@@ -22,8 +23,9 @@ internal sealed class BlockLanczosProcess : IDisposable
     Tensor _basis;          // [capacity, n] float64, rows are orthonormal vectors
     Tensor? _images;        // [capacity, n] float64, row i = A·(basis row i) as the operator returned it, when kept
     long _rows;             // rows in use (T size + b for the next block)
-    readonly List<double[,]> _diag = [];
-    readonly List<double[,]> _coupling = [];
+    readonly List<int> _sizes = [];           // rows of each appended block: b, and the last one possibly fewer
+    readonly List<double[,]> _diag = [];      // A_j, s_j × s_j
+    readonly List<double[,]> _coupling = [];  // B_j, s_{j+1} × s_j (0 × s_j once the basis spans the space)
     double _normEst;
 
     /// <param name="keepImages">Keep every product A q_i (as much memory again as the basis), so that A y for any Ritz
@@ -45,7 +47,12 @@ internal sealed class BlockLanczosProcess : IDisposable
     public Tensor? Images(long rows) => _images?.narrow(0, 0, rows);
 
     /// <summary>Size of the block tridiagonal matrix built so far.</summary>
-    public int TridiagonalSize => _diag.Count * _b;
+    public int TridiagonalSize => _sizes.Take(_diag.Count).Sum();
+
+    /// <summary>Rows of the last block stepped (b, or fewer for a last block that completes the basis).</summary>
+    public int LastBlockSize => _sizes[_diag.Count - 1];
+
+    long Space => _n - LockedCount;
 
     /// <summary>The first <paramref name="rows"/> basis vectors (a view).</summary>
     public Tensor Basis(long rows) => _basis.narrow(0, 0, rows);
@@ -61,10 +68,13 @@ internal sealed class BlockLanczosProcess : IDisposable
     public void Step()
     {
         using var scope = NewDisposeScope();
-        long j0 = _rows - _b;
-        var Q = _basis.narrow(0, j0, _b);
+        int j = _diag.Count;
+        if (j >= _sizes.Count) throw new InvalidOperationException("the basis spans the whole space: there is no block left to step");
+        int size = _sizes[j];
+        long j0 = _sizes.Take(j).Sum();
+        var Q = _basis.narrow(0, j0, size);
         var W = _budget.Apply(Q.t()).t().contiguous(); // rows: A q_i
-        _images?.narrow(0, j0, _b).copy_(W);
+        _images?.narrow(0, j0, size).copy_(W);
         var A = Q.matmul(W.t());
         A = (A + A.t()) / 2;
         _diag.Add(SpectrumMath.ToArray(A));
@@ -75,10 +85,11 @@ internal sealed class BlockLanczosProcess : IDisposable
         W = W - A.matmul(Q);
         if (_coupling.Count > 0)
         {
-            // Row form of A Q_j's Q_{j-1} B_{j-1}ᵀ term: B_{j-1} times the previous block's rows.
+            // Row form of A Q_j's Q_{j-1} B_{j-1}ᵀ term: B_{j-1} (s_j × s_{j-1}) times the previous block's rows.
             var prev = _coupling[^1];
-            var B = Data.OwnedTensor.From(prev.Cast<double>().ToArray(), _b, _b).to(_device);
-            W = W - B.matmul(_basis.narrow(0, j0 - _b, _b));
+            int before = _sizes[j - 1];
+            var B = Data.OwnedTensor.From(prev.Cast<double>().ToArray(), size, before).to(_device);
+            W = W - B.matmul(_basis.narrow(0, j0 - before, before));
         }
         (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(_basis.narrow(0, 0, _rows)));
         // W = Rᵀ Q_next in row form, row by row: each row of W orthogonalized against the new rows before it (classical
@@ -87,70 +98,77 @@ internal sealed class BlockLanczosProcess : IDisposable
         // the rows after it are orthogonalized against that one too, so that W = Rᵀ Q_next still holds exactly and T stays
         // QᵀAQ. (A QR of Wᵀ cannot do this: past a deflated column its Householder vector is rounding noise, and zeroing its
         // row of R drops the later columns' components along it.)
-        var R = new double[_b, _b];
+        // The next block has b rows, or as many as the space has left (W is orthogonal to the basis, so it lies in what is left).
+        int capacity = (int)Math.Min(_b, Space - _rows);
+        var R = new double[capacity, size];
         double threshold = 1e-10 * Math.Max(_normEst, 1e-300);
-        bool room = _rows + LockedCount < _n;
-        double first = _b == 1 ? W.norm().ToDouble() : 0;
+        double first = size == 1 && capacity == 1 ? W.norm().ToDouble() : 0;
         // b = 1 and nothing exhausted (nearly every step of the default): the normalized row itself, without the block's copies.
-        var next = _b == 1 && first > threshold ? W / first : zeros([_b, _n], dtype: ScalarType.Float64, device: _device);
-        if (_b == 1 && first > threshold) R[0, 0] = first;
-        else for (int c = 0; c < _b; c++)
+        var next = first > threshold ? W / first : zeros([capacity, _n], dtype: ScalarType.Float64, device: _device);
+        if (first > threshold) R[0, 0] = first;
+        else for (int c = 0; c < size; c++)
         {
+            // Rows of the next block so far: one per row of W until the space is used up.
+            int k = Math.Min(c, capacity);
             var w = W.narrow(0, c, 1);
-            if (c > 0)
+            if (k > 0)
             {
-                var before = next.narrow(0, 0, c);
-                var h1 = before.matmul(w.t());
-                w = w - h1.t().matmul(before);
-                var h2 = before.matmul(w.t());
-                w = w - h2.t().matmul(before);
+                var made = next.narrow(0, 0, k);
+                var h1 = made.matmul(w.t());
+                w = w - h1.t().matmul(made);
+                var h2 = made.matmul(w.t());
+                w = w - h2.t().matmul(made);
                 var h = SpectrumMath.ToArray(h1 + h2);
-                for (int i = 0; i < c; i++) R[i, c] = h[i, 0];
+                for (int i = 0; i < k; i++) R[i, c] = h[i, 0];
             }
+            if (k == capacity) continue; // the rows made span what is left: nothing of w remains
             double norm = w.norm().ToDouble();
             if (norm > threshold)
             {
-                R[c, c] = norm;
-                next[c] = (w / norm)[0];
+                R[k, c] = norm;
+                next[k] = (w / norm)[0];
             }
-            else if (room)
+            else
             {
-                // Deflation: R[c, c] = 0 and a fresh direction.
+                // Deflation: R[k, c] = 0 and a fresh direction from what is left of the space.
                 var fresh = randn([1, _n], dtype: ScalarType.Float64, generator: _gen).to(_device);
-                var others = c == 0 ? _basis.narrow(0, 0, _rows) : cat([_basis.narrow(0, 0, _rows), next.narrow(0, 0, c)], 0);
-                next[c] = Orthonormalize(fresh, others)[0];
+                var others = k == 0 ? _basis.narrow(0, 0, _rows) : cat([_basis.narrow(0, 0, _rows), next.narrow(0, 0, k)], 0);
+                next[k] = Orthonormalize(fresh, others)[0];
             }
         }
         _coupling.Add(R);
-        if (_rows + _b <= _n) Append(next);
+        if (capacity > 0) Append(next);
     }
 
     long LockedCount => _locked?.shape[0] ?? 0;
 
-    /// <summary>B_j of the last step (b×b): the residual coupling to the next block.</summary>
+    /// <summary>B_j of the last step (b × b, or fewer rows for a last block): the residual coupling to the next block. Not
+    /// defined once the basis spans the space (there is no next block).</summary>
     public Matrix<double> LastCoupling() => Matrix<double>.Build.DenseOfArray(_coupling[^1]);
 
-    /// <summary>The block tridiagonal T = Qᵀ A Q of size (#steps · b).</summary>
+    /// <summary>The block tridiagonal T = Qᵀ A Q of the blocks stepped so far.</summary>
     public double[,] Tridiagonal()
     {
         int m = TridiagonalSize;
         var t = new double[m, m];
+        int o = 0;
         for (int j = 0; j < _diag.Count; j++)
         {
-            int o = j * _b;
-            for (int r = 0; r < _b; r++)
-                for (int c = 0; c < _b; c++)
+            int size = _sizes[j];
+            for (int r = 0; r < size; r++)
+                for (int c = 0; c < size; c++)
                     t[o + r, o + c] = _diag[j][r, c];
             if (j + 1 < _diag.Count)
             {
                 // A Q_j has Q_{j+1} B_j: T[j+1 block, j block] = B_j, and its transpose above the diagonal.
-                for (int r = 0; r < _b; r++)
-                    for (int c = 0; c < _b; c++)
+                for (int r = 0; r < _sizes[j + 1]; r++)
+                    for (int c = 0; c < size; c++)
                     {
-                        t[o + _b + r, o + c] = _coupling[j][r, c];
-                        t[o + c, o + _b + r] = _coupling[j][r, c];
+                        t[o + size + r, o + c] = _coupling[j][r, c];
+                        t[o + c, o + size + r] = _coupling[j][r, c];
                     }
             }
+            o += size;
         }
         return t;
     }
@@ -190,6 +208,7 @@ internal sealed class BlockLanczosProcess : IDisposable
         }
         _basis.narrow(0, _rows, k).copy_(rows);
         _rows += k;
+        _sizes.Add((int)k);
     }
 
     public void Dispose()

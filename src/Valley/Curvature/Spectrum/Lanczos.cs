@@ -269,10 +269,11 @@ public static class Lanczos
             if (m > CheckEveryStepUpTo && iter % CheckEvery != 0 && !exhausted && !outOfBudget) continue;
             (theta, S) = SpectrumMath.SymmetricEigen(proc.Tridiagonal());
             wanted = SpectrumMath.Wanted(theta, Math.Min(o.K, m), o.Target);
-            var lastB = proc.LastCoupling();
+            var lastB = exhausted ? null : proc.LastCoupling();
+            int last = proc.LastBlockSize;
             double normEst = theta.Max(Math.Abs);
             // Lanczos' residual estimate: ‖A y − θ y‖ = ‖B_m s_last‖ for the Ritz vector y = Q s (exact once the space is invariant).
-            res = wanted.Select(i => exhausted ? 0.0 : (lastB * S.Column(i).SubVector(m - b, b)).L2Norm()).ToArray();
+            res = wanted.Select(i => lastB is null ? 0.0 : (lastB * S.Column(i).SubVector(m - last, last)).L2Norm()).ToArray();
             worst = wanted.Select((i, j) => res[j] / Math.Max(Math.Abs(theta[i]), o.ZeroThreshold * normEst + 1e-300)).DefaultIfEmpty(double.PositiveInfinity).Max();
             progress?.Report(new EstimatorProgress("lanczos", budget.Used, budget.Max, worst));
             if (exhausted) { stop = RunStop.Exhausted; break; }
