@@ -386,7 +386,11 @@ public sealed class Objective : IDisposable
     /// </summary>
     static readonly System.Runtime.CompilerServices.ConditionalWeakTable<nn.Module, System.Collections.Concurrent.ConcurrentDictionary<string, double>> MeasuredGraphSizes = new();
 
-    string GraphSizeKey(string kind) => $"{kind}|{Parameters.DType}|{Parameters.Device}|{Options.TrainMode}|{Loss.Method.DeclaringType?.FullName}.{Loss.Method.Name}|{string.Join('x', Parameters.Tensors.Select(t => t.numel()))}|" +
+    /// <summary>What a graph's size per example depends on: the selected parameters by name and size (two selections of
+    /// equal sizes keep different tensors for the backward pass), dtype, device, mode, loss, input shape and batch size (a
+    /// graph's fixed part is spread over the batch's examples).</summary>
+    internal string GraphSizeKey(string kind) => $"{kind}|{Parameters.DType}|{Parameters.Device}|{Options.TrainMode}|{Loss.Method.DeclaringType?.FullName}.{Loss.Method.Name}|" +
+                          $"{string.Join(',', Parameters.Names.Zip(Parameters.Tensors, (name, t) => $"{name}:{t.numel()}"))}|{Options.BatchSize}|" +
                           (Source is Dataset d ? string.Join('x', d.X.shape.Skip(1)) : "");
 
     internal void RememberGraphSize(GraphCache? cache, string kind = "gradient")

@@ -24,6 +24,27 @@ public class GraphCacheTests
     internal static double Relative(Tensor a, Tensor b) => ((a - b).norm() / b.norm()).ToDouble();
 
     [Fact]
+    public void AGraphsMeasuredSizeIsKeptOnlyForTheSameSelectionAndBatchSize()
+    {
+        // Two selections of equal sizes (the two hidden layers' biases: 6 and 6 of mlp:8-6-6-3) and two batch sizes each
+        // keep different graphs for the backward pass: a size measured for one must not be reused for another.
+        var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
+        using var _ = data;
+        var model = new ModelSpec("mlp", [8, 6, 6, 3], "tanh", true, 0, 0) { Text = "mlp:8-6-6-3:tanh" }.Build(data, seed: 1);
+        var biases = model.named_parameters().Select(p => p.name).Where(n => n.EndsWith(".bias", StringComparison.Ordinal)).Take(2).ToArray();
+        Objective Make(string name, long batch) => new(model, Losses.CrossEntropy, data, new ObjectiveOptions { ParameterFilter = n => n == name, BatchSize = batch });
+        using var a = Make(biases[0], 13);
+        using var b = Make(biases[1], 13);
+        using var c = Make(biases[0], 20);
+        using var same = Make(biases[0], 13);
+        Assert.Equal(a.Size, b.Size);
+        Assert.NotEqual(a.GraphSizeKey("gradient"), b.GraphSizeKey("gradient"));
+        Assert.NotEqual(a.GraphSizeKey("gradient"), c.GraphSizeKey("gradient"));
+        Assert.NotEqual(a.GraphSizeKey("gradient"), a.GraphSizeKey("outputs"));
+        Assert.Equal(a.GraphSizeKey("gradient"), same.GraphSizeKey("gradient"));
+    }
+
+    [Fact]
     public void CachedProductsOnSeveralBatchesEqualUncachedOnesAndFollowWeightChanges()
     {
         var (cached, d1) = Mlp(new ObjectiveOptions());
