@@ -17,7 +17,7 @@ for project in Valley Valley.Reporting Valley.Mpi Valley.Study; do
 done
 dotnet pack src/Valley.Cli/Valley.Cli.csproj -c Release -r "$rid" -o "$out" -nologo -v:q -p:VersionSuffix="$suffix"
 ls -la "$out"
-tools="$(mktemp -d)"
+tools="$(mktemp -d)"; trap 'rm -rf "$tools"' EXIT
 dotnet tool install Valley.Cli --tool-path "$tools" --add-source "$out" --version "$prefix-$suffix"
 "$tools/valley" --help | head -n 5
 "$tools/valley" info

@@ -15,11 +15,53 @@ public static class TestUtil
 
     public static void Init() { }
 
+    /// <summary>A fresh folder under this test run's root.</summary>
     public static string TempDir(string name)
     {
-        var d = Path.Combine(Path.GetTempPath(), "valley-tests", name + "-" + Guid.NewGuid().ToString("N")[..8]);
+        var d = Path.Combine(RunRoot, name + "-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(d);
         return d;
+    }
+
+    // One root per test process, removed when the process exits. Tests write thousands of folders (38 GB had piled up
+    // under /tmp over a few weeks of runs, and a full disk then failed CI's build), so nothing may outlive its run; the
+    // roots of runs that were killed are removed by the next run once their process is gone.
+    static readonly string RunRoot = CreateRunRoot();
+
+    static string CreateRunRoot()
+    {
+        var parent = Path.Combine(Path.GetTempPath(), "valley-tests");
+        Directory.CreateDirectory(parent);
+        foreach (var stale in Directory.EnumerateDirectories(parent))
+            if (IsStale(Path.GetFileName(stale), Directory.GetLastWriteTimeUtc(stale))) TryDelete(stale);
+        var root = Path.Combine(parent, $"run-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..8]}");
+        Directory.CreateDirectory(root);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => TryDelete(root);
+        return root;
+    }
+
+    /// <summary>A run root whose process no longer exists, or a folder of the older layout (one folder per test) not
+    /// touched for a day.</summary>
+    internal static bool IsStale(string name, DateTime lastWriteUtc)
+    {
+        var parts = name.Split('-');
+        if (parts.Length == 3 && parts[0] == "run" && int.TryParse(parts[1], out var pid))
+            return pid != Environment.ProcessId && !ProcessAlive(pid);
+        return DateTime.UtcNow - lastWriteUtc > TimeSpan.FromDays(1);
+    }
+
+    static bool ProcessAlive(int pid)
+    {
+        try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
+        catch (ArgumentException) { return false; }
+        catch (InvalidOperationException) { return false; }
+    }
+
+    static void TryDelete(string dir)
+    {
+        try { Directory.Delete(dir, recursive: true); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
     }
 
     /// <summary>A folder with train.csv holding a seeded Gaussian mixture (features a, b, c, ... and a label column).</summary>
