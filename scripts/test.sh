@@ -5,6 +5,9 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 VALLEY_SETUP_EXTRAS="${VALLEY_SETUP_EXTRAS:-chromium}" "$root/scripts/setup.sh" || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+# The tests' temporary folders (about 1 GB per run) go under one folder that is removed when this script ends.
+export VALLEY_TEST_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/valley-tests.XXXXXX")"
+trap 'rm -rf "$VALLEY_TEST_ROOT"' EXIT
 results="$root/artifacts/test-results"
 rm -rf "$results"
 dotnet test "$root/tests/Valley.Tests/Valley.Tests.csproj" -c Release --no-build -nologo \

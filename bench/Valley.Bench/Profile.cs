@@ -39,3 +39,41 @@ public static class MatmulProfile
         Console.WriteLine($"x@Wt {t[0]*1000:F2} ms, dT@x {t[1]*1000:F2}, linear {t[2]*1000:F2}, transpose-copy x {t[3]*1000:F2}");
     }
 }
+
+/// <summary>
+/// Where a cached layer-stack product's time goes (mlp:784-128-64-10:tanh, 2,048 examples): the whole product through the
+/// objective, the stack's R-passes alone on kept batches, the two matrix products with the inputs alone, and the
+/// double-backward product through autograd.
+/// </summary>
+public static class StackProfile
+{
+    public static void Run(int reps)
+    {
+        using var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        model.eval();
+        foreach (long batch in new long[] { 512, 2048 })
+        {
+            var options = new Valley.Curvature.ObjectiveOptions { BatchSize = batch };
+            using var obj = new Valley.Curvature.Objective(model, Valley.Curvature.Losses.CrossEntropy, data, options);
+            using var db = new Valley.Curvature.Objective(model, Valley.Curvature.Losses.CrossEntropy, data, options with { HessianProducts = Valley.Curvature.HessianProductMethod.DoubleBackward });
+            var stack = obj.LayerStack!;
+            var v = randn(obj.Size, generator: new Generator(1));
+            using var keep = NewDisposeScope();
+            var batches = new List<Valley.Curvature.LinearStack.Batch>();
+            for (long s = 0; s < data.Count; s += batch)
+                batches.Add(stack.Prepare(data.X.narrow(0, s, batch), data.Y.narrow(0, s, batch), (double)batch / data.Count, _ => { }));
+            var Vt = v.unsqueeze(0);
+            var result = zeros([1, obj.Size]);
+            var W1 = randn(128, 784); var d = randn(batch, 128);
+            var xs = batches.Select(b => b.Inputs[0]).ToList();
+            var t = Runner.Interleaved(reps,
+                () => { using var s = NewDisposeScope(); obj.HessianVectorProduct(v); },
+                () => { using var s = NewDisposeScope(); foreach (var b in batches) stack.AddProduct(b, Vt, obj.Parameters, result); },
+                () => { using var s = NewDisposeScope(); foreach (var x in xs) { x.matmul(W1.t()); d.t().matmul(x); } },
+                () => { using var s = NewDisposeScope(); db.HessianVectorProduct(v); });
+            Console.WriteLine($"batch {batch}: product through the objective {t[0] * 1000:F2} ms, R-passes on kept batches {t[1] * 1000:F2} ms, " +
+                              $"the two input GEMMs per batch {t[2] * 1000:F2} ms, cached double backward {t[3] * 1000:F2} ms");
+        }
+    }
+}

@@ -27,6 +27,7 @@ public static class Runner
             case "landscape": LandscapeBench.Run(IntArg(args, "--points", 51)); return 0;
             case "hvp-profile": HvpProfile.Run(); return 0;
             case "mm-profile": MatmulProfile.Run(); return 0;
+            case "stack-profile": StackProfile.Run(IntArg(args, "--reps", 21)); return 0;
             case "mpi-hvp": MpiBench.Drive(IntArg(args, "--examples", 8192), IntArg(args, "--products", 20), IntArg(args, "--rounds", 5)); return 0;
             case "mpi-hvp-worker": MpiBench.Worker(IntArg(args, "--examples", 8192), IntArg(args, "--products", 20), IntArg(args, "--rank-threads", 0)); return 0;
             case "archive-hvp": ArchiveBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 31), threads); return 0;

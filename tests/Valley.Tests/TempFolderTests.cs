@@ -17,6 +17,7 @@ public class TempFolderTests
         Assert.False(TestUtil.IsStale("lanczos-1a2b3c4d", now.AddHours(-2)));
         Assert.True(TestUtil.IsStale("lanczos-1a2b3c4d", now.AddDays(-2)));
         var dir = TestUtil.TempDir("probe");
-        Assert.StartsWith(Path.Combine(Path.GetTempPath(), "valley-tests", $"run-{Environment.ProcessId}-"), dir);
+        var parent = Environment.GetEnvironmentVariable("VALLEY_TEST_ROOT") is { Length: > 0 } given ? given : Path.Combine(Path.GetTempPath(), "valley-tests");
+        Assert.StartsWith(Path.Combine(parent, $"run-{Environment.ProcessId}-"), dir);
     }
 }

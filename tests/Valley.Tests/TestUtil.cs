@@ -30,7 +30,9 @@ public static class TestUtil
 
     static string CreateRunRoot()
     {
-        var parent = Path.Combine(Path.GetTempPath(), "valley-tests");
+        // scripts/test.sh names a folder of its own, which it removes when the run ends: the test host may be ended without
+        // its exit handlers running.
+        var parent = Environment.GetEnvironmentVariable("VALLEY_TEST_ROOT") is { Length: > 0 } given ? given : Path.Combine(Path.GetTempPath(), "valley-tests");
         Directory.CreateDirectory(parent);
         foreach (var stale in Directory.EnumerateDirectories(parent))
             if (IsStale(Path.GetFileName(stale), Directory.GetLastWriteTimeUtc(stale))) TryDelete(stale);

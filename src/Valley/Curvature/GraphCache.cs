@@ -51,7 +51,18 @@ internal sealed class GraphCache(long budget) : IDisposable
         if (Closed || batch != _graphs.Count) return false;
         if (BytesPerExample is null && !Unbounded)
             BytesPerExample = Math.Max(ResidentBytes(trim: true) - residentBefore, floor) / (double)examples;
-        long bytes = Unbounded ? 0 : (long)Math.Ceiling(BytesPerExample!.Value * examples);
+        return Keep(gradient, Unbounded ? 0 : (long)Math.Ceiling(BytesPerExample!.Value * examples), payload);
+    }
+
+    /// <summary>Keeps batch <paramref name="batch"/>'s tensors of a known size (<paramref name="bytes"/>) when it is the next in order and fits.</summary>
+    public bool TryKeep(int batch, Tensor[] tensors, long bytes, object? payload)
+    {
+        if (Closed || batch != _graphs.Count) return false;
+        return Keep(tensors, Unbounded ? 0 : bytes, payload);
+    }
+
+    bool Keep(Tensor[] gradient, long bytes, object? payload)
+    {
         if (!Unbounded && Bytes + bytes > Budget)
         {
             Closed = true;

@@ -20,6 +20,9 @@ public sealed class Mlp : Module<Tensor, Tensor>
     /// <summary>Whether the linear layers have biases.</summary>
     public bool Bias { get; }
 
+    /// <summary>The layers in order: Linear, activation, Linear, ..., Linear.</summary>
+    internal IReadOnlyList<Module<Tensor, Tensor>> Layers => _layers;
+
     /// <summary>An MLP with PyTorch's nn.Sequential parameter names (0.weight, 0.bias, 2.weight, ...), initialized as PyTorch does.</summary>
     public Mlp(IReadOnlyList<int> widths, string activation = "relu", bool bias = true) : base("Mlp")
     {

@@ -18,7 +18,8 @@ public class GraphCacheTests
     {
         var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
         var model = new ModelSpec("mlp", [8, 6, 3], "tanh", true, 0, 0) { Text = "mlp:8-6-3:tanh" }.Build(data, seed: 1);
-        return (new Objective(model, Losses.CrossEntropy, data, options with { DType = ScalarType.Float64, BatchSize = Batch }), data);
+        // The autograd graphs' cache: the layer-stack products (LinearStackTests) would otherwise take this model.
+        return (new Objective(model, Losses.CrossEntropy, data, options with { DType = ScalarType.Float64, BatchSize = Batch, HessianProducts = HessianProductMethod.DoubleBackward }), data);
     }
 
     internal static double Relative(Tensor a, Tensor b) => ((a - b).norm() / b.norm()).ToDouble();

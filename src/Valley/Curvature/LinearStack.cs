@@ -1,0 +1,398 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using Valley.Models;
+using static TorchSharp.torch;
+
+namespace Valley.Curvature;
+
+/// <summary>How an objective computes Hessian-vector products (<see cref="ObjectiveOptions.HessianProducts"/>).</summary>
+public enum HessianProductMethod
+{
+    /// <summary>
+    /// By the R-operator propagated layer by layer when the model is a stack of Linear layers and elementwise activations
+    /// (Valley's <see cref="Mlp"/>, or a <c>Sequential</c> of Linear, Tanh, ReLU and Sigmoid) under cross-entropy, MSE or
+    /// binary cross-entropy; by double backward through autograd for every other model and loss.
+    /// </summary>
+    Auto,
+
+    /// <summary>Always by double backward through autograd.</summary>
+    DoubleBackward,
+}
+
+/// <summary>
+/// Exact Hessian-vector products of a feed-forward stack of Linear layers and elementwise activations, by Pearlmutter's
+/// R-operator (Pearlmutter 1994, "Fast exact multiplication by the Hessian", §4) propagated with explicit matrix products
+/// instead of autograd's double backward. With z_l = a_{l-1} W_lᵀ + b_l, a_l = σ(z_l), f = z_L and δ_l = ∂L_B/∂z_l, the
+/// directional derivatives along (V_l, c_l) are
+/// <code>
+///   R z_l = R a_{l-1} W_lᵀ + a_{l-1} V_lᵀ + c_l,       R a_l = σ'(z_l) ⊙ R z_l,       R a_0 = 0
+///   R δ_L = ∇²_f L_B · R f
+///   R δ_l = (R δ_{l+1} W_{l+1} + δ_{l+1} V_{l+1}) ⊙ σ'(z_l) + (δ_{l+1} W_{l+1}) ⊙ σ''(z_l) ⊙ R z_l
+///   (H v)_{W_l} = R δ_lᵀ a_{l-1} + δ_lᵀ R a_{l-1},     (H v)_{b_l} = Σ_batch R δ_l
+/// </code>
+/// Everything that does not depend on v (a_l, σ'(z_l), δ_l, (δ_{l+1} W_{l+1}) ⊙ σ''(z_l) and the output curvature) depends on
+/// the weights only and is kept between products (<see cref="Batch"/>). A product then costs, per batch, the two matrix
+/// products with the batch's inputs (X V_1ᵀ and R δ_1ᵀ X) and small ones for the later layers, and a block of k vectors
+/// shares them as one wider product each. Autograd's double backward performs the same two large products, but with the
+/// bookkeeping of a graph of a few dozen nodes per batch and product.
+/// </summary>
+internal sealed class LinearStack
+{
+    enum Activation { None, Tanh, ReLU, Sigmoid, Gelu }
+
+    /// <summary>One Linear layer, the activation after it (None for the last), and its parameters' indices in the objective's
+    /// parameter set (-1 when a parameter is not selected or absent).</summary>
+    sealed record Layer(Tensor Weight, Tensor? Bias, int WeightIndex, int BiasIndex, Activation After);
+
+    readonly Layer[] _layers;
+    readonly OutputLossKind _loss;
+    readonly bool _flatten;
+
+    LinearStack(Layer[] layers, OutputLossKind loss, bool flatten)
+    {
+        _layers = layers;
+        _loss = loss;
+        _flatten = flatten;
+    }
+
+    /// <summary>
+    /// The stack of an objective's model, or null when the model, the loss or the selection is not one this class computes
+    /// (the objective then uses double backward). Every parameter the objective selects must belong to one of the Linear layers.
+    /// </summary>
+    public static LinearStack? TryCreate(Objective objective)
+    {
+        var loss = OutputPasses.KindOf(objective.Loss);
+        if (loss == OutputLossKind.Other) return null;
+        var dtype = objective.Parameters.DType;
+        if (dtype != ScalarType.Float32 && dtype != ScalarType.Float64) return null;
+        List<nn.Module<Tensor, Tensor>> modules;
+        bool flatten;
+        switch (objective.Model)
+        {
+            case Mlp mlp:
+                modules = mlp.Layers.ToList();
+                flatten = true;
+                break;
+            case Sequential seq:
+                modules = [];
+                foreach (var (_, child) in seq.named_children())
+                {
+                    if (child is not nn.Module<Tensor, Tensor> m) return null;
+                    modules.Add(m);
+                }
+                flatten = false;
+                // A Sequential applies Linear to the last dimension of any input; only [N, d] inputs are handled here.
+                if (objective.Source is not Data.Dataset { X: var x } || x.dim() != 2) return null;
+                break;
+            default:
+                return null;
+        }
+        var index = new Dictionary<IntPtr, int>();
+        for (int i = 0; i < objective.Parameters.Tensors.Count; i++) index[objective.Parameters.Tensors[i].Handle] = i;
+        var layers = new List<Layer>();
+        int covered = 0;
+        for (int i = 0; i < modules.Count; i++)
+        {
+            if (modules[i] is not Linear linear) return null;
+            var act = Activation.None;
+            if (i + 1 < modules.Count && modules[i + 1] is not Linear)
+            {
+                Activation? a = modules[++i] switch
+                {
+                    Tanh => Activation.Tanh,
+                    ReLU => Activation.ReLU,
+                    Sigmoid => Activation.Sigmoid,
+                    // Only the Mlp's own GELU, which is the exact (erf) form; a Sequential's may be the tanh approximation.
+                    GELU when objective.Model is Mlp => Activation.Gelu,
+                    _ => null,
+                };
+                if (a is null) return null;
+                act = a.Value;
+            }
+            var w = linear.weight;
+            if (w is null) return null;
+            var b = linear.bias;
+            int wi = index.GetValueOrDefault(w.Handle, -1), bi = b is null ? -1 : index.GetValueOrDefault(b.Handle, -1);
+            covered += (wi >= 0 ? 1 : 0) + (bi >= 0 ? 1 : 0);
+            layers.Add(new Layer(w, b, wi, bi, act));
+        }
+        if (layers.Count == 0 || layers[^1].After != Activation.None) return null;
+        // A selected parameter outside the Linear layers (none in these models, but a subclass could add one) is not handled.
+        if (covered != objective.Parameters.Tensors.Count) return null;
+        return new LinearStack(layers.ToArray(), loss, flatten);
+    }
+
+    /// <summary>
+    /// What one batch's products need at the current weights: the layers' inputs a_{l-1}, and for the hidden layers σ'(z_l),
+    /// δ_l and (δ_{l+1} W_{l+1}) ⊙ σ''(z_l); the output curvature (softmax probabilities or σ(1−σ)); the batch's size.
+    /// </summary>
+    public sealed class Batch(Tensor[] inputs, Tensor?[] slopes, Tensor[] deltas, Tensor?[] curvatures, Tensor? output, long size, long outputs, double weight)
+    {
+        public Tensor[] Inputs { get; } = inputs;
+        public Tensor?[] Slopes { get; } = slopes;
+        public Tensor[] Deltas { get; } = deltas;
+        public Tensor?[] Curvatures { get; } = curvatures;
+        public Tensor? Output { get; } = output;
+        public long Size { get; } = size;
+        public long Outputs { get; } = outputs;
+        /// <summary>The batch's weight |B|/N in the objective, folded into δ and into the output curvature's products.</summary>
+        public double Weight { get; } = weight;
+
+        /// <summary>Every tensor the batch holds, for a cache that keeps it beyond its dispose scope.</summary>
+        public Tensor[] Tensors() =>
+            Inputs.Concat(Slopes.OfType<Tensor>()).Concat(Deltas).Concat(Curvatures.OfType<Tensor>()).Concat(Output is null ? [] : [Output]).ToArray();
+
+        /// <summary>Bytes of the tensors the batch adds (the inputs of the first layer are the data set's own memory).</summary>
+        public long Bytes() => Tensors().Skip(1).Sum(t => t.numel() * t.element_size());
+    }
+
+    /// <summary>
+    /// The forward and backward pass of one batch (model dtype and device; <paramref name="y"/> as the loss takes it),
+    /// without autograd, for the objective's loss with this batch weighted by <paramref name="weight"/> (|B|/N): δ_l and every
+    /// product of the batch carry the weight, so products add into the full-data result as they are.
+    /// <paramref name="checkOutputs"/> sees the outputs before the loss's derivative is formed from them.
+    /// </summary>
+    public Batch Prepare(Tensor x, Tensor y, double weight, Action<Tensor> checkOutputs)
+    {
+        using var _ = no_grad();
+        long size = x.shape[0];
+        int L = _layers.Length;
+        var inputs = new Tensor[L];
+        var slopes = new Tensor?[L];
+        var second = new Tensor?[L];
+        if (x.dim() < 2 || (!_flatten && x.dim() != 2))
+            throw new ValleyException($"inputs of shape [{string.Join(", ", x.shape)}]: the model's first Linear layer needs [examples, features]");
+        // A new handle (a view) for the first layer's input, so that the cache does not hold the batch loop's own tensor.
+        var a = x.reshape(size, -1);
+        if (a.shape[1] != _layers[0].Weight.shape[1])
+            throw new ValleyException($"inputs have {a.shape[1]} features per example, but the model's first Linear layer takes {_layers[0].Weight.shape[1]}");
+        for (int l = 0; l < L; l++)
+        {
+            inputs[l] = a;
+            var z = nn.functional.linear(a, _layers[l].Weight, _layers[l].Bias);
+            switch (_layers[l].After)
+            {
+                case Activation.None:
+                    a = z;
+                    break;
+                case Activation.Tanh:
+                    a = z.tanh();
+                    slopes[l] = 1 - a * a;
+                    second[l] = -2 * a * slopes[l]!;
+                    break;
+                case Activation.Sigmoid:
+                    a = z.sigmoid();
+                    slopes[l] = a * (1 - a);
+                    second[l] = slopes[l]! * (1 - 2 * a);
+                    break;
+                case Activation.ReLU:
+                    a = z.relu();
+                    // relu'(0) = 0 and relu'' = 0, as autograd's threshold backward takes them.
+                    slopes[l] = z.gt(0).to(z.dtype);
+                    break;
+                case Activation.Gelu:
+                    a = nn.functional.gelu(z);
+                    var phi = (z * z * -0.5).exp() * (1 / Math.Sqrt(2 * Math.PI));
+                    var cdf = (z * (1 / Math.Sqrt(2))).erf().add(1).mul(0.5);
+                    slopes[l] = cdf + z * phi;
+                    second[l] = phi * (2 - z * z);
+                    break;
+            }
+        }
+        var f = a;
+        checkOutputs(f);
+        long perExample = size == 0 ? 0 : f.numel() / size;
+        Tensor delta;
+        Tensor? curvature = null;
+        switch (_loss)
+        {
+            case OutputLossKind.CrossEntropy:
+                curvature = f.softmax(1);
+                delta = (curvature - nn.functional.one_hot(y, f.shape[1]).to(f.dtype)) / size;
+                break;
+            case OutputLossKind.MeanSquaredError:
+                delta = (f - Target(f, y)) * (2.0 / (size * perExample));
+                break;
+            default: // binary cross-entropy with logits
+                var s = f.sigmoid();
+                curvature = s * (1 - s);
+                delta = (s - Target(f, y)) / (size * perExample);
+                break;
+        }
+        var deltas = new Tensor[L];
+        var curvatures = new Tensor?[L];
+        deltas[L - 1] = delta.mul_(weight);
+        for (int l = L - 2; l >= 0; l--)
+        {
+            var g = deltas[l + 1].matmul(_layers[l + 1].Weight);
+            deltas[l] = slopes[l] is { } s1 ? g * s1 : g;
+            if (second[l] is { } s2) curvatures[l] = g * s2;
+        }
+        return new Batch(inputs, slopes, deltas, curvatures, curvature, size, perExample, weight);
+    }
+
+    // The loss's own shape rule: targets [B] against outputs [B] or [B, 1] (Losses.SameShape has already checked the shapes).
+    static Tensor Target(Tensor f, Tensor y) => f.dim() == 2 && y.dim() == 1 ? y.unsqueeze(1) : y;
+
+    /// <summary>
+    /// Adds (|B|/N) H_B V to <paramref name="result"/> [k, n] for a block <paramref name="Vt"/> [k, n] (rows the vectors, in the
+    /// parameter set's flat layout), H_B the Hessian of batch B's mean loss and |B|/N the batch's weight.
+    /// </summary>
+    public void AddProduct(Batch batch, Tensor Vt, ParameterSet parameters, Tensor result)
+    {
+        using var _ = no_grad();
+        if (Vt.shape[0] == 1)
+        {
+            AddVectorProduct(batch, Vt, parameters, result);
+            return;
+        }
+        int k = (int)Vt.shape[0];
+        int L = _layers.Length;
+        long N = batch.Size;
+        // Per layer: V_l as [k, out, in] and c_l as [k, out] (null when not selected).
+        var Vw = new Tensor?[L];
+        var Vb = new Tensor?[L];
+        for (int l = 0; l < L; l++)
+        {
+            if (_layers[l].WeightIndex is var wi and >= 0) Vw[l] = Slice(Vt, parameters, wi, k);
+            if (_layers[l].BiasIndex is var bi and >= 0) Vb[l] = Slice(Vt, parameters, bi, k);
+        }
+        // Forward R-pass: R z_l as [k, N, width], and R a_{l-1}, the R-input of layer l (none for the first).
+        var Rz = new Tensor[L];
+        var RaIn = new Tensor?[L];
+        for (int l = 0; l < L; l++)
+        {
+            var layer = _layers[l];
+            if (l > 0) RaIn[l] = batch.Slopes[l - 1] is { } s ? Rz[l - 1] * s : Rz[l - 1];
+            Tensor? rz = RaIn[l]?.matmul(layer.Weight.t());
+            if (Vw[l] is { } V) rz = rz is null ? Many(batch.Inputs[l], V) : rz.add_(Many(batch.Inputs[l], V));
+            if (Vb[l] is { } c) rz = rz is null ? c.unsqueeze(1).expand(k, N, c.shape[1]) : rz.add_(c.unsqueeze(1));
+            Rz[l] = rz ?? zeros([k, N, layer.Weight.shape[0]], dtype: Vt.dtype, device: Vt.device);
+        }
+        var rd = OutputCurvature(batch, Rz[L - 1]);
+        // Backward R-pass, writing each layer's part of H v as soon as its R δ_l is known.
+        for (int l = L - 1; l >= 0; l--)
+        {
+            var layer = _layers[l];
+            if (layer.WeightIndex >= 0)
+            {
+                // R δ_lᵀ a_{l-1} + δ_lᵀ R a_{l-1}, for the k vectors at once: [k, out, in].
+                var hw = ManyT(rd, batch.Inputs[l]);
+                if (RaIn[l] is { } ra) hw.add_(ManyT2(batch.Deltas[l], ra));
+                View(result, parameters, layer.WeightIndex, k).add_(hw);
+            }
+            if (layer.BiasIndex >= 0) View(result, parameters, layer.BiasIndex, k).add_(rd.sum(1));
+            if (l == 0) break;
+            // R δ_{l-1} = (R δ_l W_l + δ_l V_l) ⊙ σ'(z_{l-1}) + (δ_l W_l) ⊙ σ''(z_{l-1}) ⊙ R z_{l-1}.
+            var rg = rd.matmul(layer.Weight);
+            if (Vw[l] is { } V) rg.add_(DeltaTimes(batch.Deltas[l], V));
+            var below = l - 1;
+            rd = batch.Slopes[below] is { } s ? rg.mul_(s) : rg;
+            if (batch.Curvatures[below] is { } c2) rd.add_(Rz[below] * c2);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AddProduct"/> for one vector (Lanczos, SLQ): the same passes on [N, width] matrices, with the bias and the
+    /// accumulation into <paramref name="result"/> fused into the matrix products (addmm), so that a layer costs a few
+    /// library calls rather than a few dozen.
+    /// </summary>
+    void AddVectorProduct(Batch batch, Tensor Vt, ParameterSet parameters, Tensor result)
+    {
+        int L = _layers.Length;
+        long N = batch.Size;
+        var Vw = new Tensor?[L];
+        var Vb = new Tensor?[L];
+        for (int l = 0; l < L; l++)
+        {
+            if (_layers[l].WeightIndex is var wi and >= 0) Vw[l] = View(Vt, parameters, wi);
+            if (_layers[l].BiasIndex is var bi and >= 0) Vb[l] = View(Vt, parameters, bi);
+        }
+        var Rz = new Tensor[L];
+        var RaIn = new Tensor?[L];
+        for (int l = 0; l < L; l++)
+        {
+            var layer = _layers[l];
+            if (l > 0) RaIn[l] = batch.Slopes[l - 1] is { } s ? Rz[l - 1] * s : Rz[l - 1];
+            Tensor? rz = RaIn[l]?.matmul(layer.Weight.t());
+            if (Vw[l] is { } V)
+                rz = rz is null ? (Vb[l] is { } c0 ? c0.addmm(batch.Inputs[l], V.t()) : batch.Inputs[l].matmul(V.t())) : rz.addmm_(batch.Inputs[l], V.t());
+            if (Vb[l] is { } c && (rz is null || Vw[l] is null || RaIn[l] is not null)) rz = rz is null ? c.expand(N, c.shape[0]) : rz.add_(c);
+            Rz[l] = rz ?? zeros([N, layer.Weight.shape[0]], dtype: Vt.dtype, device: Vt.device);
+        }
+        var rd = OutputCurvature(batch, Rz[L - 1]);
+        for (int l = L - 1; l >= 0; l--)
+        {
+            var layer = _layers[l];
+            if (layer.WeightIndex >= 0)
+            {
+                var hw = View(result, parameters, layer.WeightIndex);
+                hw.addmm_(rd.t(), batch.Inputs[l]);
+                if (RaIn[l] is { } ra) hw.addmm_(batch.Deltas[l].t(), ra);
+            }
+            if (layer.BiasIndex >= 0) View(result, parameters, layer.BiasIndex).add_(rd.sum(0L)); // 0L: a literal 0 would bind to sum(ScalarType)
+            if (l == 0) break;
+            var rg = rd.matmul(layer.Weight);
+            if (Vw[l] is { } V) rg.addmm_(batch.Deltas[l], V);
+            var below = l - 1;
+            rd = batch.Slopes[below] is { } s ? rg.mul_(s) : rg;
+            if (batch.Curvatures[below] is { } c2) rd.addcmul_(Rz[below], c2, 1);
+        }
+    }
+
+    // R δ_L = (|B|/N) ∇²_f L_B R f for R f [..., N, C] (the batch's mean loss, as OutputBatch.OutputHessian, times its weight).
+    Tensor OutputCurvature(Batch batch, Tensor rf)
+    {
+        double scale = batch.Weight / (_loss == OutputLossKind.CrossEntropy ? batch.Size : batch.Size * batch.Outputs);
+        switch (_loss)
+        {
+            case OutputLossKind.CrossEntropy:
+                var p = batch.Output!;
+                var prf = p * rf;
+                return prf.sub_(p * prf.sum(-1, keepdim: true)).mul_(scale);
+            case OutputLossKind.MeanSquaredError:
+                return rf * (2 * scale);
+            default:
+                return (batch.Output! * rf).mul_(scale);
+        }
+    }
+
+    // A [N, in] times V_lᵀ for k matrices V [k, out, in] as one matrix product: [k, N, out].
+    static Tensor Many(Tensor A, Tensor V)
+    {
+        long k = V.shape[0], o = V.shape[1], i = V.shape[2];
+        return A.matmul(V.reshape(k * o, i).t()).view(A.shape[0], k, o).transpose(0, 1);
+    }
+
+    // R δ [k, N, out] transposed times A [N, in] for each of the k: [k, out, in], as one matrix product.
+    static Tensor ManyT(Tensor rd, Tensor A)
+    {
+        long k = rd.shape[0], N = rd.shape[1], o = rd.shape[2];
+        return rd.transpose(0, 1).reshape(N, k * o).t().matmul(A).view(k, o, A.shape[1]);
+    }
+
+    // δ [N, out] transposed times R a [k, N, in]: [k, out, in].
+    static Tensor ManyT2(Tensor delta, Tensor Ra)
+    {
+        long k = Ra.shape[0], N = Ra.shape[1], i = Ra.shape[2];
+        return delta.t().matmul(Ra.transpose(0, 1).reshape(N, k * i)).view(delta.shape[1], k, i).transpose(0, 1);
+    }
+
+    // δ [N, out] times V [k, out, in] for each of the k: [k, N, in].
+    static Tensor DeltaTimes(Tensor delta, Tensor V)
+    {
+        long k = V.shape[0], o = V.shape[1], i = V.shape[2];
+        return delta.matmul(V.transpose(0, 1).reshape(o, k * i)).view(delta.shape[0], k, i).transpose(0, 1);
+    }
+
+    // Parameter p's part of the rows of a [k, n] block, shaped [k, ...p's shape].
+    static Tensor Slice(Tensor block, ParameterSet parameters, int p, int k) =>
+        block.narrow(1, parameters.Offsets[p], parameters.Tensors[p].numel()).reshape([k, .. parameters.Shapes[p]]);
+
+    static Tensor View(Tensor block, ParameterSet parameters, int p, int k) =>
+        block.narrow(1, parameters.Offsets[p], parameters.Tensors[p].numel()).view([k, .. parameters.Shapes[p]]);
+
+    // Parameter p's part of a single row [1, n], as a view of p's shape.
+    static Tensor View(Tensor row, ParameterSet parameters, int p) =>
+        row.narrow(1, parameters.Offsets[p], parameters.Tensors[p].numel()).view(parameters.Shapes[p]);
+}
