@@ -74,6 +74,11 @@ public static class StackProfile
                 () => { using var s = NewDisposeScope(); db.HessianVectorProduct(v); });
             Console.WriteLine($"batch {batch}: product through the objective {t[0] * 1000:F2} ms, R-passes on kept batches {t[1] * 1000:F2} ms, " +
                               $"the two input GEMMs per batch {t[2] * 1000:F2} ms, cached double backward {t[3] * 1000:F2} ms");
+            var V10 = randn([obj.Size, 10], generator: new Generator(2));
+            var tb = Runner.Interleaved(Math.Max(3, reps / 3),
+                () => { using var s = NewDisposeScope(); obj.HessianBlockProduct(V10); },
+                () => { using var s = NewDisposeScope(); db.HessianBlockProduct(V10); });
+            Console.WriteLine($"batch {batch}: block of 10 through the objective {tb[0] * 1000:F2} ms, cached double backward {tb[1] * 1000:F2} ms");
         }
     }
 }

@@ -35,7 +35,7 @@ public static class Runner
             case "eigh-profile": EighProfile.Run(); return 0;
             case "operators": OperatorBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 15), threads, IntArg(args, "--batch", 0)); return 0;
             case "floor-profile": FloorProfile.Run(IntArg(args, "--reps", 3)); return 0;
-            case "estimator-overhead": EstimatorOverhead.Run(); return 0;
+            case "estimator-overhead": EstimatorOverhead.Run(args.Contains("--mallopt")); return 0;
             case "step-ops": StepOps.Run(); return 0;
             case "mallinfo": MallinfoProbe.Run(); return 0;
             case "projection-ops": ProjectionOps.Run(); return 0;

@@ -226,8 +226,12 @@ public static class EstimatorOverhead
         protected override Tensor ApplyBlockCore(Tensor V) => d.unsqueeze(1) * V;
     }
 
-    public static void Run()
+    [System.Runtime.InteropServices.DllImport("libc")]
+    static extern int mallopt(int param, int value);
+
+    public static void Run(bool tune = false)
     {
+        if (tune) Console.WriteLine($"mallopt: mmap threshold {mallopt(-3, 32 << 20)}, trim threshold {mallopt(-1, 256 << 20)}, top pad {mallopt(-2, 16 << 20)}");
         long n = 109_386;
         var d = exp(-arange(n, dtype: ScalarType.Float32) / 50) * 7 + randn(n, generator: new Generator(3)) * 1e-3f;
         var op = new Diagonal(d);

@@ -45,6 +45,11 @@ public sealed class CommonOptions
         Validators = { r => { if (r.GetValueOrDefault<string?>() is { } v && ParseBytes(v) is null) r.AddError($"--graph-memory: expected a size such as 2G, 512M or 0, got '{v}'"); } },
     };
     bool _graphMemory;
+    public readonly Option<string> HessianProducts = new Option<string>("--hessian-products")
+    {
+        Description = "How Hessian-vector products are computed: auto (explicit R-passes for stacks of Linear layers and tanh/relu/sigmoid/gelu under cross-entropy, MSE or BCE; double backward otherwise) or double-backward (always autograd); both agree to rounding",
+        DefaultValueFactory = _ => "auto",
+    }.AcceptOnlyFromAmong("auto", "double-backward");
 
     public CommonOptions(long subsetDefault = 2048, long batchDefault = 1024)
     {
@@ -58,10 +63,11 @@ public sealed class CommonOptions
         if (layer) cmd.Options.Add(Layer);
     }
 
-    /// <summary>Adds --graph-memory, for the commands that build Hessian operators.</summary>
+    /// <summary>Adds --graph-memory and --hessian-products, for the commands that build Hessian operators.</summary>
     public void AddGraphMemory(Command cmd)
     {
         cmd.Options.Add(GraphMemory);
+        cmd.Options.Add(HessianProducts);
         _graphMemory = true;
     }
 
@@ -179,6 +185,7 @@ public sealed class CommonOptions
                 ParameterFilter = ParameterSet.PrefixFilter(p.GetValue(Layer)),
                 Group = shard ? Group : null,
                 GraphMemoryBytes = _graphMemory && p.GetValue(GraphMemory) is { } gm ? ParseBytes(gm) : null,
+                HessianProducts = _graphMemory && p.GetValue(HessianProducts) == "double-backward" ? HessianProductMethod.DoubleBackward : HessianProductMethod.Auto,
             });
             return new Context { Data = data, Model = local.Model!, Objective = objective };
         }

@@ -302,6 +302,9 @@ public sealed class Objective : IDisposable
     LinearStack? _stack;
     bool _stackChecked;
 
+    /// <summary>How this objective computes Hessian-vector products, in words: "R-operator over the Linear layers" or "double backward".</summary>
+    public string ProductMethodDescription => LayerStack is null ? "double backward (autograd)" : "R-operator over the Linear layers (explicit forward and backward R-passes)";
+
     /// <summary>The model as a stack of Linear layers whose products are propagated explicitly, or null (double backward).</summary>
     internal LinearStack? LayerStack
     {
@@ -317,21 +320,24 @@ public sealed class Objective : IDisposable
     }
 
     /// <summary>
-    /// <see cref="HessianBlockProduct"/> by <see cref="LinearStack"/>: each batch's forward and backward quantities are kept in
-    /// the graph cache under the same budget and weights check (their size is exact, no measurement needed), and a product
-    /// is one forward and one backward R-pass per batch.
+    /// <see cref="HessianBlockProduct"/> by <see cref="LinearStack"/>: the data pass in chunks (<see cref="LinearStack.ChunkRows"/>),
+    /// each chunk's forward and backward quantities are kept in the graph cache under the same budget and weights check
+    /// (their size is exact, no measurement needed), and a product is one forward and one backward R-pass per chunk.
     /// </summary>
     Tensor StackBlockProduct(LinearStack stack, Tensor V, CancellationToken ct)
     {
         int k = (int)V.shape[1];
         long n = Examples;
+        int element = Parameters.DType.ElementSize();
+        long rows = stack.ChunkRows(Options.BatchSize, element);
+        int group = stack.VectorsPerPass(Math.Min(rows, Math.Max(1, Source.Count)), element);
         var result = zeros([k, Size], dtype: Parameters.DType, device: Parameters.Device);
         using (var outer = NewDisposeScope())
         {
             var Vt = V.to(Parameters.DType, Parameters.Device).t().contiguous();
             var cache = GraphCacheForProduct();
             int b = -1;
-            foreach (var (x, y, size) in Source.Batches(Options.BatchSize))
+            foreach (var (x, y, size) in Source.Batches(rows))
             {
                 ct.ThrowIfCancellationRequested();
                 b++;
@@ -343,7 +349,11 @@ public sealed class Objective : IDisposable
                     batch = stack.Prepare(xb, yb, (double)size / n, f => { CheckOutputs(f, yb, Source); Loss(f, yb).Dispose(); });
                     cache?.TryKeep(b, batch.Tensors(), batch.Bytes(), batch);
                 }
-                stack.AddProduct(batch, Vt, Parameters, result);
+                for (int j = 0; j < k; j += group)
+                {
+                    int g = Math.Min(group, k - j);
+                    stack.AddProduct(batch, g == k ? Vt : Vt.narrow(0, j, g), Parameters, g == k ? result : result.narrow(0, j, g));
+                }
             }
         }
         if (Group.Size > 1)

@@ -98,6 +98,34 @@ public class OperatorCommandTests
     }
 
     [Fact]
+    public void HessianProductsByRPassesEqualDoubleBackwardAndTheOutputSaysWhichWereUsed()
+    {
+        // An MLP's products are R-passes by default; --hessian-products double-backward asks autograd. Same numbers (float64),
+        // and hessian.json names the method, which is an input: a rerun with the other method into the folder starts afresh.
+        var data = CsvData();
+        var dir = TestUtil.TempDir("hessian-products");
+        (double[] Values, string Method) Top(string method, string outDir)
+        {
+            int code = Run(out _, out var err, "hessian", "--data", data, "--model", "mlp:4-6-3:tanh", "--subset", "0", "--dtype", "float64",
+                "--top", "3", "--trace", "--out", outDir, "--hessian-products", method);
+            Assert.True(code == 0, err);
+            var root = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "hessian.json"))).RootElement;
+            var json = root.GetProperty("report");
+            return ([.. Doubles(json.GetProperty("top").GetProperty("values")), json.GetProperty("trace").GetProperty("trace").GetDouble()],
+                    root.GetProperty("hessian_products").GetString()!);
+        }
+        var auto = Top("auto", Path.Combine(dir, "a"));
+        var autograd = Top("double-backward", Path.Combine(dir, "b"));
+        Assert.StartsWith("R-operator", auto.Method);
+        Assert.StartsWith("double backward", autograd.Method);
+        for (int i = 0; i < auto.Values.Length; i++) Assert.Equal(autograd.Values[i], auto.Values[i], 1e-9 * Math.Abs(autograd.Values[i]));
+        var again = Top("double-backward", Path.Combine(dir, "a"));
+        Assert.StartsWith("double backward", again.Method);
+        Assert.Equal(1, Run(out _, out var bad, "hessian", "--data", data, "--model", "mlp:4-6-3:tanh", "--hessian-products", "fast", "--out", Path.Combine(dir, "c")));
+        Assert.Contains("Must be one of: 'auto' 'double-backward'", bad);
+    }
+
+    [Fact]
     public void KfacSamplesLabelsByDefaultAsPublishedAndTheExactExpectationIsAnOption()
     {
         // The default is Martens & Grosse's K-FAC (one label per example from the model's distribution, seeded): the same

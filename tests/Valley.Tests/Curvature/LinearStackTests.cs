@@ -54,19 +54,25 @@ public class LinearStackTests
         using var _ = NewDisposeScope();
         var model = new Mlp([5, 6, 4, 3], activation);
         var (stack, autograd) = Pair(model, loss, data);
-        using var _s = stack; using var _a = autograd;
+        var (chunked, _) = Pair(model, loss, data);
+        using var _s = stack; using var _a = autograd; using var _c = chunked;
         Assert.NotNull(stack.LayerStack);
         Assert.Null(autograd.LayerStack);
+        // One chunk of all 47 examples (the default), and chunks of the objective's batches (10 rows: 4 of 10 and one of 7).
+        chunked.LayerStack!.ChunkBytes = 1;
         var V = randn([stack.Size, 3], dtype: ScalarType.Float64, generator: new Generator(11));
         var expected = autograd.HessianBlockProduct(V);
-        var first = stack.HessianBlockProduct(V);
-        Assert.Equal(5, stack.CachedBatches);
-        var again = stack.HessianBlockProduct(V);
-        Assert.True(Relative(first, expected) < 1e-12, $"{activation}/{loss}: {Relative(first, expected)}");
-        Assert.True(Relative(again, expected) < 1e-12, $"{activation}/{loss} cached: {Relative(again, expected)}");
-        var v = V[.., 1].contiguous();
-        var one = Relative(stack.HessianVectorProduct(v), autograd.HessianVectorProduct(v));
-        Assert.True(one < 1e-12, $"{activation}/{loss}, one vector: {one}");
+        foreach (var (o, chunks) in new[] { (stack, 1), (chunked, 5) })
+        {
+            var first = o.HessianBlockProduct(V);
+            Assert.Equal(chunks, o.CachedBatches);
+            var again = o.HessianBlockProduct(V);
+            Assert.True(Relative(first, expected) < 1e-12, $"{activation}/{loss}, {chunks} chunks: {Relative(first, expected)}");
+            Assert.True(Relative(again, expected) < 1e-12, $"{activation}/{loss}, {chunks} chunks, cached: {Relative(again, expected)}");
+            var v = V[.., 1].contiguous();
+            var one = Relative(o.HessianVectorProduct(v), autograd.HessianVectorProduct(v));
+            Assert.True(one < 1e-12, $"{activation}/{loss}, {chunks} chunks, one vector: {one}");
+        }
     }
 
     [Fact]
@@ -143,6 +149,10 @@ public class LinearStackTests
         var (off, autograd) = Pair(model, "cross-entropy", data, new ObjectiveOptions { GraphMemoryBytes = 0 });
         var (some, _2) = Pair(model, "cross-entropy", data, new ObjectiveOptions { GraphMemoryBytes = 6_000 });
         var (all, _3) = Pair(model, "cross-entropy", data);
+        // Chunks of the objective's batches of 10, and a pass over one vector at a time (a block then takes several passes).
+        foreach (var o in new[] { off, some, all }) o.LayerStack!.ChunkBytes = 1;
+        some.LayerStack!.PassBytes = 1;
+        Assert.Equal(1, some.LayerStack.VectorsPerPass(10, 8));
         using var _o = off; using var _a = autograd; using var _s = some; using var _x = all; using var _y = _2; using var _z = _3;
         var V = randn([off.Size, 2], dtype: ScalarType.Float64, generator: new Generator(14));
         for (int round = 0; round < 2; round++)
