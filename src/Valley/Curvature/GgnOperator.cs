@@ -10,7 +10,8 @@ namespace Valley.Curvature;
 /// MSE at zero residual. Each product is, per batch, one J v by the double-vjp trick (TorchSharp has reverse mode only:
 /// a backward pass through the graph of Jᵀu, built once per batch), H_out times it in closed form (cross-entropy, MSE, BCE;
 /// other losses by double backward through the loss alone) and one Jᵀ w backward pass: no second-order backward pass
-/// through the model. Full data, batches weighted by size, the objective's mode, parameter filter and process group.
+/// through the model. For a stack of Linear layers (<see cref="HessianProductMethod.Auto"/>), J v and Jᵀ w are explicit
+/// matrix passes instead. Full data, batches weighted by size, the objective's mode, parameter filter and process group.
 /// </summary>
 public sealed class GgnOperator : ObjectiveOperator
 {
@@ -22,6 +23,9 @@ public sealed class GgnOperator : ObjectiveOperator
 
     /// <inheritdoc/>
     protected override Tensor ApplyBlockCore(Tensor V) =>
+        // A stack of Linear layers: J v and Jᵀ w by explicit passes over the kept forward quantities (LinearStack), which the
+        // Hessian's products share.
+        Objective.LayerStack is { } stack ? Objective.StackBlockProduct(stack, V, Cancellation, gaussNewton: true) :
         // (1/N) Σ_B J_Bᵀ (|B| ∇²_f L_B) J_B V: the batch's mean-loss Hessian times |B| is Σ_{i∈B} H_i.
         GaussNewtonProduct.Block(Objective, V, Cancellation, (batch, _) =>
         {

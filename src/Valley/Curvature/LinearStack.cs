@@ -15,7 +15,7 @@ public enum HessianProductMethod
     /// </summary>
     Auto,
 
-    /// <summary>Always by double backward through autograd.</summary>
+    /// <summary>Always through autograd: double backward for the Hessian, the double-vjp trick for the GGN.</summary>
     DoubleBackward,
 }
 
@@ -261,14 +261,17 @@ internal sealed class LinearStack
 
     /// <summary>
     /// Adds (|B|/N) H_B V to <paramref name="result"/> [k, n] for a block <paramref name="Vt"/> [k, n] (rows the vectors, in the
-    /// parameter set's flat layout), H_B the Hessian of batch B's mean loss and |B|/N the batch's weight.
+    /// parameter set's flat layout), H_B the Hessian of batch B's mean loss and |B|/N the batch's weight. With
+    /// <paramref name="gaussNewton"/>, the generalized Gauss-Newton matrix J_Bᵀ ∇²_f L_B J_B instead: the same passes without
+    /// the terms of the model's own curvature (δ_{l+1} V_{l+1}, the σ″ term and δ_lᵀ R a_{l−1}), so that R z is J v and the
+    /// backward pass is Jᵀ applied to the output curvature's product.
     /// </summary>
-    public void AddProduct(Batch batch, Tensor Vt, ParameterSet parameters, Tensor result)
+    public void AddProduct(Batch batch, Tensor Vt, ParameterSet parameters, Tensor result, bool gaussNewton = false)
     {
         using var _ = no_grad();
         if (Vt.shape[0] == 1)
         {
-            AddVectorProduct(batch, Vt, parameters, result);
+            AddVectorProduct(batch, Vt, parameters, result, gaussNewton);
             return;
         }
         int k = (int)Vt.shape[0];
@@ -303,17 +306,17 @@ internal sealed class LinearStack
             {
                 // R δ_lᵀ a_{l-1} + δ_lᵀ R a_{l-1}, for the k vectors at once: [k, out, in].
                 var hw = ManyT(rd, batch.Inputs[l]);
-                if (RaIn[l] is { } ra) hw.add_(ManyT2(batch.Deltas[l], ra));
+                if (!gaussNewton && RaIn[l] is { } ra) hw.add_(ManyT2(batch.Deltas[l], ra));
                 View(result, parameters, layer.WeightIndex, k).add_(hw);
             }
             if (layer.BiasIndex >= 0) View(result, parameters, layer.BiasIndex, k).add_(rd.sum(1));
             if (l == 0) break;
             // R δ_{l-1} = (R δ_l W_l + δ_l V_l) ⊙ σ'(z_{l-1}) + (δ_l W_l) ⊙ σ''(z_{l-1}) ⊙ R z_{l-1}.
             var rg = rd.matmul(layer.Weight);
-            if (Vw[l] is { } V) rg.add_(DeltaTimes(batch.Deltas[l], V));
+            if (!gaussNewton && Vw[l] is { } V) rg.add_(DeltaTimes(batch.Deltas[l], V));
             var below = l - 1;
             rd = batch.Slopes[below] is { } s ? rg.mul_(s) : rg;
-            if (batch.Curvatures[below] is { } c2) rd.add_(Rz[below] * c2);
+            if (!gaussNewton && batch.Curvatures[below] is { } c2) rd.add_(Rz[below] * c2);
         }
     }
 
@@ -322,7 +325,7 @@ internal sealed class LinearStack
     /// accumulation into <paramref name="result"/> fused into the matrix products (addmm), so that a layer costs a few
     /// library calls rather than a few dozen.
     /// </summary>
-    void AddVectorProduct(Batch batch, Tensor Vt, ParameterSet parameters, Tensor result)
+    void AddVectorProduct(Batch batch, Tensor Vt, ParameterSet parameters, Tensor result, bool gaussNewton)
     {
         int L = _layers.Length;
         long N = batch.Size;
@@ -353,15 +356,15 @@ internal sealed class LinearStack
             {
                 var hw = View(result, parameters, layer.WeightIndex);
                 hw.addmm_(rd.t(), batch.Inputs[l]);
-                if (RaIn[l] is { } ra) hw.addmm_(batch.Deltas[l].t(), ra);
+                if (!gaussNewton && RaIn[l] is { } ra) hw.addmm_(batch.Deltas[l].t(), ra);
             }
             if (layer.BiasIndex >= 0) View(result, parameters, layer.BiasIndex).add_(rd.sum(0L)); // 0L: a literal 0 would bind to sum(ScalarType)
             if (l == 0) break;
             var rg = rd.matmul(layer.Weight);
-            if (Vw[l] is { } V) rg.addmm_(batch.Deltas[l], V);
+            if (!gaussNewton && Vw[l] is { } V) rg.addmm_(batch.Deltas[l], V);
             var below = l - 1;
             rd = batch.Slopes[below] is { } s ? rg.mul_(s) : rg;
-            if (batch.Curvatures[below] is { } c2) rd.addcmul_(Rz[below], c2, 1);
+            if (!gaussNewton && batch.Curvatures[below] is { } c2) rd.addcmul_(Rz[below], c2, 1);
         }
     }
 

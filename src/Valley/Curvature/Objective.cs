@@ -53,10 +53,11 @@ public sealed record ObjectiveOptions
     public bool AllowNonFiniteLoss { get; init; }
 
     /// <summary>
-    /// How Hessian-vector products are computed (docs/design.md §3). Default <see cref="HessianProductMethod.Auto"/>: by the
-    /// R-operator propagated layer by layer with explicit matrix products for a stack of Linear layers and elementwise
-    /// activations under cross-entropy, MSE or binary cross-entropy (2–3× faster there), by double backward otherwise. Both
-    /// give the same products up to float rounding; <see cref="HessianProductMethod.DoubleBackward"/> forces autograd.
+    /// How Hessian-vector (and Gauss-Newton) products are computed (docs/design.md §3). Default
+    /// <see cref="HessianProductMethod.Auto"/>: by the R-operator propagated layer by layer with explicit matrix products for a
+    /// stack of Linear layers and elementwise activations under cross-entropy, MSE or binary cross-entropy (about 1.5× faster
+    /// there), by autograd otherwise. Both give the same products up to float rounding;
+    /// <see cref="HessianProductMethod.DoubleBackward"/> forces autograd.
     /// </summary>
     public HessianProductMethod HessianProducts { get; init; }
 }
@@ -324,7 +325,7 @@ public sealed class Objective : IDisposable
     /// each chunk's forward and backward quantities are kept in the graph cache under the same budget and weights check
     /// (their size is exact, no measurement needed), and a product is one forward and one backward R-pass per chunk.
     /// </summary>
-    Tensor StackBlockProduct(LinearStack stack, Tensor V, CancellationToken ct)
+    internal Tensor StackBlockProduct(LinearStack stack, Tensor V, CancellationToken ct, bool gaussNewton = false)
     {
         int k = (int)V.shape[1];
         long n = Examples;
@@ -352,7 +353,7 @@ public sealed class Objective : IDisposable
                 for (int j = 0; j < k; j += group)
                 {
                     int g = Math.Min(group, k - j);
-                    stack.AddProduct(batch, g == k ? Vt : Vt.narrow(0, j, g), Parameters, g == k ? result : result.narrow(0, j, g));
+                    stack.AddProduct(batch, g == k ? Vt : Vt.narrow(0, j, g), Parameters, g == k ? result : result.narrow(0, j, g), gaussNewton);
                 }
             }
         }

@@ -75,6 +75,28 @@ public class LinearStackTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void GaussNewtonProductsEqualTheAutogradOnes(string activation, string loss)
+    {
+        using var data = Data(loss, 5, 3);
+        using var _ = NewDisposeScope();
+        var model = new Mlp([5, 6, 4, 3], activation);
+        var (stack, autograd) = Pair(model, loss, data);
+        using var _s = stack; using var _a = autograd;
+        stack.LayerStack!.ChunkBytes = 1; // several chunks
+        var V = randn([stack.Size, 3], dtype: ScalarType.Float64, generator: new Generator(21));
+        var expected = new GgnOperator(autograd).ApplyBlock(V);
+        var ggn = new GgnOperator(stack);
+        Assert.True(Relative(ggn.ApplyBlock(V), expected) < 1e-12, $"{activation}/{loss}: {Relative(ggn.ApplyBlock(V), expected)}");
+        var v = V[.., 0].contiguous();
+        Assert.True(Relative(ggn.Apply(v), expected[.., 0]) < 1e-12, $"{activation}/{loss}, one vector");
+        // The Hessian's and the GGN's products share the kept chunks.
+        Assert.Equal(5, stack.CachedBatches);
+        Assert.Equal(0, stack.CachedOutputBatches);
+        Assert.True(Relative(stack.HessianBlockProduct(V), autograd.HessianBlockProduct(V)) < 1e-12);
+    }
+
     [Fact]
     public void TheHessianBuiltFromProductsEqualsTheExactHessian()
     {
