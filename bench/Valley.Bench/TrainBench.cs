@@ -115,8 +115,9 @@ public static class SoakBench
                 using (NewDisposeScope()) op.Apply(v);
                 if (i == 100 || i % 1000 == 0) marks[i] = Runner.ResidentBytes();
             }
-            int cached = kind == "ggn" ? obj.CachedOutputBatches : obj.CachedBatches;
-            Console.WriteLine($"{products} cached {kind} products (mlp:784-128-64-10:tanh, 2,048 examples, 4 batches of 512, {cached} batches cached, {sw.Elapsed.TotalSeconds:F0} s): resident MiB " +
+            // The layer stack's chunks serve both operators from the graph cache; autograd's GGN keeps output graphs.
+            int cached = kind == "ggn" && obj.LayerStack is null ? obj.CachedOutputBatches : obj.CachedBatches;
+            Console.WriteLine($"{products} cached {kind} products (mlp:784-128-64-10:tanh, 2,048 examples, batch size 512, {obj.ProductMethodDescription}, {cached} batches or chunks cached, {sw.Elapsed.TotalSeconds:F0} s): resident MiB " +
                               string.Join(", ", marks.Select(kv => $"{kv.Key}: {kv.Value / 1048576.0:F0}")) +
                               $"; growth after warm-up (100 → {products}): {100.0 * (marks[products] - marks[100]) / marks[100]:F1}%");
         }
