@@ -35,7 +35,7 @@ public sealed record HessianOutput(string Model, string? Weights, string Data, l
     /// <summary>K-FAC only: which expectation its output-gradient factor G is, in words (<see cref="KfacOperator.ExpectationDescription"/>).</summary>
     public string? KfacExpectation { get; init; }
 
-    /// <summary>The Hessian operator only: how its products were computed (<see cref="Objective.ProductMethodDescription"/>).</summary>
+    /// <summary>The Hessian and GGN operators: how their products were computed (<see cref="Objective.ProductMethodDescription"/>).</summary>
     public string? HessianProducts { get; init; }
 
     /// <summary>The diagonal's per-parameter summary, when asked for (the entries are in diagonal.csv).</summary>

@@ -107,13 +107,13 @@ public static class HessianCommand
             var uncovered = (op as KfacOperator)?.UncoveredParameters;
             if (!json) term.MarkupLine($"[bold]{Markup.Escape(p.GetValue(o.Model)!)}[/]: {HessianRun.Title(name)}, {op.Size:N0} parameters, {Markup.Escape(ctx.Train.ToString())}" +
                                        (group.Size > 1 ? $" on each of {group.Size} ranks ({ctx.TrainExamples} in all)" : ""));
-            if (!json && op is HessianOperator) term.MarkupLine($"[grey]products: {Markup.Escape(ctx.Objective.ProductMethodDescription)}[/]");
+            if (!json && op is HessianOperator or GgnOperator) term.MarkupLine($"[grey]products: {Markup.Escape(ctx.Objective.ProductMethodDescription)}[/]");
             if (!json && op is KfacOperator kfac) term.MarkupLine($"[grey]K-FAC: {Markup.Escape(kfac.ExpectationDescription)}[/]");
             if (!json && uncovered is { Count: > 0 })
                 term.MarkupLine($"[yellow]K-FAC covers Linear and Conv2d layers only; it is zero on {Markup.Escape(string.Join(", ", uncovered))}[/]");
             var run = HessianRun.Open(dir, new HessianOutput(p.GetValue(o.Model)!, p.GetValue(o.Weights), ctx.TrainName, ctx.TrainExamples, op.Size, p.GetValue(o.Layer),
                 p.GetValue(o.DType)!, p.GetValue(o.Seed), TorchSharp.torch.get_num_threads(), CommonOptions.Inputs(p, ctx)) { Operator = name, UncoveredParameters = uncovered, KfacExpectation = (op as KfacOperator)?.ExpectationDescription,
-                  HessianProducts = op is HessianOperator ? ctx.Objective.ProductMethodDescription : null }, group);
+                  HessianProducts = op is HessianOperator or GgnOperator ? ctx.Objective.ProductMethodDescription : null }, group);
             if (run.Replaced is not null && !json) term.MarkupLine($"[yellow]{Markup.Escape(dir)} held results of other inputs ({Markup.Escape(run.Replaced)}): starting afresh[/]");
             HessianOutput output = null!;
             ProgressBars.Run(term, progress =>

@@ -73,7 +73,8 @@ internal sealed class LinearStack
                 modules = mlp.Layers.ToList();
                 flatten = true;
                 break;
-            case Sequential seq:
+            // Sequential itself only: a subclass may override forward (a residual connection, a scale) and is not a chain.
+            case Sequential seq when seq.GetType() == typeof(Sequential):
                 modules = [];
                 foreach (var (_, child) in seq.named_children())
                 {
@@ -102,8 +103,8 @@ internal sealed class LinearStack
                     Tanh => Activation.Tanh,
                     ReLU => Activation.ReLU,
                     Sigmoid => Activation.Sigmoid,
-                    // Only the Mlp's own GELU, which is the exact (erf) form; a Sequential's may be the tanh approximation.
-                    GELU when objective.Model is Mlp => Activation.Gelu,
+                    // The exact (erf) form only; the tanh approximation has other derivatives.
+                    GELU { approximate: GELU.Approximate.none } => Activation.Gelu,
                     _ => null,
                 };
                 if (a is null) return null;
@@ -117,6 +118,8 @@ internal sealed class LinearStack
             layers.Add(new Layer(w, b, wi, bi, act));
         }
         if (layers.Count == 0 || layers[^1].After != Activation.None) return null;
+        // A forward hook changes what the model computes, and the R-passes do not call the modules.
+        if (HasHooks(objective.Model)) return null;
         // A selected parameter outside the Linear layers (none in these models, but a subclass could add one) is not handled.
         if (covered != objective.Parameters.Tensors.Count) return null;
         return new LinearStack(layers.ToArray(), loss, flatten);
@@ -132,16 +135,41 @@ internal sealed class LinearStack
     // the last layer. The first layer's inputs are the data set's own rows.
     long KeptPerRow => _layers.Take(_layers.Length - 1).Sum(l => 4 * l.Weight.shape[0]) + 2 * _layers[^1].Weight.shape[0];
 
-    // Values one vector's R-pass makes per example: R z, R a, R δ and R g for every layer.
-    long PassPerRow => _layers.Sum(l => 4 * l.Weight.shape[0]);
+    // A chunk's inputs, which it holds too (a view of the data set's rows on the CPU, a copy on another device).
+    long InputPerRow => _layers[0].Weight.shape[1];
+
+    // Values one vector's R-pass makes per example, counted generously: R z, R a, R δ, R g and the products and copies
+    // they are made from, about eight per layer width.
+    internal long PassPerRow => _layers.Sum(l => 8 * l.Weight.shape[0]);
 
     /// <summary>
     /// Rows per chunk: the data pass over chunks, not over the objective's batches, because a chunk keeps a few numbers per
     /// example and per layer (no autograd graph), and fewer, larger chunks mean fewer library calls and wider matrix
     /// products (on mlp:784-128-64-10, one chunk of 2,048 rows instead of four batches of 512 saves about a fifth of a
-    /// product). At least <paramref name="batchSize"/> rows, and as many more as keep a chunk's state within <see cref="ChunkBytes"/>.
+    /// product). At least <paramref name="batchSize"/> rows, and as many more as keep a chunk's state and inputs within
+    /// <see cref="ChunkBytes"/>, and within <paramref name="budget"/> (the graph cache's, when smaller: a budget for a few
+    /// batches then still keeps some).
     /// </summary>
-    public long ChunkRows(long batchSize, int elementSize) => Math.Max(batchSize, ChunkBytes / (KeptPerRow * elementSize));
+    public long ChunkRows(long batchSize, int elementSize, long? budget = null) =>
+        Math.Max(batchSize, Math.Min(ChunkBytes, budget is > 0 ? budget.Value : long.MaxValue) / ((KeptPerRow + InputPerRow) * elementSize));
+
+    /// <summary>Whether the model or any module in it has a forward hook or pre-hook (TorchSharp keeps them in protected
+    /// dictionaries; where they cannot be read, the model counts as hooked).</summary>
+    static bool HasHooks(nn.Module model)
+    {
+        const System.Reflection.BindingFlags Flags = System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Public;
+        foreach (var m in model.modules().Prepend(model))
+        {
+            var t = m.GetType();
+            while (t is not null && !(t.IsGenericType && t.Name.StartsWith("HookableModule", StringComparison.Ordinal))) t = t.BaseType;
+            if (t is null) continue; // a module without hooks
+            foreach (var name in HookFields)
+                if (t.GetField(name, Flags)?.GetValue(m) is not System.Collections.ICollection hooks || hooks.Count > 0) return true;
+        }
+        return false;
+    }
+
+    static readonly string[] HookFields = ["pre_hooks", "post_hooks", "module_pre_hooks", "module_post_hooks"];
 
     /// <summary>Vectors of a block one pass over a chunk of <paramref name="rows"/> takes at a time, so that its
     /// temporaries stay within <see cref="PassBytes"/>.</summary>

@@ -302,9 +302,10 @@ public sealed class Objective : IDisposable
 
     LinearStack? _stack;
     bool _stackChecked;
+    long _stackChunkRows;
 
     /// <summary>How this objective computes Hessian-vector products, in words: "R-operator over the Linear layers" or "double backward".</summary>
-    public string ProductMethodDescription => LayerStack is null ? "double backward (autograd)" : "R-operator over the Linear layers (explicit forward and backward R-passes)";
+    public string ProductMethodDescription => LayerStack is null ? "autograd (double backward; the GGN by the double-vjp trick)" : "R-operator over the Linear layers (explicit forward and backward R-passes)";
 
     /// <summary>The model as a stack of Linear layers whose products are propagated explicitly, or null (double backward).</summary>
     internal LinearStack? LayerStack
@@ -330,13 +331,19 @@ public sealed class Objective : IDisposable
         int k = (int)V.shape[1];
         long n = Examples;
         int element = Parameters.DType.ElementSize();
-        long rows = stack.ChunkRows(Options.BatchSize, element);
-        int group = stack.VectorsPerPass(Math.Min(rows, Math.Max(1, Source.Count)), element);
+        var cache = GraphCacheForProduct();
+        long rows = stack.ChunkRows(Options.BatchSize, element, cache is { Unbounded: false } ? cache.Budget : null);
+        // Kept chunks are known by their index: chunks of another size (a changed limit) are other rows.
+        if (rows != _stackChunkRows)
+        {
+            cache?.Clear();
+            _stackChunkRows = rows;
+        }
+        int group = stack.VectorsPerPass(rows, element);
         var result = zeros([k, Size], dtype: Parameters.DType, device: Parameters.Device);
         using (var outer = NewDisposeScope())
         {
             var Vt = V.to(Parameters.DType, Parameters.Device).t().contiguous();
-            var cache = GraphCacheForProduct();
             int b = -1;
             foreach (var (x, y, size) in Source.Batches(rows))
             {
@@ -352,6 +359,9 @@ public sealed class Objective : IDisposable
                 }
                 for (int j = 0; j < k; j += group)
                 {
+                    // Each group's temporaries go when it is done (it writes into `result` in place), so that a block costs
+                    // one group's memory, not k vectors'.
+                    using var pass = NewDisposeScope();
                     int g = Math.Min(group, k - j);
                     stack.AddProduct(batch, g == k ? Vt : Vt.narrow(0, j, g), Parameters, g == k ? result : result.narrow(0, j, g), gaussNewton);
                 }

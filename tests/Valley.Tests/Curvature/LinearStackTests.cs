@@ -132,6 +132,84 @@ public class LinearStackTests
     }
 
     [Fact]
+    public void SelectionsOfWeightsAndBiasesGroupsOfVectorsAndASingleLayerGiveTheAutogradProducts()
+    {
+        using var data = Data("cross-entropy", 5, 3);
+        using var _ = NewDisposeScope();
+        var model = new Mlp([5, 6, 4, 3], "tanh");
+        foreach (var names in new[] { new[] { "0.bias" }, ["0.weight"], ["2.bias", "4.weight"], ["0.bias", "4.bias"] })
+        {
+            var (stack, autograd) = Pair(model, "cross-entropy", data, new ObjectiveOptions { ParameterFilter = names.Contains });
+            using var _s = stack; using var _a = autograd;
+            Assert.NotNull(stack.LayerStack);
+            var V = randn([stack.Size, 3], dtype: ScalarType.Float64, generator: new Generator(31));
+            Assert.True(Relative(stack.HessianBlockProduct(V), autograd.HessianBlockProduct(V)) < 1e-12, string.Join(",", names));
+            Assert.True(Relative(new GgnOperator(stack).ApplyBlock(V), new GgnOperator(autograd).ApplyBlock(V)) < 1e-12, "GGN " + string.Join(",", names));
+        }
+        // A block of 5 in passes of 2 vectors (2, 2 and 1: the last through the one-vector path).
+        {
+            var (stack, autograd) = Pair(model, "cross-entropy", data);
+            using var _s = stack; using var _a = autograd;
+            var layers = stack.LayerStack!;
+            layers.PassBytes = 2 * Examples * layers.PassPerRow * 8;
+            Assert.Equal(2, layers.VectorsPerPass(Examples, 8));
+            var V = randn([stack.Size, 5], dtype: ScalarType.Float64, generator: new Generator(32));
+            Assert.True(Relative(stack.HessianBlockProduct(V), autograd.HessianBlockProduct(V)) < 1e-12, "passes of 2");
+            // A changed chunk size after chunks were kept: the kept ones are other rows and are dropped.
+            layers.ChunkBytes = 1;
+            Assert.True(Relative(stack.HessianBlockProduct(V), autograd.HessianBlockProduct(V)) < 1e-12, "chunks changed");
+            Assert.Equal(5, stack.CachedBatches);
+        }
+        // One Linear layer: logistic regression.
+        {
+            var (stack, autograd) = Pair(new Mlp([5, 3]), "cross-entropy", data);
+            using var _s = stack; using var _a = autograd;
+            Assert.NotNull(stack.LayerStack);
+            var V = randn([stack.Size, 2], dtype: ScalarType.Float64, generator: new Generator(33));
+            Assert.True(Relative(stack.HessianBlockProduct(V), autograd.HessianBlockProduct(V)) < 1e-12, "one layer");
+        }
+    }
+
+    sealed class Doubled() : TorchSharp.Modules.Sequential([("0", nn.Linear(5, 4)), ("1", nn.Tanh()), ("2", nn.Linear(4, 2))])
+    {
+        public override Tensor forward(Tensor x) => base.forward(x) * 2;
+    }
+
+    [Fact]
+    public void SequentialsWithReluAndExactGeluAreTakenAndSubclassesHooksAndTanhGeluAreNot()
+    {
+        using var data = Data("mse", 5, 2);
+        using var _ = NewDisposeScope();
+        foreach (var seq in new[] { nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)), nn.Sequential(nn.Linear(5, 4), nn.GELU(), nn.Linear(4, 2)) })
+        {
+            var (stack, autograd) = Pair(seq, "mse", data);
+            using var _s = stack; using var _a = autograd;
+            Assert.NotNull(stack.LayerStack);
+            var V = randn([stack.Size, 2], dtype: ScalarType.Float64, generator: new Generator(34));
+            Assert.True(Relative(stack.HessianBlockProduct(V), autograd.HessianBlockProduct(V)) < 1e-12);
+        }
+        var options = new ObjectiveOptions { DType = ScalarType.Float64 };
+        var tanhGelu = nn.GELU();
+        tanhGelu.approximate = TorchSharp.Modules.GELU.Approximate.tanh;
+        var hooked = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2));
+        var remover = hooked.register_forward_hook((m, input, output) => output * 3);
+        var mlp = new Mlp([5, 4, 2], "gelu");
+        ((TorchSharp.Modules.GELU)mlp.Layers[1]).approximate = TorchSharp.Modules.GELU.Approximate.tanh;
+        foreach (var other in new nn.Module<Tensor, Tensor>[] { new Doubled(), nn.Sequential(nn.Linear(5, 4), tanhGelu, nn.Linear(4, 2)), hooked, mlp })
+        {
+            using var o = new Objective(other, Losses.MeanSquaredError, data, options);
+            Assert.Null(o.LayerStack);
+            // What the model computes is what the products are of: double backward through its forward.
+            using var a = new Objective(other, Losses.MeanSquaredError, data, options with { HessianProducts = HessianProductMethod.DoubleBackward });
+            var v = randn(o.Size, dtype: ScalarType.Float64, generator: new Generator(35));
+            Assert.True(Relative(o.HessianVectorProduct(v), a.HessianVectorProduct(v)) < 1e-12);
+        }
+        remover.remove();
+        using var unhooked = new Objective(hooked, Losses.MeanSquaredError, data, options);
+        Assert.NotNull(unhooked.LayerStack);
+    }
+
+    [Fact]
     public void ASequentialOfLinearLayersIsTakenAndOtherModulesFallBackToAutograd()
     {
         using var data = Data("mse", 5, 2);
