@@ -306,13 +306,7 @@ internal sealed class LinearStack
         int L = _layers.Length;
         long N = batch.Size;
         // Per layer: V_l as [k, out, in] and c_l as [k, out] (null when not selected).
-        var Vw = new Tensor?[L];
-        var Vb = new Tensor?[L];
-        for (int l = 0; l < L; l++)
-        {
-            if (_layers[l].WeightIndex is var wi and >= 0) Vw[l] = Slice(Vt, parameters, wi, k);
-            if (_layers[l].BiasIndex is var bi and >= 0) Vb[l] = Slice(Vt, parameters, bi, k);
-        }
+        var (Vw, Vb) = Parts(p => Slice(Vt, parameters, p, k));
         // Forward R-pass: R z_l as [k, N, width], and R a_{l-1}, the R-input of layer l (none for the first).
         var Rz = new Tensor[L];
         var RaIn = new Tensor?[L];
@@ -357,13 +351,7 @@ internal sealed class LinearStack
     {
         int L = _layers.Length;
         long N = batch.Size;
-        var Vw = new Tensor?[L];
-        var Vb = new Tensor?[L];
-        for (int l = 0; l < L; l++)
-        {
-            if (_layers[l].WeightIndex is var wi and >= 0) Vw[l] = View(Vt, parameters, wi);
-            if (_layers[l].BiasIndex is var bi and >= 0) Vb[l] = View(Vt, parameters, bi);
-        }
+        var (Vw, Vb) = Parts(p => View(Vt, parameters, p));
         var Rz = new Tensor[L];
         var RaIn = new Tensor?[L];
         for (int l = 0; l < L; l++)
@@ -394,6 +382,19 @@ internal sealed class LinearStack
             rd = batch.Slopes[below] is { } s ? rg.mul_(s) : rg;
             if (!gaussNewton && batch.Curvatures[below] is { } c2) rd.addcmul_(Rz[below], c2, 1);
         }
+    }
+
+    // Per layer, the direction's part for its weight and for its bias (null where the parameter is not selected).
+    (Tensor?[] Weights, Tensor?[] Biases) Parts(Func<int, Tensor> part)
+    {
+        var w = new Tensor?[_layers.Length];
+        var b = new Tensor?[_layers.Length];
+        for (int l = 0; l < _layers.Length; l++)
+        {
+            if (_layers[l].WeightIndex >= 0) w[l] = part(_layers[l].WeightIndex);
+            if (_layers[l].BiasIndex >= 0) b[l] = part(_layers[l].BiasIndex);
+        }
+        return (w, b);
     }
 
     // R δ_L = (|B|/N) ∇²_f L_B R f for R f [..., N, C] (the batch's mean loss, as OutputBatch.OutputHessian, times its weight).

@@ -290,14 +290,7 @@ public sealed class Objective : IDisposable
                 }
             }
         }
-        if (Group.Size > 1)
-        {
-            using var summed = Group.Sum(result);
-            result.copy_(summed);
-        }
-        var block = result.t();
-        result.Dispose();
-        return block;
+        return SummedBlock(result);
     }
 
     LinearStack? _stack;
@@ -367,13 +360,15 @@ public sealed class Objective : IDisposable
                 }
             }
         }
-        if (Group.Size > 1)
-        {
-            using var summed = Group.Sum(result);
-            result.copy_(summed);
-        }
-        var block = result.t();
-        result.Dispose();
+        return SummedBlock(result);
+    }
+
+    /// <summary>Products as rows [k, n], summed over the ranks, as the block [n, k] the product methods return.</summary>
+    Tensor SummedBlock(Tensor rows)
+    {
+        OutputPasses.AllReduce(this, rows);
+        var block = rows.t();
+        rows.Dispose();
         return block;
     }
 
