@@ -123,7 +123,7 @@ public static class Plots
     internal static void Save(Plot plt, string path, int width, int height)
     {
         var full = Path.GetFullPath(path);
-        var tmp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileNameWithoutExtension(full)}.{Environment.ProcessId}.tmp{Path.GetExtension(full)}");
+        var tmp = AtomicFile.Temporary(full, Path.GetExtension(full));
         if (path.EndsWith(".svg", StringComparison.OrdinalIgnoreCase)) plt.SaveSvg(tmp, width, height);
         else plt.SavePng(tmp, width, height);
         File.Move(tmp, full, overwrite: true);

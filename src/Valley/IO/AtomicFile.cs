@@ -23,7 +23,7 @@ internal static class AtomicFile
     {
         var full = Path.GetFullPath(path);
         var dir = Path.GetDirectoryName(full)!;
-        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
+        var tmp = Temporary(full);
         try
         {
             Directory.CreateDirectory(dir);
@@ -35,6 +35,43 @@ internal static class AtomicFile
             try { File.Delete(tmp); } catch (Exception) { /* best effort */ }
             throw new ValleyException($"{path}: cannot write ({e.Message})", e);
         }
+    }
+
+    /// <summary>
+    /// The temporary file a write to <paramref name="full"/> goes through, <c>.name.PID.tmp</c> (and
+    /// <paramref name="extension"/>) beside it. A process killed mid-write leaves its temporary behind; the first write of a
+    /// later process into the folder removes the temporaries of processes that no longer run, so that a resumed run leaves
+    /// nothing behind.
+    /// </summary>
+    public static string Temporary(string full, string extension = "")
+    {
+        var dir = Path.GetDirectoryName(full)!;
+        if (Swept.TryAdd(dir, true)) RemoveStaleTemporaries(dir);
+        return Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp{extension}");
+    }
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, bool> Swept = new();
+
+    /// <summary>Removes <c>.name.PID.tmp*</c> files in <paramref name="dir"/> whose process is gone.</summary>
+    internal static void RemoveStaleTemporaries(string dir)
+    {
+        if (!Directory.Exists(dir)) return;
+        foreach (var file in Directory.EnumerateFiles(dir, ".*.tmp*"))
+        {
+            var m = StaleName.Match(Path.GetFileName(file));
+            if (!m.Success || !int.TryParse(m.Groups[1].Value, out int pid) || pid == Environment.ProcessId || Alive(pid)) continue;
+            try { File.Delete(file); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { /* best effort */ }
+        }
+    }
+
+    static readonly System.Text.RegularExpressions.Regex StaleName = new(@"^\..+\.(\d+)\.tmp(\.[A-Za-z0-9]+)?$");
+
+    static bool Alive(int pid)
+    {
+        try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
+        catch (ArgumentException) { return false; }
+        catch (InvalidOperationException) { return false; }
     }
 
     public static string ToJson<T>(T value) => JsonSerializer.Serialize(value, Json);

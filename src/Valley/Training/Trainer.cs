@@ -351,7 +351,7 @@ public sealed class Trainer
 
     static void SaveAtomically(string path, Action<string> save)
     {
-        var tmp = path + $".{Environment.ProcessId}.tmp";
+        var tmp = AtomicFile.Temporary(Path.GetFullPath(path));
         save(tmp);
         File.Move(tmp, path, overwrite: true);
     }
