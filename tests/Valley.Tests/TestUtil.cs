@@ -48,15 +48,8 @@ public static class TestUtil
     {
         var parts = name.Split('-');
         if (parts.Length == 3 && parts[0] == "run" && int.TryParse(parts[1], out var pid))
-            return pid != Environment.ProcessId && !ProcessAlive(pid);
+            return pid != Environment.ProcessId && !Valley.IO.AtomicFile.Alive(pid);
         return DateTime.UtcNow - lastWriteUtc > TimeSpan.FromDays(1);
-    }
-
-    static bool ProcessAlive(int pid)
-    {
-        try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
-        catch (ArgumentException) { return false; }
-        catch (InvalidOperationException) { return false; }
     }
 
     static void TryDelete(string dir)

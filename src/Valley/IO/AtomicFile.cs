@@ -67,7 +67,8 @@ internal static class AtomicFile
 
     static readonly System.Text.RegularExpressions.Regex StaleName = new(@"^\..+\.(\d+)\.tmp(\.[A-Za-z0-9]+)?$");
 
-    static bool Alive(int pid)
+    /// <summary>Whether process <paramref name="pid"/> is running.</summary>
+    internal static bool Alive(int pid)
     {
         try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
         catch (ArgumentException) { return false; }
