@@ -52,6 +52,7 @@ public static class StackProfile
         using var data = Runner.FashionSubset(2048);
         var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
         model.eval();
+        var ps = model.parameters().Select(p => (Tensor)p).ToList();
         foreach (long batch in new long[] { 512, 2048 })
         {
             var options = new Valley.Curvature.ObjectiveOptions { BatchSize = batch };
@@ -67,13 +68,19 @@ public static class StackProfile
             var result = zeros([1, obj.Size]);
             var W1 = randn(128, 784); var d = randn(batch, 128);
             var xs = batches.Select(b => b.Inputs[0]).ToList();
+            var pr = randn(ps[0].numel(), dtype: ScalarType.Float64);
             var t = Runner.Interleaved(reps,
                 () => { using var s = NewDisposeScope(); obj.HessianVectorProduct(v); },
                 () => { using var s = NewDisposeScope(); foreach (var b in batches) stack.AddProduct(b, Vt, obj.Parameters, result); },
                 () => { using var s = NewDisposeScope(); foreach (var x in xs) { x.matmul(W1.t()); d.t().matmul(x); } },
-                () => { using var s = NewDisposeScope(); db.HessianVectorProduct(v); });
+                () => { using var s = NewDisposeScope(); db.HessianVectorProduct(v); },
+                () => { using var s = NewDisposeScope(); obj.Fingerprint(); },
+                () => { using var s = NewDisposeScope(); model.parameters().Select(p => (Tensor)p).Concat(model.buffers().Select(b => (Tensor)b)).ToList(); },
+                () => { using var s = NewDisposeScope(); using var ng = no_grad(); ps[0].to(ScalarType.Float64); },
+                () => { using var s = NewDisposeScope(); using var ng = no_grad(); ps[0].to(ScalarType.Float64).reshape(-1).dot(pr); },
+                () => { using var s = NewDisposeScope(); using var ng = no_grad(); foreach (var q in ps.Skip(1)) q.to(ScalarType.Float64).reshape(-1).sum(); });
             Console.WriteLine($"batch {batch}: product through the objective {t[0] * 1000:F2} ms, R-passes on kept batches {t[1] * 1000:F2} ms, " +
-                              $"the two input GEMMs per batch {t[2] * 1000:F2} ms, cached double backward {t[3] * 1000:F2} ms");
+                              $"the two input GEMMs per batch {t[2] * 1000:F2} ms, cached double backward {t[3] * 1000:F2} ms, the weights' fingerprint {t[4] * 1000:F2} ms (listing the parameters and buffers {t[5] * 1000:F2} ms; W1 to float64 {t[6] * 1000:F3}, and dot {t[7] * 1000:F3}; the others {t[8] * 1000:F3})");
             var V10 = randn([obj.Size, 10], generator: new Generator(2));
             var tb = Runner.Interleaved(Math.Max(3, reps / 3),
                 () => { using var s = NewDisposeScope(); obj.HessianBlockProduct(V10); },

@@ -481,7 +481,7 @@ public sealed class Objective : IDisposable
         MeasuredGraphSizes.GetOrCreateValue(Model)[GraphSizeKey(kind)] = bytes;
     }
 
-    double[] Fingerprint()
+    internal double[] Fingerprint()
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
@@ -495,14 +495,12 @@ public sealed class Objective : IDisposable
             if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
             _fingerprintProbe = tensors.Select((p, i) => randn(p.shape, dtype: ScalarType.Float64, generator: new Generator(9173 + (ulong)i)).to(p.device).DetachFromDisposeScope()).ToArray();
         }
-        var fp = new double[2 * tensors.Count];
+        // Every product checks it: one fused float64 dot with a fixed Gaussian probe per tensor (any change of the weights
+        // moves it, with probability one) and one copy to the CPU.
+        var parts = new Tensor[tensors.Count];
         for (int i = 0; i < tensors.Count; i++)
-        {
-            var p = tensors[i].to(ScalarType.Float64);
-            fp[2 * i] = (p * _fingerprintProbe[i]).sum().ToDouble();
-            fp[2 * i + 1] = p.sum().ToDouble();
-        }
-        return fp;
+            parts[i] = tensors[i].to(ScalarType.Float64).reshape(-1).dot(_fingerprintProbe[i].reshape(-1));
+        return parts.Length == 0 ? [] : stack(parts).cpu().data<double>().ToArray();
     }
 
     Tensor BatchLoss(Tensor x, Tensor y)
