@@ -426,3 +426,53 @@ public static class XTraceCoverage
         }
     }
 }
+
+/// <summary>
+/// SLQ with a semiorthogonal basis (the default) against full reorthogonalization on the speed bench's Hessian (tanh MLP,
+/// 2,048 examples in 4 batches of 512): subtraction passes skipped, the bases' orthogonality at the end, how far the nodes
+/// and weights move, and the time of each (interleaved rounds on fresh objectives), for 1 run × 100 steps (PyHessian's) and
+/// the default 10 × 80.
+/// </summary>
+public static class DensityReorthogonalizationBench
+{
+    public static void Run(int reps)
+    {
+        var data = Runner.FashionSubset(2048);
+        var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        QuickTrain.Adam(model, 10_000, epochs: 2, seed: 0);
+        model.eval();
+        foreach (var (runs, steps) in new[] { (1, 100), (10, 80) })
+        {
+            var semi = new SpectralDensityOptions { Runs = runs, Steps = steps };
+            var full = semi with { Reorthogonalization = DensityReorthogonalization.Full };
+            StochasticLanczosQuadrature.LockstepRuns Lockstep(SpectralDensityOptions o)
+            {
+                using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+                var op = new HessianOperator(obj);
+                var starts = SpectrumMath.Rademacher(runs, op.Size, new Generator(0), ScalarType.Float64) / Math.Sqrt(op.Size);
+                return StochasticLanczosQuadrature.LanczosLockstep(op, new ProductBudget(op, runs * steps, "bench"), starts, steps, o, null, default, measureOrthogonality: true);
+            }
+            var ls = Lockstep(semi);
+            var lf = Lockstep(full);
+            double top = 0, dn = 0, dw = 0;
+            for (int r = 0; r < runs; r++)
+            {
+                var (sn, sw) = StochasticLanczosQuadrature.GaussQuadrature(ls.Tridiagonals[r].Alpha, ls.Tridiagonals[r].Beta);
+                var (fn, fw) = StochasticLanczosQuadrature.GaussQuadrature(lf.Tridiagonals[r].Alpha, lf.Tridiagonals[r].Beta);
+                top = Math.Max(top, fn.Max(Math.Abs));
+                dn = Math.Max(dn, sn.Zip(fn, (a, b) => Math.Abs(a - b)).Max());
+                dw = Math.Max(dw, sw.Zip(fw, (a, b) => Math.Abs(a - b)).Max());
+            }
+            Console.WriteLine($"{runs} run(s) × {steps} steps: semiorthogonal skipped {ls.SkippedSubtractions} of {steps - 1} subtraction passes; bases off by {ls.OrthogonalityDefect:0.0e+0} " +
+                              $"(full: {lf.OrthogonalityDefect:0.0e+0}); nodes moved by at most {dn / top:0.0e+0}·λmax, weights by {dw:0.0e+0}");
+            Action Time(SpectralDensityOptions o) => () =>
+            {
+                using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+                using var s = NewDisposeScope();
+                StochasticLanczosQuadrature.Estimate(new HessianOperator(obj), o);
+            };
+            var t = Runner.InterleavedRounds(reps, Time(semi), Time(full));
+            Console.WriteLine($"    semiorthogonal {Runner.Median(t[0]):F3} s, full {Runner.Median(t[1]):F3} s, semiorthogonal ÷ full {Runner.MedianRatio(t[0], t[1]):F3} (median of {reps} rounds)");
+        }
+    }
+}

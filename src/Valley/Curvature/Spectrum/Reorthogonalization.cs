@@ -33,4 +33,16 @@ internal static class Reorthogonalization
         }
         return (w, before);
     }
+
+    /// <summary>
+    /// <see cref="Dgks(Tensor, Func{Tensor, Tensor})"/> after a first pass made by the caller: <paramref name="w"/> is what
+    /// that pass left of rows whose norms were <paramref name="normsBefore"/>; a second pass only when DGKS asks for it.
+    /// </summary>
+    public static (Tensor Rows, Tensor Norms) Dgks(Tensor w, Func<Tensor, Tensor> removeProjection, Tensor normsBefore)
+    {
+        var after = w.norm(-1);
+        if (!(after < normsBefore * Eta).any().ToBoolean()) return (w, after);
+        w = removeProjection(w);
+        return (w, w.norm(-1));
+    }
 }

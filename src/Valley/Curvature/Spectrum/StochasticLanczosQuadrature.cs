@@ -27,12 +27,38 @@ public sealed record SpectralDensityOptions
 
     /// <summary>Advance all runs together, one block product per step (shared forward passes). False: one run after another, single products. Default true.</summary>
     public bool BlockProducts { get; init; } = true;
+
+    /// <summary>
+    /// How each run's Lanczos basis is kept orthogonal. Default <see cref="DensityReorthogonalization.Semiorthogonal"/>,
+    /// which gives the tridiagonal matrices of <see cref="DensityReorthogonalization.Full"/> to working accuracy with
+    /// about half of its subtraction passes over the basis.
+    /// </summary>
+    public DensityReorthogonalization Reorthogonalization { get; init; } = DensityReorthogonalization.Semiorthogonal;
+}
+
+/// <summary>How stochastic Lanczos quadrature keeps each run's basis orthogonal.</summary>
+public enum DensityReorthogonalization
+{
+    /// <summary>
+    /// Every step measures the new vector's overlaps with the whole basis (one pass) and removes them (a second pass, and
+    /// a third when the DGKS criterion asks) only when the largest exceeds √u of the basis' dtype relative to the vector's
+    /// norm. The basis stays semiorthogonal (|q_iᵀq_j| ≤ √u), which is enough for the tridiagonal matrix to be the
+    /// operator's projection onto the Krylov space to working accuracy (Simon 1984, "The Lanczos algorithm with partial
+    /// reorthogonalization", Math. Comp. 42): the same quadrature nodes and weights as full reorthogonalization. The loss is
+    /// measured rather than predicted by Simon's ω-recurrence, which for a Hessian's small β (far below λmax) either
+    /// reorthogonalized nearly every step or let the loss pass √u in float32 (docs/benchmarks.md, session 9).
+    /// </summary>
+    Semiorthogonal,
+
+    /// <summary>Every step removes the new vector's components along the whole basis (classical Gram-Schmidt with the DGKS criterion), as PyHessian does.</summary>
+    Full,
 }
 
 /// <summary>
 /// Stochastic Lanczos quadrature (Lin, Saad, Yang 2016, "Approximating spectral densities of large matrices"; Ghorbani,
 /// Krishnan, Xiao 2019, "An investigation into neural net optimization via Hessian eigenvalue density"): each run is
-/// Lanczos from a normalized Rademacher vector with full reorthogonalization (<see cref="Reorthogonalization"/>) and
+/// Lanczos from a normalized Rademacher vector, its basis kept semiorthogonal or fully orthogonal
+/// (<see cref="SpectralDensityOptions.Reorthogonalization"/>, <see cref="Reorthogonalization"/>), with
 /// float64 α, β; the Ritz values of its tridiagonal T are Gauss quadrature nodes and the squared first components of T's
 /// eigenvectors their weights; the density is their Gaussian-broadened average, normalized to unit area.
 /// </summary>
@@ -56,10 +82,10 @@ public static class StochasticLanczosQuadrature
         var gen = new Generator((ulong)o.Seed);
         var starts = SpectrumMath.Rademacher(o.Runs, op.Size, gen, ScalarType.Float64) / Math.Sqrt(op.Size);
         var tri = new List<(double[] Alpha, double[] Beta)>();
-        if (o.BlockProducts) tri.AddRange(LanczosLockstep(op, budget, starts, m, o, progress, ct));
+        if (o.BlockProducts) tri.AddRange(LanczosLockstep(op, budget, starts, m, o, progress, ct).Tridiagonals);
         else
             for (int r = 0; r < o.Runs; r++)
-                tri.AddRange(LanczosLockstep(op, budget, starts.narrow(0, r, 1), m, o, progress, ct));
+                tri.AddRange(LanczosLockstep(op, budget, starts.narrow(0, r, 1), m, o, progress, ct).Tridiagonals);
         var nodes = new double[o.Runs][];
         var weights = new double[o.Runs][];
         for (int r = 0; r < o.Runs; r++) (nodes[r], weights[r]) = GaussQuadrature(tri[r].Alpha, tri[r].Beta);
@@ -80,7 +106,7 @@ public static class StochasticLanczosQuadrature
     /// Gauss quadrature of a Lanczos run (Golub and Welsch 1969): the eigenvalues of the tridiagonal T with diagonal α and
     /// off-diagonal β are the nodes, the squared first components of its unit eigenvectors the weights (summing to 1).
     /// </summary>
-    static (double[] Nodes, double[] Weights) GaussQuadrature(double[] alpha, double[] beta)
+    internal static (double[] Nodes, double[] Weights) GaussQuadrature(double[] alpha, double[] beta)
     {
         int k = alpha.Length;
         var t = new double[k, k];
@@ -124,8 +150,12 @@ public static class StochasticLanczosQuadrature
     /// Independent single-vector Lanczos runs from the given start rows, advanced together with one block product per step
     /// (not block Lanczos: each run keeps its own Krylov space, as the quadrature needs independent runs).
     /// </summary>
-    static List<(double[] Alpha, double[] Beta)> LanczosLockstep(ICurvatureOperator op, ProductBudget budget, Tensor startRows, int m, SpectralDensityOptions o,
-        IProgress<EstimatorProgress>? progress, CancellationToken ct)
+    /// <summary>The runs' tridiagonal matrices (α, β); the steps whose subtraction pass was skipped (semiorthogonal); and,
+    /// when asked for, the largest |q_iᵀq_j − δ_ij| of the runs' final bases (for tests).</summary>
+    internal readonly record struct LockstepRuns(List<(double[] Alpha, double[] Beta)> Tridiagonals, int SkippedSubtractions, double OrthogonalityDefect);
+
+    internal static LockstepRuns LanczosLockstep(ICurvatureOperator op, ProductBudget budget, Tensor startRows, int m, SpectralDensityOptions o,
+        IProgress<EstimatorProgress>? progress, CancellationToken ct, bool measureOrthogonality = false)
     {
         int r = (int)startRows.shape[0];
         long n = op.Size;
@@ -139,6 +169,9 @@ public static class StochasticLanczosQuadrature
         for (int i = 0; i < r; i++) { alpha[i] = new double[m]; beta[i] = new double[m]; }
         basis[.., 0, ..] = (startRows / startRows.norm(1, keepdim: true)).to(basisType).to(op.Device);
         double normEst = 0;
+        // Semiorthogonality: overlaps up to √u of the basis' dtype (relative to the new vector's norm) may stay.
+        double semi = Math.Sqrt(basisType == ScalarType.Float64 ? 1.1e-16 : basisType == ScalarType.Float32 ? 6.0e-8 : 3.9e-3);
+        int skipped = 0;
         for (int j = 0; j < m; j++)
         {
             ct.ThrowIfCancellationRequested();
@@ -150,8 +183,26 @@ public static class StochasticLanczosQuadrature
             if (j > 0) W = W - Data.OwnedTensor.From(beta.Select(b => b[j - 1]).ToArray()).to(op.Device).unsqueeze(1) * basis[.., j - 1, ..].to(ScalarType.Float64);
             // Each run against its own basis: one batched Gram-Schmidt pass per call.
             var Vs = basis.narrow(1, 0, j + 1);                                    // [r, j+1, n]
-            var (rest, norms) = Reorthogonalization.Dgks(W, x =>
-                x - Vs.bmm(x.unsqueeze(2).to(basisType)).transpose(1, 2).bmm(Vs).squeeze(1).to(ScalarType.Float64));
+            Tensor Subtract(Tensor x, Tensor overlaps) => x - overlaps.transpose(1, 2).bmm(Vs).squeeze(1).to(ScalarType.Float64);
+            Tensor Pass(Tensor x) => Subtract(x, Vs.bmm(x.unsqueeze(2).to(basisType)));
+            Tensor rest, norms;
+            // The last step's vector and β are never used (T is m × m): no pass over the basis.
+            if (j + 1 == m) (rest, norms) = (W, W.norm(1));
+            else if (o.Reorthogonalization == DensityReorthogonalization.Full) (rest, norms) = Reorthogonalization.Dgks(W, Pass);
+            else
+            {
+                // The overlaps with the basis (one pass); all runs advance together, so the subtraction is skipped only
+                // when every run's largest overlap is within √u.
+                var overlaps = Vs.bmm(W.unsqueeze(2).to(basisType));                // [r, j+1, 1]
+                var before = W.norm(1);
+                double worst = (overlaps.abs().amax([1, 2]).to(ScalarType.Float64) / before.clamp_min(1e-300)).max().ToDouble();
+                if (worst <= semi)
+                {
+                    (rest, norms) = (W, before);
+                    skipped++;
+                }
+                else (rest, norms) = Reorthogonalization.Dgks(Subtract(W, overlaps), Pass, before);
+            }
             var av = a.cpu().data<double>().ToArray();
             var bv = norms.cpu().data<double>().ToArray();
             for (int i = 0; i < r; i++)
@@ -170,6 +221,14 @@ public static class StochasticLanczosQuadrature
             }
             progress?.Report(new EstimatorProgress("density", budget.Used, budget.Max, null));
         }
-        return Enumerable.Range(0, r).Select(i => (alpha[i][..length[i]], beta[i][..Math.Max(0, length[i] - 1)])).ToList();
+        double defect = 0;
+        if (measureOrthogonality)
+            for (int i = 0; i < r; i++)
+            {
+                using var scope = NewDisposeScope();
+                var q = basis[i].narrow(0, 0, length[i]).to(ScalarType.Float64);
+                defect = Math.Max(defect, (q.matmul(q.t()) - eye(length[i], dtype: ScalarType.Float64, device: q.device)).abs().max().ToDouble());
+            }
+        return new LockstepRuns(Enumerable.Range(0, r).Select(i => (alpha[i][..length[i]], beta[i][..Math.Max(0, length[i] - 1)])).ToList(), skipped, defect);
     }
 }
