@@ -490,17 +490,19 @@ public sealed class Objective : IDisposable
         // in train mode the batch statistics are, and every forward pass moves the running ones).
         var tensors = Model.parameters().Select(p => (Tensor)p)
             .Concat(Options.TrainMode ? [] : Model.buffers().Select(b => (Tensor)b)).ToList();
-        if (_fingerprintProbe is null || _fingerprintProbe.Length != tensors.Count)
+        if (_fingerprintProbe is null || _fingerprintProbe.Length != tensors.Count ||
+            _fingerprintProbe.Where((probe, i) => probe.numel() != tensors[i].numel() || probe.device_type != tensors[i].device_type || probe.device_index != tensors[i].device_index).Any())
         {
             if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
             _fingerprintProbe = tensors.Select((p, i) => randn(p.shape, dtype: ScalarType.Float64, generator: new Generator(9173 + (ulong)i)).to(p.device).DetachFromDisposeScope()).ToArray();
         }
         // Every product checks it: one fused float64 dot with a fixed Gaussian probe per tensor (any change of the weights
-        // moves it, with probability one) and one copy to the CPU.
+        // moves it, with probability one) and one copy to the CPU (each dot is brought there first: a model's tensors may
+        // sit on several devices).
         var parts = new Tensor[tensors.Count];
         for (int i = 0; i < tensors.Count; i++)
             parts[i] = tensors[i].to(ScalarType.Float64).reshape(-1).dot(_fingerprintProbe[i].reshape(-1));
-        return parts.Length == 0 ? [] : stack(parts).cpu().data<double>().ToArray();
+        return parts.Length == 0 ? [] : stack(parts.Select(p => p.cpu()).ToArray()).data<double>().ToArray();
     }
 
     Tensor BatchLoss(Tensor x, Tensor y)

@@ -56,6 +56,62 @@ public class SemiorthogonalDensityTests
     }
 
     [Fact]
+    public void AFloat32OperatorKeepsAFloat32BasisWithinItsSquareRootOfU()
+    {
+        // The common case: float32 products and a float32 basis, u = 6e-8, √u = 2.4e-4.
+        const int n = 300, steps = 60;
+        using var op64 = DenseOperator.WithSpectrum(Spectrum(n), seed: 7);
+        using var op = new DenseOperator(op64.Matrix.to(ScalarType.Float32));
+        var semi = Runs(op, 2, steps, DensityReorthogonalization.Semiorthogonal);
+        var full = Runs(op, 2, steps, DensityReorthogonalization.Full);
+        Assert.True(semi.SkippedSubtractions > 0, "no subtraction skipped");
+        Assert.True(semi.OrthogonalityDefect <= 1.1 * Math.Sqrt(6e-8), $"semiorthogonal basis off by {semi.OrthogonalityDefect:0.0e+0}");
+        for (int r = 0; r < 2; r++)
+        {
+            var (sn, sw) = StochasticLanczosQuadrature.GaussQuadrature(semi.Tridiagonals[r].Alpha, semi.Tridiagonals[r].Beta);
+            var (fn, fw) = StochasticLanczosQuadrature.GaussQuadrature(full.Tridiagonals[r].Alpha, full.Tridiagonals[r].Beta);
+            for (int i = 0; i < sn.Length; i++)
+            {
+                // Float32 products: agreement to a few hundred u·‖A‖ (‖A‖ = 40).
+                Assert.True(Math.Abs(sn[i] - fn[i]) <= 1e-5 * 40, $"run {r}, node {i}: {sn[i]} vs {fn[i]}");
+                Assert.True(Math.Abs(sw[i] - fw[i]) <= 1e-4, $"run {r}, weight {i}: {sw[i]} vs {fw[i]}");
+            }
+        }
+    }
+
+    [Fact]
+    public void ARunThatEndsInAnInvariantSubspaceNeitherBreaksNorBlocksTheOthers()
+    {
+        // Run 1 starts in the span of three eigenvectors: its Krylov space is invariant after three steps, its quadrature
+        // is exact (those three eigenvalues), and it goes on as zeros without asking run 0 for Gram-Schmidt passes.
+        const int n = 300, steps = 60;
+        var lambda = Spectrum(n);
+        using var op = DenseOperator.WithSpectrum(lambda, seed: 7);
+        var (values, vectors) = linalg.eigh(op.Matrix.to(ScalarType.Float64));
+        var generic = SpectrumMath.Rademacher(1, n, new Generator(4), ScalarType.Float64) / Math.Sqrt(n);
+        var inside = (vectors[.., n - 1] + vectors[.., n - 2] * 0.5 + vectors[.., 0] * 0.25).unsqueeze(0);
+        var starts = cat([generic, inside / inside.norm()], 0);
+        StochasticLanczosQuadrature.LockstepRuns Run(DensityReorthogonalization how) =>
+            StochasticLanczosQuadrature.LanczosLockstep(op, new ProductBudget(op, 2 * steps, "test"), starts, steps,
+                new SpectralDensityOptions { Runs = 2, Steps = steps, Reorthogonalization = how }, null, default, measureOrthogonality: true);
+        var semi = Run(DensityReorthogonalization.Semiorthogonal);
+        var full = Run(DensityReorthogonalization.Full);
+        Assert.Equal(3, semi.Tridiagonals[1].Alpha.Length);
+        var (nodes, weights) = StochasticLanczosQuadrature.GaussQuadrature(semi.Tridiagonals[1].Alpha, semi.Tridiagonals[1].Beta);
+        var expected = new[] { values[0].ToDouble(), values[n - 2].ToDouble(), values[n - 1].ToDouble() };
+        for (int i = 0; i < 3; i++) Assert.True(Math.Abs(nodes[i] - expected[i]) < 1e-10, $"node {i}: {nodes[i]} vs {expected[i]}");
+        Assert.True(Math.Abs(weights.Sum() - 1) < 1e-12);
+        // Run 0 still skips subtractions, and its quadrature is that of full reorthogonalization.
+        var alone = StochasticLanczosQuadrature.LanczosLockstep(op, new ProductBudget(op, steps, "test"), generic, steps,
+            new SpectralDensityOptions { Runs = 1, Steps = steps }, null, default);
+        Assert.True(semi.SkippedSubtractions >= alone.SkippedSubtractions - 3,
+            $"with the ended run beside it, run 0 skipped {semi.SkippedSubtractions} subtractions; alone {alone.SkippedSubtractions}");
+        var (sn, _) = StochasticLanczosQuadrature.GaussQuadrature(semi.Tridiagonals[0].Alpha, semi.Tridiagonals[0].Beta);
+        var (fn, _) = StochasticLanczosQuadrature.GaussQuadrature(full.Tridiagonals[0].Alpha, full.Tridiagonals[0].Beta);
+        for (int i = 0; i < sn.Length; i++) Assert.True(Math.Abs(sn[i] - fn[i]) <= 1e-10 * 40, $"node {i}: {sn[i]} vs {fn[i]}");
+    }
+
+    [Fact]
     public void WithoutAnyReorthogonalizationTheSameSpectrumGrowsGhosts()
     {
         // The test above is only meaningful if the spectrum does lose orthogonality: plain Lanczos (the recurrence alone)
@@ -79,6 +135,6 @@ public class SemiorthogonalDensityTests
         }
         var Q = stack(basis.ToArray());
         double defect = (Q.matmul(Q.t()) - eye(steps, dtype: ScalarType.Float64)).abs().max().ToDouble();
-        Assert.True(defect > 1e-3, $"plain Lanczos stayed orthogonal to {defect:0.0e+0}");
+        Assert.True(defect > 0.5, $"plain Lanczos stayed orthogonal to {defect:0.0e+0}");
     }
 }

@@ -196,7 +196,8 @@ public static class Lanczos
         };
     }
 
-    static double UnitRoundoff(ScalarType t) => t switch
+    /// <summary>Unit roundoff u of a floating-point dtype (half the machine epsilon).</summary>
+    internal static double UnitRoundoff(ScalarType t) => t switch
     {
         ScalarType.Float64 => 1.1e-16,
         ScalarType.Float32 => 6.0e-8,
