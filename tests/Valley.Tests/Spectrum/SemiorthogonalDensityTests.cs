@@ -42,6 +42,12 @@ public class SemiorthogonalDensityTests
         Assert.True(full.OrthogonalityDefect < 1e-13, $"full basis off by {full.OrthogonalityDefect:0.0e+0}");
         Assert.True(semi.OrthogonalityDefect > 100 * full.OrthogonalityDefect, $"semi {semi.OrthogonalityDefect:0.0e+0}, full {full.OrthogonalityDefect:0.0e+0}");
         // Simon (1984): a semiorthogonal basis gives T = projection of A to O(u‖A‖), so the Gauss quadrature is the same.
+        AssertSameQuadrature(semi, full, runs, nodes: 1e-10 * 40, weights: 1e-9);
+    }
+
+    /// <summary>The first <paramref name="runs"/> runs of both have the same Gauss quadrature, nodes and weights within the tolerances.</summary>
+    static void AssertSameQuadrature(StochasticLanczosQuadrature.LockstepRuns semi, StochasticLanczosQuadrature.LockstepRuns full, int runs, double nodes, double weights)
+    {
         for (int r = 0; r < runs; r++)
         {
             var (sn, sw) = StochasticLanczosQuadrature.GaussQuadrature(semi.Tridiagonals[r].Alpha, semi.Tridiagonals[r].Beta);
@@ -49,8 +55,8 @@ public class SemiorthogonalDensityTests
             Assert.Equal(fn.Length, sn.Length);
             for (int i = 0; i < sn.Length; i++)
             {
-                Assert.True(Math.Abs(sn[i] - fn[i]) <= 1e-10 * 40, $"run {r}, node {i}: {sn[i]} vs {fn[i]}");
-                Assert.True(Math.Abs(sw[i] - fw[i]) <= 1e-9, $"run {r}, weight {i}: {sw[i]} vs {fw[i]}");
+                Assert.True(Math.Abs(sn[i] - fn[i]) <= nodes, $"run {r}, node {i}: {sn[i]} vs {fn[i]}");
+                Assert.True(Math.Abs(sw[i] - fw[i]) <= weights, $"run {r}, weight {i}: {sw[i]} vs {fw[i]}");
             }
         }
     }
@@ -66,17 +72,8 @@ public class SemiorthogonalDensityTests
         var full = Runs(op, 2, steps, DensityReorthogonalization.Full);
         Assert.True(semi.SkippedSubtractions > 0, "no subtraction skipped");
         Assert.True(semi.OrthogonalityDefect <= 1.1 * Math.Sqrt(6e-8), $"semiorthogonal basis off by {semi.OrthogonalityDefect:0.0e+0}");
-        for (int r = 0; r < 2; r++)
-        {
-            var (sn, sw) = StochasticLanczosQuadrature.GaussQuadrature(semi.Tridiagonals[r].Alpha, semi.Tridiagonals[r].Beta);
-            var (fn, fw) = StochasticLanczosQuadrature.GaussQuadrature(full.Tridiagonals[r].Alpha, full.Tridiagonals[r].Beta);
-            for (int i = 0; i < sn.Length; i++)
-            {
-                // Float32 products: agreement to a few hundred u·‖A‖ (‖A‖ = 40).
-                Assert.True(Math.Abs(sn[i] - fn[i]) <= 1e-5 * 40, $"run {r}, node {i}: {sn[i]} vs {fn[i]}");
-                Assert.True(Math.Abs(sw[i] - fw[i]) <= 1e-4, $"run {r}, weight {i}: {sw[i]} vs {fw[i]}");
-            }
-        }
+        // Float32 products: agreement to a few hundred u·‖A‖ (‖A‖ = 40).
+        AssertSameQuadrature(semi, full, 2, nodes: 1e-5 * 40, weights: 1e-4);
     }
 
     [Fact]
@@ -106,9 +103,7 @@ public class SemiorthogonalDensityTests
             new SpectralDensityOptions { Runs = 1, Steps = steps }, null, default);
         Assert.True(semi.SkippedSubtractions >= alone.SkippedSubtractions - 3,
             $"with the ended run beside it, run 0 skipped {semi.SkippedSubtractions} subtractions; alone {alone.SkippedSubtractions}");
-        var (sn, _) = StochasticLanczosQuadrature.GaussQuadrature(semi.Tridiagonals[0].Alpha, semi.Tridiagonals[0].Beta);
-        var (fn, _) = StochasticLanczosQuadrature.GaussQuadrature(full.Tridiagonals[0].Alpha, full.Tridiagonals[0].Beta);
-        for (int i = 0; i < sn.Length; i++) Assert.True(Math.Abs(sn[i] - fn[i]) <= 1e-10 * 40, $"node {i}: {sn[i]} vs {fn[i]}");
+        AssertSameQuadrature(semi, full, 1, nodes: 1e-10 * 40, weights: 1e-9);
     }
 
     [Fact]
