@@ -83,7 +83,8 @@ public static class SpeedBench
         // Trace at PyHessian's achieved relative standard error (its Hutchinson stops on the running mean).
         double target = P("hutchinson") is { } ph && ph.GetProperty("standard_error").ValueKind == JsonValueKind.Number
             ? ph.GetProperty("standard_error").GetDouble() / Math.Abs(ph.GetProperty("trace").GetDouble()) : 0.05;
-        var traces = new[] { TraceMethod.XTrace, TraceMethod.HutchPlusPlus, TraceMethod.Hutchinson }.Select(m => (m, Timed(o => Trace(new HessianOperator(o), m, target, 0)))).ToList();
+        // Auto, Valley's default: the exact trace from the layer stack's diagonal (no products, no error); the estimators beside it.
+        var traces = new[] { TraceMethod.Auto, TraceMethod.XTrace, TraceMethod.HutchPlusPlus, TraceMethod.Hutchinson }.Select(m => (m, Timed(o => Trace(new HessianOperator(o), m, target, 0)))).ToList();
         var trace = traces.First(t => t.m == SpectrumAnalysisOptions.DefaultTraceMethod).Item2;
 
         Console.WriteLine($"mlp:784-128-64-10:tanh (109,386 parameters) after 2 epochs of Adam; {Examples} Fashion-MNIST examples in {Examples / Batch} batches of {Batch}; {threads} threads; median of {reps} (Valley), PyTorch {P("power_top1")?.GetProperty("seconds").ToString() ?? "n/a"}");
@@ -94,29 +95,35 @@ public static class SpeedBench
         {
             string ps = p is { } e ? $"{e.GetProperty("seconds").GetDouble():F2} s, {e.GetProperty("products").GetInt32()} Hv" : "n/a";
             string ratio = p is { } e2 ? $"{e2.GetProperty("seconds").GetDouble() / seconds:F1}×" : "";
-            Console.WriteLine($"{task,-44}{ps,-22}{$"{seconds:F2} s, {products} Hv",-26}{ratio,8}{seconds / (products * hvCached),10:F2}");
+            string floor = products > 0 ? $"{seconds / (products * hvCached):F2}" : "n/a";
+            Console.WriteLine($"{task,-44}{ps,-22}{$"{seconds:F3} s, {products} Hv",-26}{ratio,8}{floor,10}");
         }
         Row("top-1 eigenvalue", P("power_top1"), top1.Seconds, top1.Result.Products);
         Row("top-5 eigenvalues", P("power_top5"), top5.Seconds, top5.Result.Products);
         Row("density, 1 run × 100 steps", P("slq_1x100"), slq.Seconds, slq.Result.Products);
         Row($"trace at rel. SE {target:P1} ({trace.Result.Method})", P("hutchinson"), trace.Seconds, trace.Result.Products);
         Console.WriteLine();
+        double exactTrace = traces[0].Item2.Result.Trace;
         foreach (var (m, t) in traces)
-            Console.WriteLine($"trace to {target:P1}: {t.Result.Method,-10} {t.Result.Trace:G5} ± {t.Result.StandardError:G2} in {t.Result.Products,4} Hv, {t.Seconds:F2} s");
+            Console.WriteLine($"trace to {target:P1}: {t.Result.Method,-10} {t.Result.Trace:G6} ± {t.Result.StandardError:G2} in {t.Result.Products,4} Hv, {t.Seconds:F3} s" +
+                              (t.Result.StandardError > 0 ? $"   (estimate − exact) / SE = {(t.Result.Trace - exactTrace) / t.Result.StandardError:+0.00;-0.00}" : ""));
+        if (P("hutchinson") is { } phTrace)
+            Console.WriteLine($"PyHessian's trace: {phTrace.GetProperty("trace").GetDouble():G6} ± {phTrace.GetProperty("standard_error").GetDouble():G2}; the exact trace's time in cached products: {traces[0].Item2.Seconds / hvCached:F2}");
         Console.WriteLine($"top-1: Valley λ = {top1.Result.Values[0]:G6} (residual {top1.Result.RelativeResiduals[0]:0.0e+0}); PyHessian λ = {Vals(P("power_top1"))}");
         Console.WriteLine($"top-5: Valley λ = {string.Join(" ", top5.Result.Values.Select(x => x.ToString("G6")))}; PyHessian λ = {Vals(P("power_top5"))}");
         Console.WriteLine();
         Console.WriteLine($"cached Hv over the data ({Examples / Batch} batches): {hvCached * 1000:F2} ms (Valley's default; the floor's unit above); uncached {hvUncached * 1000:F2} ms");
         Console.WriteLine($"cached double-backward pass over the data: {dbCached * 1000:F2} ms; uncached {dbUncached * 1000:F2} ms; full-data gradient {gradient * 1000:F2} ms");
         Console.WriteLine($"floor × against one cached double-backward pass: top-1 {top1.Seconds / (top1.Result.Products * dbCached):F2}, top-5 {top5.Seconds / (top5.Result.Products * dbCached):F2}, " +
-                          $"density {slq.Seconds / (slq.Result.Products * dbCached):F2}, trace {trace.Seconds / (trace.Result.Products * dbCached):F2}");
+                          $"density {slq.Seconds / (slq.Result.Products * dbCached):F2}, trace " + (trace.Result.Products > 0 ? $"{trace.Seconds / (trace.Result.Products * dbCached):F2}" : $"n/a (exact, no products; {trace.Seconds / dbCached:F2} passes' time)"));
         Console.WriteLine($"cached multi-batch Hv ÷ full-data gradient: {hvCached / gradient:F2} (goal ≤ 1.5; double backward {dbCached / gradient:F2}); uncached Hv ÷ gradient: {hvUncached / gradient:F2} (double backward {dbUncached / gradient:F2})");
     }
 
     static string Vals(JsonElement? p) => p is { } e ? string.Join(" ", e.GetProperty("values").EnumerateArray().Select(x => x.GetDouble().ToString("G6"))) : "";
 
-    static TraceEstimate Trace(ICurvatureOperator op, TraceMethod m, double target, long seed) => m switch
+    static TraceEstimate Trace(HessianOperator op, TraceMethod m, double target, long seed) => m switch
     {
+        TraceMethod.Auto => SpectrumAnalysis.Run(op, new SpectrumAnalysisOptions { Top = 0, Bottom = 0, Density = false, TraceMethod = m, TraceRelativeError = target, MaxProducts = 5000, Seed = seed - 2 }).Trace!,
         TraceMethod.XTrace => XTrace.Estimate(op, new XTraceOptions { RelativeStandardError = target, MaxProducts = 5000, Seed = seed }),
         TraceMethod.HutchPlusPlus => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = target, MaxProducts = 5000, Seed = seed }),
         _ => Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = target, MaxProducts = 5000, Seed = seed }),

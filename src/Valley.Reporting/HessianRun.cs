@@ -65,7 +65,7 @@ public sealed record HessianOutput(string Model, string? Weights, string Data, l
 public sealed record DiagonalBlock(string Parameter, long Count, double Sum, double Mean, double Min, double Max, double RmsStandardError);
 
 /// <summary>A diagonal estimate summarized by parameter tensor (the entries themselves go to diagonal.csv).</summary>
-/// <param name="Method">"hutchinson", "xdiag" or "kfac-factors".</param>
+/// <param name="Method">"exact", "hutchinson", "xdiag" or "kfac-factors".</param>
 /// <param name="Probes">Random probes.</param>
 /// <param name="Products">Operator products.</param>
 /// <param name="Seconds">Wall-clock time.</param>

@@ -106,7 +106,7 @@ public sealed record StudyOptions
     public int DensitySteps { get; init; } = 50;
     /// <summary>Budget of Hessian-vector products per estimator (top-5 eigenvalues, trace).</summary>
     public long MaxProducts { get; init; } = 400;
-    /// <summary>Relative standard error the XTrace trace estimate stops at. Default 0.05.</summary>
+    /// <summary>Relative standard error the trace estimate stops at, where the trace is estimated (XTrace, for models that are not a stack of Linear layers; a stack's trace is exact). Default 0.05.</summary>
     public double TraceRelativeError { get; init; } = 0.05;
     /// <summary>Keskar ε values, one result each. Default 1e-3 and 5e-4.</summary>
     public List<double> Epsilons { get; init; } = [1e-3, 5e-4];

@@ -95,7 +95,7 @@ public static class StudyRunner
     /// (e.g. without baselines, or with Hutch++ traces) is refused rather than mixed into a new study. Change it whenever
     /// <see cref="ModelMeasurements"/> or the way a measure is computed changes.
     /// </summary>
-    public const string MeasurementsFormat = "3: baselines, XTrace trace, spectrum seeded as valley hessian";
+    public const string MeasurementsFormat = "4: baselines, exact trace of Linear stacks (XTrace otherwise), spectrum seeded as valley hessian";
 
     /// <summary>Runs a study into <paramref name="outDir"/> (resumable: trained models and finished measurements are reused) and returns its summary.</summary>
     public static StudySummary Run(StudyOptions o, DataSplit data, string outDir, IProgress<StudyProgress>? progress = null, CancellationToken ct = default,
@@ -257,7 +257,7 @@ public static class StudyRunner
             spectrum = SpectrumAnalysis.Run(op, new SpectrumAnalysisOptions
             {
                 Top = top ? (int)Math.Min(5, op.Size) : 0, Bottom = 0, Trace = trace, Density = density, Tolerance = 1e-3, TraceRelativeError = o.TraceRelativeError,
-                TraceMethod = TraceMethod.XTrace, MaxProducts = o.MaxProducts, DensityRuns = o.DensityRuns, DensitySteps = o.DensitySteps, Seed = m.Seed,
+                TraceMethod = TraceMethod.Auto, MaxProducts = o.MaxProducts, DensityRuns = o.DensityRuns, DensitySteps = o.DensitySteps, Seed = m.Seed,
             }, ct: ct);
             if (names.Contains("lambda_max")) measures["lambda_max"] = spectrum.Top!.Values[0];
             if (names.Contains("top5_sum")) measures["top5_sum"] = spectrum.Top!.Values.Sum();

@@ -7,7 +7,7 @@ using Valley.Reporting;
 
 namespace Valley.Cli.Commands;
 
-/// <summary><c>valley hessian</c>: top/bottom eigenvalues (Lanczos), trace (Hutch++/Hutchinson), spectral density (SLQ), exact spectrum.</summary>
+/// <summary><c>valley hessian</c>: top/bottom eigenvalues (Lanczos), trace (exact, XTrace, Hutch++ or Hutchinson), spectral density (SLQ), diagonal, exact spectrum.</summary>
 public static class HessianCommand
 {
     /// <summary>The command.</summary>
@@ -16,12 +16,12 @@ public static class HessianCommand
         var o = new CommonOptions();
         var top = new Option<int?>("--top") { Description = "Top-k eigenvalues by Lanczos (default 5 when no estimator is chosen)" };
         var bottom = new Option<int?>("--bottom") { Description = "Bottom-k (most negative) eigenvalues (default 1 when no estimator is chosen)" };
-        var trace = new Option<bool>("--trace") { Description = "Estimate the trace (XTrace by default)" };
+        var trace = new Option<bool>("--trace") { Description = "The trace (by default exact for a stack of Linear layers, XTrace otherwise; see --trace-method)" };
         var density = new Option<bool>("--density") { Description = "Estimate the spectral density by stochastic Lanczos quadrature" };
         var exact = new Option<bool>("--exact") { Description = "Exact dense spectrum (models of up to 5,000 parameters)" };
         var tol = new Option<double>("--tol") { Description = "Lanczos relative residual tolerance ‖Hv−θv‖ ≤ tol·|θ|", DefaultValueFactory = _ => 1e-3 };
         var traceErr = new Option<double>("--trace-error") { Description = "Relative standard error the trace stops at", DefaultValueFactory = _ => 0.01 };
-        var traceMethod = new Option<string>("--trace-method") { Description = "xtrace, hutch++ or hutchinson", DefaultValueFactory = _ => TraceMethodName(new SpectrumAnalysisOptions().TraceMethod) }.AcceptOnlyFromAmong("xtrace", "hutch++", "hutchinson");
+        var traceMethod = new Option<string>("--trace-method") { Description = "auto (exact from the diagonal for the Hessian or GGN of a stack of Linear layers, about one product's work; XTrace otherwise), xtrace, hutch++ or hutchinson", DefaultValueFactory = _ => TraceMethodName(new SpectrumAnalysisOptions().TraceMethod) }.AcceptOnlyFromAmong("auto", "xtrace", "hutch++", "hutchinson");
         var maxProducts = new Option<long>("--max-products") { Description = "Budget of Hessian-vector products per estimator", DefaultValueFactory = _ => 1000 };
         var runs = new Option<int>("--density-runs") { Description = "SLQ runs n_v (Ghorbani et al. 2019: 10)", DefaultValueFactory = _ => 10 };
         var steps = new Option<int>("--density-steps") { Description = "SLQ Lanczos steps m (Ghorbani et al. 2019: 80)", DefaultValueFactory = _ => 80 };
@@ -30,12 +30,12 @@ public static class HessianCommand
         var mcSamples = new Option<int>("--mc-samples") { Description = "Labels sampled per example by mc-fisher and kfac --kfac-expectation mc", DefaultValueFactory = _ => 1 };
         var kfacExpectation = new Option<string>("--kfac-expectation") { Description = "K-FAC's output-gradient factor: mc (labels sampled from the model's predictive distribution, --mc-samples per example, as published: one backward pass per batch), exact (the expectation itself: one backward pass per class and batch) or empirical (the data's labels)", DefaultValueFactory = _ => "mc" }
             .AcceptOnlyFromAmong("exact", "mc", "empirical");
-        var diagonal = new Option<bool>("--diagonal") { Description = "Estimate the diagonal (written to diagonal.csv by parameter name, entry and standard error; a per-parameter summary in the terminal)" };
-        var diagonalMethod = new Option<string>("--diagonal-method") { Description = "hutchinson or xdiag", DefaultValueFactory = _ => "hutchinson" }.AcceptOnlyFromAmong("hutchinson", "xdiag");
+        var diagonal = new Option<bool>("--diagonal") { Description = "The diagonal (written to diagonal.csv by parameter name, entry and standard error; a per-parameter summary in the terminal)" };
+        var diagonalMethod = new Option<string>("--diagonal-method") { Description = "auto (exact for the Hessian or GGN of a stack of Linear layers, Hutchinson otherwise), hutchinson or xdiag", DefaultValueFactory = _ => "auto" }.AcceptOnlyFromAmong("auto", "hutchinson", "xdiag");
         var diagonalProducts = new Option<long>("--diagonal-products") { Description = "Products the diagonal estimator spends", DefaultValueFactory = _ => 100 };
         var frobenius = new Option<bool>("--frobenius") { Description = "Estimate the Frobenius norm (E‖Av‖² over Rademacher probes, to --trace-error)" };
         var outDir = new Option<string>("--out", "-o") { Description = "Output folder for hessian.json, density.csv and density.png", DefaultValueFactory = _ => "out/hessian" };
-        var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (XTrace), spectral density (SLQ). " +
+        var cmd = new Command("hessian", "Hessian spectrum of a model's loss: λmax/top-k and λmin (Lanczos), trace (exact for a stack of Linear layers, else XTrace), spectral density (SLQ). " +
                                          "With no estimator chosen: --top 5 --bottom 1 --trace --density.");
         o.AddTo(cmd);
         o.AddGraphMemory(cmd);
@@ -65,7 +65,7 @@ public static class HessianCommand
                 Exact = p.GetValue(exact),
                 Tolerance = p.GetValue(tol),
                 TraceRelativeError = p.GetValue(traceErr),
-                TraceMethod = p.GetValue(traceMethod) switch { "hutchinson" => TraceMethod.Hutchinson, "xtrace" => TraceMethod.XTrace, _ => TraceMethod.HutchPlusPlus },
+                TraceMethod = p.GetValue(traceMethod) switch { "hutchinson" => TraceMethod.Hutchinson, "xtrace" => TraceMethod.XTrace, "hutch++" => TraceMethod.HutchPlusPlus, _ => TraceMethod.Auto },
                 MaxProducts = p.GetValue(maxProducts),
                 DensityRuns = p.GetValue(runs),
                 DensitySteps = p.GetValue(steps),
@@ -78,7 +78,7 @@ public static class HessianCommand
             using var _ctx = ctx;
             var kind = CurvatureOperators.Parse(p.GetValue(opName)!);
             var diagonalOptions = p.GetValue(diagonal)
-                ? new DiagonalOptions { Method = p.GetValue(diagonalMethod) == "xdiag" ? DiagonalMethod.XDiag : DiagonalMethod.Hutchinson, Products = p.GetValue(diagonalProducts), Seed = options.Seed + 5 }
+                ? new DiagonalOptions { Method = p.GetValue(diagonalMethod) switch { "xdiag" => DiagonalMethod.XDiag, "hutchinson" => DiagonalMethod.Hutchinson, _ => DiagonalMethod.Auto }, Products = p.GetValue(diagonalProducts), Seed = options.Seed + 5 }
                 : null;
             var frobeniusOptions = p.GetValue(frobenius)
                 ? new FrobeniusOptions { RelativeStandardError = options.TraceRelativeError, MaxProducts = options.MaxProducts, Seed = options.Seed + 6 }
@@ -132,7 +132,7 @@ public static class HessianCommand
         return cmd;
     }
 
-    static string TraceMethodName(TraceMethod m) => m switch { TraceMethod.Hutchinson => "hutchinson", TraceMethod.XTrace => "xtrace", _ => "hutch++" };
+    static string TraceMethodName(TraceMethod m) => m switch { TraceMethod.Hutchinson => "hutchinson", TraceMethod.XTrace => "xtrace", TraceMethod.HutchPlusPlus => "hutch++", _ => "auto" };
 
     static string Pm(double v, double se) => double.IsFinite(se) ? $"{v:G6} ± {se:G2}" : $"{v:G6}";
 
@@ -170,8 +170,8 @@ public static class HessianCommand
         Eig("λ bottom", r.Bottom);
         if (r.Trace is { } tr)
         {
-            var accuracy = double.IsFinite(tr.StandardError) ? $"rel. SE {tr.StandardError / Math.Abs(tr.Trace):P2}" : "standard error unknown (fewer than 2 probes)";
-            t.AddRow($"trace ({tr.Method})", Pm(tr.Trace, tr.StandardError), $"{accuracy}{(tr.Converged ? "" : " [yellow](budget reached)[/]")}", tr.Products.ToString(), $"{tr.Seconds:F1} s");
+            var accuracy = tr.Method == "exact" ? "from the exact diagonal" : double.IsFinite(tr.StandardError) ? $"rel. SE {tr.StandardError / Math.Abs(tr.Trace):P2}" : "standard error unknown (fewer than 2 probes)";
+            t.AddRow($"trace ({tr.Method})", tr.Method == "exact" ? $"{tr.Trace:G6}" : Pm(tr.Trace, tr.StandardError), $"{accuracy}{(tr.Converged ? "" : " [yellow](budget reached)[/]")}", tr.Products.ToString(), $"{tr.Seconds:F1} s");
         }
         if (r.Density is { } d)
         {

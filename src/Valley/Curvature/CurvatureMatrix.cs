@@ -137,16 +137,18 @@ public sealed class CurvatureMatrix : IDisposable
         Operator is KfacOperator kfac ? kfac.TopEigenvalues(k, EigenTarget.Smallest)
             : Lanczos.Compute(Operator, (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Smallest }, progress, ct);
 
-    /// <summary>The trace by XTrace (Valley's default trace method) with its default options, or K-FAC's exact trace.</summary>
+    /// <summary>The trace: K-FAC's exactly from its factors; the Hessian's and GGN's exactly from their diagonal for a stack of
+    /// Linear layers (<see cref="TraceMethod.Auto"/>); otherwise by XTrace with its default options.</summary>
     public TraceEstimate Trace(IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
-        Operator is KfacOperator kfac ? kfac.TraceEstimate() : XTrace.Estimate(Operator, new XTraceOptions(), progress, ct);
+        Operator is KfacOperator kfac ? kfac.TraceEstimate() : ExactDiagonalEstimates.TryTrace(Operator, ct) ?? XTrace.Estimate(Operator, new XTraceOptions(), progress, ct);
 
     /// <summary>The spectral density by stochastic Lanczos quadrature.</summary>
     /// <param name="options">Runs, steps, broadening, seed.</param>
     public SpectralDensity Density(SpectralDensityOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
         StochasticLanczosQuadrature.Estimate(Operator, options ?? new SpectralDensityOptions(), progress, ct);
 
-    /// <summary>The diagonal by <see cref="DiagonalEstimator"/>, or K-FAC's exact diagonal (standard errors 0).</summary>
+    /// <summary>The diagonal by <see cref="DiagonalEstimator"/> (exact for the Hessian and GGN of a stack of Linear layers under
+    /// <see cref="DiagonalMethod.Auto"/>), or K-FAC's exact diagonal (standard errors 0).</summary>
     /// <param name="options">Method, products, seed.</param>
     public DiagonalEstimate Diagonal(DiagonalOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
         Operator is KfacOperator kfac ? ExactDiagonal(kfac) : DiagonalEstimator.Estimate(Operator, options, progress, ct);

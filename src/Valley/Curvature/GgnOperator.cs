@@ -13,7 +13,7 @@ namespace Valley.Curvature;
 /// through the model. For a stack of Linear layers (<see cref="HessianProductMethod.Auto"/>), J v and Jᵀ w are explicit
 /// matrix passes instead. Full data, batches weighted by size, the objective's mode, parameter filter and process group.
 /// </summary>
-public sealed class GgnOperator : ObjectiveOperator
+public sealed class GgnOperator : ObjectiveOperator, IExactDiagonal
 {
     /// <param name="objective">The objective (not owned: dispose it yourself).</param>
     public GgnOperator(Objective objective) : base(objective) { }
@@ -32,4 +32,9 @@ public sealed class GgnOperator : ObjectiveOperator
             batch.PrepareOutputHessian();
             return w => batch.OutputHessian(w) * batch.Size;
         });
+
+    /// <inheritdoc/>
+    /// <remarks>Exact for a stack of Linear layers under <see cref="HessianProductMethod.Auto"/>; null for every other model.</remarks>
+    public Tensor? ExactDiagonal(CancellationToken ct = default) =>
+        Objective.LayerStack is { } stack ? Objective.StackDiagonal(stack, ct.CanBeCanceled ? ct : Cancellation, gaussNewton: true) : null;
 }

@@ -67,14 +67,27 @@ public sealed class Hessian : IDisposable
     public Eigenpairs BottomEigenvalues(int k = 1, LanczosOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
         Lanczos.Compute(For(ct), (options ?? new LanczosOptions()) with { K = k, Target = EigenTarget.Smallest }, progress, ct);
 
-    /// <summary>The trace by <paramref name="method"/> with its default options (to 1 % relative standard error, at most 1,000 products).</summary>
-    /// <param name="method">The estimator; default <see cref="SpectrumAnalysisOptions.DefaultTraceMethod"/>.</param>
+    /// <summary>
+    /// The trace by <paramref name="method"/>: by default (<see cref="TraceMethod.Auto"/>) exactly from the Hessian's diagonal
+    /// when the model is a stack of Linear layers, else by XTrace; an estimator with its default options (to 1 % relative
+    /// standard error, at most 1,000 products).
+    /// </summary>
+    /// <param name="method">The method; default <see cref="SpectrumAnalysisOptions.DefaultTraceMethod"/>.</param>
     public TraceEstimate Trace(TraceMethod method = SpectrumAnalysisOptions.DefaultTraceMethod, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) => method switch
     {
         TraceMethod.Hutchinson => Trace(new HutchinsonOptions(), progress, ct),
-        TraceMethod.XTrace => Trace(new XTraceOptions(), progress, ct),
-        _ => Trace(new HutchPlusPlusOptions(), progress, ct),
+        TraceMethod.HutchPlusPlus => Trace(new HutchPlusPlusOptions(), progress, ct),
+        TraceMethod.Auto when ExactDiagonalEstimates.TryTrace(For(ct), ct) is { } exact => exact,
+        _ => Trace(new XTraceOptions(), progress, ct),
     };
+
+    /// <summary>
+    /// The diagonal: by default (<see cref="DiagonalMethod.Auto"/>) exactly when the model is a stack of Linear layers, else
+    /// by Hutchinson's estimator with 100 products.
+    /// </summary>
+    /// <param name="options">Method, products, seed; null: the defaults.</param>
+    public DiagonalEstimate Diagonal(DiagonalOptions? options = null, IProgress<EstimatorProgress>? progress = null, CancellationToken ct = default) =>
+        DiagonalEstimator.Estimate(For(ct), options, progress, ct);
 
     /// <summary>The trace by XTrace with these options.</summary>
     /// <param name="options">Target, budget, test vectors, seed.</param>

@@ -322,34 +322,14 @@ public sealed class Objective : IDisposable
     internal Tensor StackBlockProduct(LinearStack stack, Tensor V, CancellationToken ct, bool gaussNewton = false)
     {
         int k = (int)V.shape[1];
-        long n = Examples;
-        int element = Parameters.DType.ElementSize();
-        var cache = GraphCacheForProduct();
-        long rows = stack.ChunkRows(Options.BatchSize, element, cache is { Unbounded: false } ? cache.Budget : null);
-        // Kept chunks are known by their index: chunks of another size (a changed limit) are other rows.
-        if (rows != _stackChunkRows)
-        {
-            cache?.Clear();
-            _stackChunkRows = rows;
-        }
-        int group = stack.VectorsPerPass(rows, element);
+        int group = 0;
         var result = zeros([k, Size], dtype: Parameters.DType, device: Parameters.Device);
         using (var outer = NewDisposeScope())
         {
             var Vt = V.to(Parameters.DType, Parameters.Device).t().contiguous();
-            int b = -1;
-            foreach (var (x, y, size) in Source.Batches(rows))
+            ForEachStackChunk(stack, ct, (batch, rows) =>
             {
-                ct.ThrowIfCancellationRequested();
-                b++;
-                using var scope = NewDisposeScope();
-                if (cache?.Payload(b) is not LinearStack.Batch batch)
-                {
-                    var (xb, yb) = ToModel(x, y, Source.Task);
-                    // The loss's own checks (label range, output and target shapes) before any derivative is formed.
-                    batch = stack.Prepare(xb, yb, (double)size / n, f => { CheckOutputs(f, yb, Source); Loss(f, yb).Dispose(); });
-                    cache?.TryKeep(b, batch.Tensors(), batch.Bytes(), batch);
-                }
+                if (group == 0) group = stack.VectorsPerPass(rows, Parameters.DType.ElementSize());
                 for (int j = 0; j < k; j += group)
                 {
                     // Each group's temporaries go when it is done (it writes into `result` in place), so that a block costs
@@ -358,9 +338,55 @@ public sealed class Objective : IDisposable
                     int g = Math.Min(group, k - j);
                     stack.AddProduct(batch, g == k ? Vt : Vt.narrow(0, j, g), Parameters, g == k ? result : result.narrow(0, j, g), gaussNewton);
                 }
-            }
+            });
         }
         return SummedBlock(result);
+    }
+
+    /// <summary>
+    /// The exact diagonal of the Hessian (or, with <paramref name="gaussNewton"/>, the GGN) of a stack of Linear layers, [n]
+    /// in float64 (<see cref="LinearStack.AddDiagonal"/>): one pass over the same kept chunks as the products, summed over
+    /// the ranks.
+    /// </summary>
+    internal Tensor StackDiagonal(LinearStack stack, CancellationToken ct, bool gaussNewton = false)
+    {
+        var result = zeros(Size, dtype: Parameters.DType, device: Parameters.Device);
+        ForEachStackChunk(stack, ct, (batch, _) => stack.AddDiagonal(batch, Parameters, result, gaussNewton));
+        OutputPasses.AllReduce(this, result);
+        using (result) return result.to(ScalarType.Float64);
+    }
+
+    /// <summary>
+    /// The data pass of <see cref="LinearStack"/>: in chunks (<see cref="LinearStack.ChunkRows"/>), each chunk's forward and
+    /// backward quantities kept in the graph cache under the same budget and weights check (their size is exact, no
+    /// measurement needed), <paramref name="body"/> called with each chunk and the chunk size inside its own dispose scope.
+    /// </summary>
+    void ForEachStackChunk(LinearStack stack, CancellationToken ct, Action<LinearStack.Batch, long> body)
+    {
+        long n = Examples;
+        var cache = GraphCacheForProduct();
+        long rows = stack.ChunkRows(Options.BatchSize, Parameters.DType.ElementSize(), cache is { Unbounded: false } ? cache.Budget : null);
+        // Kept chunks are known by their index: chunks of another size (a changed limit) are other rows.
+        if (rows != _stackChunkRows)
+        {
+            cache?.Clear();
+            _stackChunkRows = rows;
+        }
+        int b = -1;
+        foreach (var (x, y, size) in Source.Batches(rows))
+        {
+            ct.ThrowIfCancellationRequested();
+            b++;
+            using var scope = NewDisposeScope();
+            if (cache?.Payload(b) is not LinearStack.Batch batch)
+            {
+                var (xb, yb) = ToModel(x, y, Source.Task);
+                // The loss's own checks (label range, output and target shapes) before any derivative is formed.
+                batch = stack.Prepare(xb, yb, (double)size / n, f => { CheckOutputs(f, yb, Source); Loss(f, yb).Dispose(); });
+                cache?.TryKeep(b, batch.Tensors(), batch.Bytes(), batch);
+            }
+            body(batch, rows);
+        }
     }
 
     /// <summary>Products as rows [k, n], summed over the ranks, as the block [n, k] the product methods return.</summary>

@@ -66,7 +66,7 @@ public class HessianCommandTests
     {
         var data = CsvData();
         int code = Run(out var stdout, out var err, "hessian", "--data", data, "--model", "mlp:4-6-3", "--subset", "0", "--dtype", "float64", "--trace", "--exact",
-            "--max-products", "15", "--format", "json", "--out", TestUtil.TempDir("small-budget"));
+            "--trace-method", "xtrace", "--max-products", "15", "--format", "json", "--out", TestUtil.TempDir("small-budget"));
         Assert.True(code == 0, err);
         var report = JsonDocument.Parse(stdout).RootElement.GetProperty("report");
         var trace = report.GetProperty("trace");

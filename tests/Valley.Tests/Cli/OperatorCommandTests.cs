@@ -106,8 +106,9 @@ public class OperatorCommandTests
         var dir = TestUtil.TempDir("hessian-products");
         (double[] Values, string Method) Top(string method, string outDir)
         {
+            // The same trace estimator both ways (by default the R-pass run's trace is exact, below).
             int code = Run(out _, out var err, "hessian", "--data", data, "--model", "mlp:4-6-3:tanh", "--subset", "0", "--dtype", "float64",
-                "--top", "3", "--trace", "--out", outDir, "--hessian-products", method);
+                "--top", "3", "--trace", "--trace-method", "xtrace", "--out", outDir, "--hessian-products", method);
             Assert.True(code == 0, err);
             var root = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "hessian.json"))).RootElement;
             var json = root.GetProperty("report");
@@ -123,6 +124,15 @@ public class OperatorCommandTests
         Assert.StartsWith("autograd", again.Method);
         Assert.Equal(1, Run(out _, out var bad, "hessian", "--data", data, "--model", "mlp:4-6-3:tanh", "--hessian-products", "fast", "--out", Path.Combine(dir, "c")));
         Assert.Contains("Must be one of: 'auto' 'double-backward'", bad);
+        // By default the R-pass run's trace is exact, from the diagonal: the dense spectrum's trace, with standard error 0.
+        Assert.Equal(0, Run(out _, out var err2, "hessian", "--data", data, "--model", "mlp:4-6-3:tanh", "--subset", "0", "--dtype", "float64",
+            "--trace", "--exact", "--out", Path.Combine(dir, "d")));
+        var report = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "d", "hessian.json"))).RootElement.GetProperty("report");
+        var trace = report.GetProperty("trace");
+        Assert.Equal("exact", trace.GetProperty("method").GetString());
+        Assert.Equal(0, trace.GetProperty("standard_error").GetDouble());
+        double dense = report.GetProperty("exact").GetProperty("trace").GetDouble();
+        Assert.Equal(dense, trace.GetProperty("trace").GetDouble(), 1e-10 * Math.Abs(dense));
     }
 
     [Fact]

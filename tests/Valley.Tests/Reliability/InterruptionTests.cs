@@ -198,7 +198,7 @@ public class InterruptionTests
     {
         var data = TestUtil.CsvFolder("kill-diag", 1500, 20, 3, seed: 8);
         string[] Args(string dir) => ["hessian", "--data", data, "--model", "mlp:20-64-64-3", "--subset", "0", "--threads", "2", "--seed", "3",
-                                      "--diagonal", "--diagonal-products", "200", "--frobenius", "--trace-error", "1e-9", "--max-products", "200", "--out", dir];
+                                      "--diagonal", "--diagonal-method", "hutchinson", "--diagonal-products", "200", "--frobenius", "--trace-error", "1e-9", "--max-products", "200", "--out", dir];
         var clean = Path.Combine(TestUtil.TempDir("kill-diag-clean"), "h");
         Assert.Equal(0, RunToEnd(Args(clean)));
         var dir = Path.Combine(TestUtil.TempDir("kill-diag-run"), "h");

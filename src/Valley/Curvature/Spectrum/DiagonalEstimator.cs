@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 
 namespace Valley.Curvature.Spectrum;
 
-/// <summary>A stochastic diagonal estimator.</summary>
+/// <summary>A diagonal estimator.</summary>
 public enum DiagonalMethod
 {
     /// <summary>Hutchinson's diagonal estimator (Bekas, Kokiopoulou &amp; Saad 2007): the mean of z ⊙ Az over Rademacher probes.</summary>
@@ -12,13 +12,19 @@ public enum DiagonalMethod
 
     /// <summary>XDiag (Epperly, Tropp &amp; Webber 2024, §2.4): a low-rank sketch's diagonal plus exchangeable leave-one-out corrections.</summary>
     XDiag,
+
+    /// <summary>
+    /// The exact diagonal when the operator can give it (<see cref="IExactDiagonal"/>: the Hessian or GGN of a stack of Linear
+    /// layers, for about one product's work; standard errors 0); <see cref="Hutchinson"/> otherwise.
+    /// </summary>
+    Auto,
 }
 
 /// <summary>Options of <see cref="DiagonalEstimator"/>.</summary>
 public sealed record DiagonalOptions
 {
-    /// <summary>The estimator. Default Hutchinson.</summary>
-    public DiagonalMethod Method { get; init; } = DiagonalMethod.Hutchinson;
+    /// <summary>The estimator. Default <see cref="DiagonalMethod.Auto"/>: exact where the operator allows, Hutchinson otherwise.</summary>
+    public DiagonalMethod Method { get; init; } = DiagonalMethod.Auto;
 
     /// <summary>Operator products to spend (XDiag: half on the sketch, half on its image; even, at least 4). Default 100.</summary>
     public long Products { get; init; } = 100;
@@ -33,7 +39,7 @@ public sealed record DiagonalOptions
 /// <summary>A diagonal estimate with a standard error per entry.</summary>
 public sealed record DiagonalEstimate
 {
-    /// <summary>"hutchinson" or "xdiag" (or "exact" for a diagonal known in closed form, e.g. K-FAC's).</summary>
+    /// <summary>"hutchinson", "xdiag", "exact" (an <see cref="IExactDiagonal"/> operator's, <see cref="DiagonalMethod.Auto"/>) or "kfac-factors" (K-FAC's, from its factors).</summary>
     public required string Method { get; init; }
 
     /// <summary>The estimated diagonal, one entry per parameter.</summary>
@@ -86,10 +92,10 @@ public sealed record DiagonalCheckpoint
     public double Seconds { get; init; }
 }
 
-/// <summary>Stochastic estimates of an operator's diagonal, for any <see cref="ICurvatureOperator"/>.</summary>
+/// <summary>Estimates of an operator's diagonal, for any <see cref="ICurvatureOperator"/>: stochastic, or exact where the operator allows.</summary>
 public static class DiagonalEstimator
 {
-    /// <summary>Estimates diag(A) with <see cref="DiagonalOptions.Products"/> products.</summary>
+    /// <summary>Estimates diag(A) with <see cref="DiagonalOptions.Products"/> products, or computes it exactly (<see cref="DiagonalMethod.Auto"/> on an <see cref="IExactDiagonal"/> operator that can).</summary>
     /// <param name="op">The operator.</param>
     /// <param name="options">Method, products, block size, seed; null: the defaults.</param>
     /// <param name="progress">Products so far.</param>
@@ -105,6 +111,7 @@ public static class DiagonalEstimator
     {
         var o = options ?? new DiagonalOptions();
         Validate(op, o);
+        if (o.Method == DiagonalMethod.Auto && ExactDiagonalEstimates.TryDiagonal(op, ct) is { } exact) return exact;
         if (resumeFrom is not null && !Matches(resumeFrom, op, o)) resumeFrom = null;
         return o.Method == DiagonalMethod.XDiag ? XDiag(op, o, progress, ct, resumeFrom, checkpoint) : Hutchinson(op, o, progress, ct, resumeFrom, checkpoint);
     }
@@ -119,7 +126,7 @@ public static class DiagonalEstimator
     /// <exception cref="ArgumentOutOfRangeException">An option is out of its range (named as in <see cref="DiagonalOptions"/>).</exception>
     public static void Validate(ICurvatureOperator op, DiagonalOptions o)
     {
-        if (!Enum.IsDefined(o.Method)) throw Check.OutOfRange(nameof(o.Method), o.Method, "must be Hutchinson or XDiag");
+        if (!Enum.IsDefined(o.Method)) throw Check.OutOfRange(nameof(o.Method), o.Method, "must be Auto, Hutchinson or XDiag");
         Check.AtLeast(o.Products, o.Method == DiagonalMethod.XDiag ? 4 : 2, nameof(o.Products));
         Check.AtLeast(o.BlockSize, 1, nameof(o.BlockSize));
         if (o.Method == DiagonalMethod.XDiag && o.Products / 2 > op.Size)

@@ -27,7 +27,7 @@ public sealed record SpectrumAnalysisOptions
     public double TraceRelativeError { get; init; } = 0.01;
 
     /// <summary>The trace estimator Valley uses unless told otherwise (the measurement behind the choice: README, "Trace estimators").</summary>
-    public const TraceMethod DefaultTraceMethod = TraceMethod.XTrace;
+    public const TraceMethod DefaultTraceMethod = TraceMethod.Auto;
 
     /// <summary>The trace estimator. Default <see cref="DefaultTraceMethod"/>.</summary>
     public TraceMethod TraceMethod { get; init; } = DefaultTraceMethod;
@@ -144,11 +144,11 @@ public static class SpectrumAnalysis
         if (o.Trace && report.Trace is null)
             report = Update(report with
             {
-                Trace = o.TraceMethod switch
+                Trace = (o.TraceMethod == TraceMethod.Auto ? ExactDiagonalEstimates.TryTrace(op, ct) : null) ?? o.TraceMethod switch
                 {
                     TraceMethod.Hutchinson => Hutchinson.Estimate(op, new HutchinsonOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
-                    TraceMethod.XTrace => XTrace.Estimate(op, new XTraceOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
-                    _ => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
+                    TraceMethod.HutchPlusPlus => HutchPlusPlus.Estimate(op, new HutchPlusPlusOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
+                    _ => XTrace.Estimate(op, new XTraceOptions { RelativeStandardError = o.TraceRelativeError, MaxProducts = o.MaxProducts, Seed = o.Seed + 2 }, progress, ct),
                 },
             });
         if (o.Density && report.Density is null)
@@ -173,7 +173,7 @@ public static class SpectrumAnalysis
         // At least 10, and enough for Lanczos to find the top and bottom eigenpairs and verify them.
         Check.AtLeast(o.MaxProducts, Math.Max(10, Math.Max(Lanczos.MinimumProducts(op.Size, new LanczosOptions { K = Math.Max(1, o.Top) }),
             Lanczos.MinimumProducts(op.Size, new LanczosOptions { K = Math.Max(1, o.Bottom) }))), nameof(o.MaxProducts));
-        if (!Enum.IsDefined(o.TraceMethod)) throw Check.OutOfRange(nameof(o.TraceMethod), o.TraceMethod, "must be Hutchinson, HutchPlusPlus or XTrace");
+        if (!Enum.IsDefined(o.TraceMethod)) throw Check.OutOfRange(nameof(o.TraceMethod), o.TraceMethod, "must be Auto, Hutchinson, HutchPlusPlus or XTrace");
         Check.AtLeast(o.DensityRuns, 1, nameof(o.DensityRuns));
         Check.AtLeast(o.DensitySteps, 2, nameof(o.DensitySteps));
         if (o.Exact && op.Size > ExactHessian.DefaultMaxSize)

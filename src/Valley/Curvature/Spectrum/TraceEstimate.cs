@@ -11,12 +11,18 @@ public enum TraceMethod
 
     /// <summary><see cref="Spectrum.XTrace"/>: every test vector both sketches and probes, exchangeably (Epperly, Tropp, Webber 2024).</summary>
     XTrace,
+
+    /// <summary>
+    /// The exact trace, Σ diag(A), when the operator can give its diagonal (<see cref="IExactDiagonal"/>: the Hessian or GGN
+    /// of a stack of Linear layers, for about one product's work); <see cref="XTrace"/> otherwise.
+    /// </summary>
+    Auto,
 }
 
 /// <summary>A stochastic trace estimate with its standard error.</summary>
 public sealed record TraceEstimate
 {
-    /// <summary>The estimator that produced it: "hutchinson", "hutch++" or "xtrace".</summary>
+    /// <summary>The estimator that produced it: "hutchinson", "hutch++", "xtrace", or "exact" (from the operator's exact diagonal, <see cref="TraceMethod.Auto"/>).</summary>
     public required string Method { get; init; }
 
     /// <summary>The estimate of tr(A).</summary>
