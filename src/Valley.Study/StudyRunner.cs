@@ -261,7 +261,8 @@ public static class StudyRunner
             }, ct: ct);
             if (names.Contains("lambda_max")) measures["lambda_max"] = spectrum.Top!.Values[0];
             if (names.Contains("top5_sum")) measures["top5_sum"] = spectrum.Top!.Values.Sum();
-            if (trace) { measures["trace"] = spectrum.Trace!.Trace; errors["trace"] = spectrum.Trace.StandardError; }
+            // An exact trace (a stack of Linear layers) has no sampling error to record.
+            if (trace) { measures["trace"] = spectrum.Trace!.Trace; if (spectrum.Trace.Method != "exact") errors["trace"] = spectrum.Trace.StandardError; }
             if (density) measures["negative_mass"] = spectrum.Density!.NegativeMass;
         }
         // w₀: a trained model's seeded initialization (what training started from); a loaded model's init weights when models.csv gives them.

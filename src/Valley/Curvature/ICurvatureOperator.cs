@@ -74,13 +74,14 @@ public abstract class CurvatureOperator : ICurvatureOperator
 /// <summary>
 /// An operator that can give its diagonal exactly, for far less than the n products the definition costs: K-FAC from its
 /// Kronecker factors, and the Hessian and the GGN of a stack of Linear layers by one backward pass of the pre-activations'
-/// Hessian diagonals (docs/design.md §4, "Exact diagonal and trace"). The trace and diagonal estimators use it when asked
+/// Hessian diagonals (docs/design.md §4, "Exact diagonal and trace of a stack of Linear layers"). The trace and diagonal estimators use it when asked
 /// for <see cref="Spectrum.TraceMethod.Auto"/> or <see cref="Spectrum.DiagonalMethod.Auto"/>.
 /// </summary>
 public interface IExactDiagonal : ICurvatureOperator
 {
-    /// <summary>The exact diagonal, [n] in float64 on the operator's device, or null when this operator cannot give it for
-    /// its model (a model that is not a stack of Linear layers, a loss other than cross-entropy, MSE or BCE): then estimate it.</summary>
+    /// <summary>The exact diagonal, [n] in float64 on the operator's device (exact up to the rounding of the operator's dtype),
+    /// or null when this operator cannot give it for its model (a model that is not a stack of Linear layers, a loss other
+    /// than cross-entropy, MSE or BCE) or only at more than 50 products' work (a deep, wide stack): then estimate it.</summary>
     /// <param name="ct">Checked between the chunks of the data pass.</param>
     Tensor? ExactDiagonal(CancellationToken ct = default);
 }

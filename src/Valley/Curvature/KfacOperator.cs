@@ -58,7 +58,7 @@ public sealed record KfacLayer(string Name, string Kind, IReadOnlyList<string> P
 /// eigenvalue, trace, diagonal and Frobenius norm then comes from them: the eigenvalues of A ⊗ G are the products of the
 /// factors' eigenvalues, so <see cref="Eigenvalues"/> needs no operator product.
 /// </summary>
-public sealed class KfacOperator : CurvatureOperator, IDisposable
+public sealed class KfacOperator : CurvatureOperator, IExactDiagonal, IDisposable
 {
     sealed record Block(KfacLayer Layer, nn.Module Module, int Weight, int Bias, Tensor A, Tensor G);
 
@@ -476,6 +476,10 @@ public sealed class KfacOperator : CurvatureOperator, IDisposable
         }
         return d;
     }
+
+    /// <inheritdoc/>
+    /// <remarks>Always <see cref="Diagonal"/>.</remarks>
+    public Tensor? ExactDiagonal(CancellationToken ct = default) => Diagonal();
 
     /// <summary>Frees the factors.</summary>
     public void Dispose()

@@ -346,10 +346,12 @@ public sealed class Objective : IDisposable
     /// <summary>
     /// The exact diagonal of the Hessian (or, with <paramref name="gaussNewton"/>, the GGN) of a stack of Linear layers, [n]
     /// in float64 (<see cref="LinearStack.AddDiagonal"/>): one pass over the same kept chunks as the products, summed over
-    /// the ranks.
+    /// the ranks. Null when it would cost more than <see cref="LinearStack.MaxDiagonalProducts"/> products (deep and wide
+    /// stacks, many classes): the estimators are cheaper there.
     /// </summary>
-    internal Tensor StackDiagonal(LinearStack stack, CancellationToken ct, bool gaussNewton = false)
+    internal Tensor? StackDiagonal(LinearStack stack, CancellationToken ct, bool gaussNewton = false)
     {
+        if (stack.DiagonalCostInProducts(gaussNewton) > LinearStack.MaxDiagonalProducts) return null;
         var result = zeros(Size, dtype: Parameters.DType, device: Parameters.Device);
         ForEachStackChunk(stack, ct, (batch, _) => stack.AddDiagonal(batch, Parameters, result, gaussNewton));
         OutputPasses.AllReduce(this, result);

@@ -93,7 +93,16 @@ public class OperatorCommandTests
         Assert.Equal(4 * 6 + 6 + 6 * 3 + 3 + 1, rows.Length);
         Assert.StartsWith("0.weight,0,", rows[1]);
         double sum = json.GetProperty("diagonal").GetProperty("blocks").EnumerateArray().Sum(b => b.GetProperty("sum").GetDouble());
+        // K-FAC's from its factors, the GGN's exactly (a stack of Linear layers, --diagonal-method auto), the empirical Fisher's estimated.
+        string method = json.GetProperty("diagonal").GetProperty("method").GetString()!;
+        Assert.Equal(op switch { "kfac" => "kfac-factors", "ggn" => "exact", _ => "hutchinson" }, method);
         if (op == "kfac") Assert.Equal(exact.Sum(), sum, 8);
+        else if (op == "ggn")
+        {
+            Assert.Equal(exact.Sum(), sum, 1e-10 * Math.Abs(exact.Sum()));
+            Assert.Equal("exact", report.GetProperty("trace").GetProperty("method").GetString());
+            Assert.Equal(exact.Sum(), report.GetProperty("trace").GetProperty("trace").GetDouble(), 1e-10 * Math.Abs(exact.Sum()));
+        }
         else Assert.True(Math.Abs(sum - exact.Sum()) < 0.5 * exact.Sum(), $"diagonal sum {sum}, trace {exact.Sum()}");
     }
 

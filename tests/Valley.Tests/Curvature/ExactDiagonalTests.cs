@@ -60,13 +60,18 @@ public class ExactDiagonalTests
         var (stack, autograd) = Pair(model, loss, data);
         var (chunked, _) = Pair(model, loss, data);
         using var _s = stack; using var _a = autograd; using var _c = chunked;
-        // Five chunks of the objective's batches, each in passes of 3 rows (the last 1), beside one chunk in one pass.
+        // Five chunks of the objective's batches, each in passes of 2 rows (the last 1 or 2), beside one chunk in one pass.
         chunked.LayerStack!.ChunkBytes = 1;
         chunked.LayerStack.PassBytes = 3 * 4 * 4 * 4 * 8;
         var hessian = DenseDiagonal(new HessianOperator(autograd));
         var ggn = DenseDiagonal(new GgnOperator(autograd));
-        // The σ'' terms matter here, except for ReLU (σ'' = 0, where the two coincide).
-        if (activation != "relu") Assert.True(Error(ggn, hessian) > 1e-3, $"{activation}/{loss}: the GGN equals the Hessian, the test would not see the σ'' terms");
+        // The σ'' terms matter here, in the first layer's weights too (reached by every hidden layer's source), except for
+        // ReLU (σ'' = 0, where the two coincide).
+        if (activation != "relu")
+        {
+            Assert.True(Error(ggn, hessian) > 1e-3, $"{activation}/{loss}: the GGN equals the Hessian, the test would not see the σ'' terms");
+            Assert.True(Error(ggn[..30], hessian[..30]) > 1e-3, $"{activation}/{loss}: the first layer's σ'' terms are too small to be tested");
+        }
         foreach (var o in new[] { stack, chunked })
         {
             var h = new HessianOperator(o).ExactDiagonal()!;
@@ -94,10 +99,16 @@ public class ExactDiagonalTests
             (new Mlp([5, 6, 4, 3], "tanh"), n => n == "0.weight"),
             (new Mlp([5, 3]), null),
             (nn.Sequential(nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 4), nn.Linear(4, 3)), null),
+            // A hidden layer's σ'' source one step above a layer without activation (no σ' on the way down).
+            (nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)), null),
+            // Four hidden layers: the top hidden layer's source reaches the first layer three steps down.
+            (new Mlp([5, 6, 5, 4, 4, 3], "tanh"), null),
         };
         foreach (var (model, filter) in cases)
+            foreach (var loss in new[] { "cross-entropy", "mse", "bce" })
         {
-            var (stack, autograd) = Pair(model, "cross-entropy", data, new ObjectiveOptions { ParameterFilter = filter });
+            using var lossData = loss == "cross-entropy" ? null : Data(loss, 5, 3);
+            var (stack, autograd) = Pair(model, loss, lossData ?? data, new ObjectiveOptions { ParameterFilter = filter });
             using var _s = stack; using var _a = autograd;
             Assert.NotNull(stack.LayerStack);
             var h = new HessianOperator(stack).ExactDiagonal()!;
@@ -106,6 +117,33 @@ public class ExactDiagonalTests
             var g = new GgnOperator(stack).ExactDiagonal()!;
             Assert.True(Error(g, DenseDiagonal(new GgnOperator(autograd))) < 1e-12, $"GGN {model.GetType().Name} {stack.Size}");
         }
+        // BCE on one output with targets of shape [B].
+        {
+            using var d = Data("bce", 5, 1);
+            using var flat = new Dataset("flat", d.X.clone(), d.Y.reshape(-1).clone(), TaskKind.Regression, 0);
+            var (stack, autograd) = Pair(new Mlp([5, 6, 1], "sigmoid"), "bce", flat);
+            using var _s = stack; using var _a = autograd;
+            Assert.True(Error(new HessianOperator(stack).ExactDiagonal()!, DenseDiagonal(new HessianOperator(autograd))) < 1e-12, "BCE [B]");
+        }
+    }
+
+    [Fact]
+    public void AStackWhoseDiagonalWouldCostMoreThanFiftyProductsIsEstimated()
+    {
+        using var data = Data("cross-entropy", 5, 3);
+        using var _ = NewDisposeScope();
+        // Five hidden layers of 128 (tanh): every hidden layer's σ'' source goes down through 128 × 128 per-example matrices.
+        using var o = new Objective(new Mlp([5, 128, 128, 128, 128, 128, 3], "tanh"), Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = Batch });
+        Assert.True(o.LayerStack!.DiagonalCostInProducts(gaussNewton: false) > LinearStack.MaxDiagonalProducts);
+        // The GGN has the output source only (3 columns through the 128 × 128 layers): cheap, and exact.
+        Assert.True(o.LayerStack.DiagonalCostInProducts(gaussNewton: true) < 2);
+        Assert.Null(new HessianOperator(o).ExactDiagonal());
+        Assert.NotNull(new GgnOperator(o).ExactDiagonal());
+        Assert.Equal("hutchinson", DiagonalEstimator.Estimate(new HessianOperator(o), new DiagonalOptions { Products = 4 }).Method);
+        // The benchmark's mlp:784-128-64-10: about 0.6 of a product.
+        using var wideData = Synthetic.GaussianMixture(8, 784, 10, seed: 1);
+        using var wide = new Objective(new Mlp([784, 128, 64, 10], "tanh"), Losses.CrossEntropy, wideData, new ObjectiveOptions());
+        Assert.InRange(wide.LayerStack!.DiagonalCostInProducts(gaussNewton: false), 0.5, 0.8);
     }
 
     [Fact]

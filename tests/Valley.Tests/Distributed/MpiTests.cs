@@ -150,7 +150,7 @@ public class MpiTests
         var data = TestUtil.CsvFolder("mpi-diag", 200, 6, 3, seed: 5);
         var root = TestUtil.TempDir("mpi-diag");
         string[] Args(string dir) => ["hessian", "--data", data, "--model", "mlp:6-10-3:tanh", "--subset", "0", "--batch-size", "64", "--threads", "1",
-            "--diagonal", "--diagonal-products", "40", "--frobenius", "--trace-error", "1e-9", "--max-products", "40", "--out", dir, "--format", "json"];
+            "--diagonal", "--diagonal-method", "hutchinson", "--diagonal-products", "40", "--frobenius", "--trace-error", "1e-9", "--max-products", "40", "--out", dir, "--format", "json"];
         string one = Path.Combine(root, "one"), two = Path.Combine(root, "two");
         Assert.Equal(0, InProcess(Args(one)));
         var run = Exec(2, Cli, Args(two));
@@ -169,6 +169,17 @@ public class MpiTests
         Assert.True(again.Code == 0, again.Stderr);
         Assert.Equal(e2, Entries(two));
         Assert.Equal(Norm(run.Stdout), Norm(again.Stdout));
+        // The exact diagonal (the default for this MLP): each rank's examples, summed over the ranks.
+        string[] Exact(string dir) => ["hessian", "--data", data, "--model", "mlp:6-10-3:tanh", "--subset", "0", "--batch-size", "64", "--threads", "1",
+            "--diagonal", "--out", dir, "--format", "json"];
+        string xOne = Path.Combine(root, "exact-one"), xTwo = Path.Combine(root, "exact-two");
+        Assert.Equal(0, InProcess(Exact(xOne)));
+        var xRun = Exec(2, Cli, Exact(xTwo));
+        Assert.True(xRun.Code == 0, xRun.Stderr);
+        var (x1, x2) = (Entries(xOne), Entries(xTwo));
+        double xScale = x1.Max(Math.Abs);
+        for (int i = 0; i < x1.Length; i++) Assert.True(Math.Abs(x1[i] - x2[i]) <= 1e-5 * xScale, $"exact entry {i}: {x1[i]} vs {x2[i]}");
+        Assert.Equal("exact", JsonDocument.Parse(xRun.Stdout).RootElement.GetProperty("diagonal").GetProperty("method").GetString());
     }
 
     [Fact]
