@@ -264,7 +264,8 @@ internal static class OutputPasses
                 throw new ValleyException($"{objective.Source.Name}: the model's output has shape [{string.Join(", ", output.shape)}]; cross-entropy needs logits of shape [examples, classes]");
             if (kind is OutputLossKind.MeanSquaredError or OutputLossKind.BinaryCrossEntropy && !output.shape.SequenceEqual(yb.shape))
                 throw new ValleyException($"{objective.Source.Name}: the model's outputs have shape [{string.Join(", ", output.shape)}], the targets [{string.Join(", ", yb.shape)}]");
-            return new OutputBatch(objective, output, yb, size, jacobianVector);
+            // The batch's own handle on the targets: a kept batch outlives the pass's views, which the source disposes.
+            return new OutputBatch(objective, output, ReferenceEquals(yb, y) ? yb.alias() : yb, size, jacobianVector);
         }
     }
 

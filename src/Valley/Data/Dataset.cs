@@ -118,7 +118,9 @@ public sealed class Dataset : IBatchSource, IDisposable
 
     /// <summary>
     /// Batches of at most <paramref name="batchSize"/> examples as views, in order.
-    /// The last batch may be smaller; objectives weight every batch by its size.
+    /// The last batch may be smaller; objectives weight every batch by its size. Each batch's views are disposed when the
+    /// next batch is requested or the pass ends (<see cref="IBatchSource.Batches"/>: valid until then), so that a pass
+    /// leaves no tensor handles behind for the finalizer; keep a view of your own (e.g. <c>x.alias()</c>) to hold one longer.
     /// </summary>
     public IEnumerable<(Tensor X, Tensor Y, long Size)> Batches(long batchSize)
     {
@@ -126,7 +128,13 @@ public sealed class Dataset : IBatchSource, IDisposable
         for (long start = 0; start < Count; start += batchSize)
         {
             long size = Math.Min(batchSize, Count - start);
-            yield return (X.narrow(0, start, size), Y.narrow(0, start, size), size);
+            var (x, y) = (X.narrow(0, start, size), Y.narrow(0, start, size));
+            try { yield return (x, y, size); }
+            finally
+            {
+                x.Dispose();
+                y.Dispose();
+            }
         }
     }
 

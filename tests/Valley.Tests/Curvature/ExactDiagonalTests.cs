@@ -17,41 +17,20 @@ public class ExactDiagonalTests
 {
     public ExactDiagonalTests() => TestUtil.Init();
 
-    const long Examples = 47, Batch = 10;
+    const long Batch = LinearStackTests.Batch;
 
-    static Dataset Data(string loss, int inputs, int outputs)
-    {
-        var d = Synthetic.GaussianMixture(Examples, inputs, 3, seed: 3);
-        if (loss == "cross-entropy") return d;
-        using var g = new Generator(5);
-        var y = loss == "mse" ? randn([Examples, outputs], dtype: ScalarType.Float32, generator: g) : rand([Examples, outputs], dtype: ScalarType.Float32, generator: g);
-        var x = d.X.clone();
-        d.Dispose();
-        return new Dataset("targets", x, y, TaskKind.Regression, 0);
-    }
+    static Dataset Data(string loss, int inputs, int outputs) => LinearStackTests.Data(loss, inputs, outputs);
 
-    static (Objective Stack, Objective Autograd) Pair(nn.Module<Tensor, Tensor> model, string loss, Dataset data, ObjectiveOptions? options = null)
-    {
-        var o = (options ?? new ObjectiveOptions()) with { DType = ScalarType.Float64, BatchSize = Batch };
-        var lossFn = Losses.Named(loss, data.Task);
-        return (new Objective(model, lossFn, data, o), new Objective(model, lossFn, data, o with { HessianProducts = HessianProductMethod.DoubleBackward }));
-    }
+    static (Objective Stack, Objective Autograd) Pair(nn.Module<Tensor, Tensor> model, string loss, Dataset data, ObjectiveOptions? options = null) =>
+        LinearStackTests.Pair(model, loss, data, options);
 
     /// <summary>The diagonal of the dense matrix an operator builds from products with the unit vectors.</summary>
     static Tensor DenseDiagonal(ICurvatureOperator op) => op.ApplyBlock(eye(op.Size, dtype: ScalarType.Float64)).diagonal();
 
     static double Error(Tensor a, Tensor b) => ((a - b).abs().max() / b.abs().max()).ToDouble();
 
-    public static TheoryData<string, string> Cases()
-    {
-        var t = new TheoryData<string, string>();
-        foreach (var act in new[] { "tanh", "relu", "sigmoid", "gelu" })
-            foreach (var loss in new[] { "cross-entropy", "mse", "bce" }) t.Add(act, loss);
-        return t;
-    }
-
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(LinearStackTests.Cases), MemberType = typeof(LinearStackTests))]
     public void TheDiagonalsOfTheHessianAndTheGgnEqualTheDenseMatrices(string activation, string loss)
     {
         using var data = Data(loss, 5, 3);
@@ -125,6 +104,35 @@ public class ExactDiagonalTests
             using var _s = stack; using var _a = autograd;
             Assert.True(Error(new HessianOperator(stack).ExactDiagonal()!, DenseDiagonal(new HessianOperator(autograd))) < 1e-12, "BCE [B]");
         }
+    }
+
+    [Fact]
+    public void RepeatedDiagonalsAndProductsLeaveNoTensorsBehind()
+    {
+        using var data = Data("cross-entropy", 5, 3);
+        var model = new Mlp([5, 6, 5, 4, 4, 3], "tanh");
+        using var o = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = Batch });
+        o.LayerStack!.ChunkBytes = 1;
+        o.LayerStack.PassBytes = 1; // one row per pass
+        var op = new HessianOperator(o);
+        op.ExactDiagonal()!.Dispose(); // keeps the chunks in the graph cache
+        var stats = DisposeScopeManager.Statistics;
+        long live = stats.ThreadTotalLiveCount;
+        for (int i = 0; i < 5; i++) op.ExactDiagonal()!.Dispose();
+        Assert.Equal(live, stats.ThreadTotalLiveCount);
+        Assert.Equal(5, o.CachedBatches);
+        // The products over the same kept chunks, and by double backward over cached graphs (both leave nothing behind
+        // either: the data set's batch views are disposed by the pass).
+        using var v = randn([o.Size], generator: new Generator(3));
+        o.HessianVectorProduct(v).Dispose();
+        live = stats.ThreadTotalLiveCount;
+        for (int i = 0; i < 5; i++) o.HessianVectorProduct(v).Dispose();
+        Assert.Equal(live, stats.ThreadTotalLiveCount);
+        using var autograd = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = Batch, HessianProducts = HessianProductMethod.DoubleBackward });
+        autograd.HessianVectorProduct(v).Dispose();
+        live = stats.ThreadTotalLiveCount;
+        for (int i = 0; i < 5; i++) autograd.HessianVectorProduct(v).Dispose();
+        Assert.Equal(live, stats.ThreadTotalLiveCount);
     }
 
     [Fact]

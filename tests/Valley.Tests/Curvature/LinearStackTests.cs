@@ -15,9 +15,10 @@ public class LinearStackTests
 {
     public LinearStackTests() => TestUtil.Init();
 
-    const long Examples = 47, Batch = 10; // 5 batches: 4 of 10 and one of 7
+    internal const long Examples = 47, Batch = 10; // 5 batches: 4 of 10 and one of 7
 
-    static Dataset Data(string loss, int inputs, int outputs)
+    /// <summary>47 examples of a 3-class Gaussian mixture, with regression targets of the outputs' shape for MSE (real) and BCE (in [0, 1]).</summary>
+    internal static Dataset Data(string loss, int inputs, int outputs)
     {
         var d = Synthetic.GaussianMixture(Examples, inputs, 3, seed: 3);
         if (loss == "cross-entropy") return d;
@@ -29,7 +30,8 @@ public class LinearStackTests
         return new Dataset("targets", x, y, TaskKind.Regression, 0);
     }
 
-    static (Objective Stack, Objective Autograd) Pair(nn.Module<Tensor, Tensor> model, string loss, Dataset data, ObjectiveOptions? options = null)
+    /// <summary>The same model, loss and data in float64 with R-pass products and with double backward.</summary>
+    internal static (Objective Stack, Objective Autograd) Pair(nn.Module<Tensor, Tensor> model, string loss, Dataset data, ObjectiveOptions? options = null)
     {
         var o = (options ?? new ObjectiveOptions()) with { DType = ScalarType.Float64, BatchSize = Batch };
         var lossFn = Losses.Named(loss, data.Task);

@@ -327,8 +327,16 @@ public class DataTests
         using var d = Synthetic.GaussianMixture(10, 3, 2, seed: 1);
         var sizes = d.Batches(4).Select(b => b.Size).ToArray();
         Assert.Equal([4L, 4L, 2L], sizes);
-        var first = d.Batches(4).First().X;
-        first[0, 0] = 1234f; // a view: writing through it changes the data set
+        foreach (var (x, _, _) in d.Batches(4))
+        {
+            x[0, 0] = 1234f; // a view: writing through it changes the data set
+            break;
+        }
         Assert.Equal(1234f, d.X[0, 0].ToSingle());
+        // The views go when the pass ends: a pass leaves no handles behind.
+        var stats = TorchSharp.DisposeScopeManager.Statistics;
+        long live = stats.ThreadTotalLiveCount;
+        foreach (var _ in d.Batches(3)) { }
+        Assert.Equal(live, stats.ThreadTotalLiveCount);
     }
 }
