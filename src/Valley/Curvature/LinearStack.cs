@@ -194,7 +194,8 @@ internal sealed class LinearStack
         /// <summary>The batch's weight |B|/N in the objective, folded into δ and into the output curvature's products.</summary>
         public double Weight { get; } = weight;
 
-        /// <summary>Every tensor the batch holds, for a cache that keeps it beyond its dispose scope.</summary>
+        /// <summary>Every tensor the batch holds, for a cache that keeps it beyond its dispose scope. None may be a tensor the
+        /// data source yielded (it disposes those when the pass moves on): the inputs are a view of their own.</summary>
         public Tensor[] Tensors() =>
             Inputs.Concat(Slopes.OfType<Tensor>()).Concat(Deltas).Concat(Curvatures.OfType<Tensor>()).Concat(Output is null ? [] : [Output]).ToArray();
 

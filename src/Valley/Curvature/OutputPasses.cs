@@ -70,6 +70,8 @@ internal sealed class OutputBatch
     }
 
     /// <summary>Every tensor the batch holds (its graphs included), for a cache that keeps the batch beyond its dispose scope.</summary>
+    // For a cache that keeps the batch: none may be a tensor the data source yielded (it disposes those when the pass moves
+    // on), hence Build's own handle on the targets.
     public Tensor[] Tensors() =>
         new[] { Output, Target, Flat, _u }.Concat(_jtu).Concat(_lossGrad is null ? [] : new[] { _lossGrad, _lossInput! }).ToArray();
 
