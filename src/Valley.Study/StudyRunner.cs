@@ -95,7 +95,7 @@ public static class StudyRunner
     /// (e.g. without baselines, or with Hutch++ traces) is refused rather than mixed into a new study. Change it whenever
     /// <see cref="ModelMeasurements"/> or the way a measure is computed changes.
     /// </summary>
-    public const string MeasurementsFormat = "4: baselines, exact trace of Linear stacks (XTrace otherwise), spectrum seeded as valley hessian";
+    public const string MeasurementsFormat = "5: baselines, exact trace of Linear stacks (XTrace otherwise), negative mass with its error, spectrum seeded as valley hessian";
 
     /// <summary>Runs a study into <paramref name="outDir"/> (resumable: trained models and finished measurements are reused) and returns its summary.</summary>
     public static StudySummary Run(StudyOptions o, DataSplit data, string outDir, IProgress<StudyProgress>? progress = null, CancellationToken ct = default,
@@ -263,7 +263,11 @@ public static class StudyRunner
             if (names.Contains("top5_sum")) measures["top5_sum"] = spectrum.Top!.Values.Sum();
             // An exact trace (a stack of Linear layers) has no sampling error to record.
             if (trace) { measures["trace"] = spectrum.Trace!.Trace; if (spectrum.Trace.Method != "exact") errors["trace"] = spectrum.Trace.StandardError; }
-            if (density) measures["negative_mass"] = spectrum.Density!.NegativeMass;
+            if (density)
+            {
+                measures["negative_mass"] = spectrum.Density!.NegativeMass;
+                if (double.IsFinite(spectrum.Density.NegativeMassStandardError)) errors["negative_mass"] = spectrum.Density.NegativeMassStandardError;
+            }
         }
         // w₀: a trained model's seeded initialization (what training started from); a loaded model's init weights when models.csv gives them.
         using var init = m.IsLoaded

@@ -177,7 +177,7 @@ public static class HessianCommand
         {
             t.AddRow("density (SLQ)", $"{d.Runs} runs × {d.Steps} steps", $"σ² = {d.Sigma2:G3}", d.Products.ToString(), $"{d.Seconds:F1} s");
             t.AddRow("  trace from density", Pm(d.Trace, d.TraceStandardError), "", "", "");
-            t.AddRow("  negative mass", $"{d.NegativeMass:P2}", $"eigenvalues < −1e-3·|λ|max ({d.NegativeMassRaw:P1} below 0)", "", "");
+            t.AddRow("  negative mass", double.IsFinite(d.NegativeMassStandardError) ? $"{d.NegativeMass:P2} ± {d.NegativeMassStandardError:P2}" : $"{d.NegativeMass:P2}", $"eigenvalues < −1e-3·|λ|max ({d.NegativeMassRaw:P1} below 0)", "", "");
         }
         if (r.Exact is { } x)
             t.AddRow("exact spectrum", $"λmax {x.Eigenvalues[^1]:G6}, λmin {x.Eigenvalues[0]:G6}, trace {x.Trace:G6}", $"asymmetry {x.Asymmetry:0.0e+0}", x.Products.ToString(), $"{x.Seconds:F1} s");

@@ -146,6 +146,27 @@ public class DenseSpectrumTests
     }
 
     [Fact]
+    public void TheNegativeMassCarriesAStandardErrorThatCoversTheTrueFraction()
+    {
+        // 20 % of the eigenvalues clearly negative, the rest positive, a few large ones: the true negative mass is 0.2.
+        int n = 300;
+        var spectrum = Enumerable.Range(0, n).Select(i => i < 3 ? 30.0 - i : i < 63 ? -1.0 - 0.01 * i : 0.5 + 0.01 * i).ToArray();
+        using var op = DenseOperator.WithSpectrum(spectrum, seed: 12);
+        var few = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = 9, Steps = 30, Seed = 5 });
+        var many = StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = 81, Steps = 30, Seed = 6 });
+        foreach (var d in new[] { few, many })
+        {
+            Assert.True(d.NegativeMassStandardError > 0 && double.IsFinite(d.NegativeMassStandardError));
+            Assert.True(Math.Abs(d.NegativeMass - 0.2) <= 4 * d.NegativeMassStandardError, $"{d.Runs} runs: {d.NegativeMass} ± {d.NegativeMassStandardError}");
+        }
+        // Nine times the runs, a third of the error (1/√runs), within the roughness of a 9-run spread. One run's spread is
+        // about that of zᵀPz/n for a rank-60 projector P: √(2 (60 − 300·0.2²))/300 ≈ 0.033.
+        Assert.InRange(many.NegativeMassStandardError / few.NegativeMassStandardError, 1 / 3.0 / 2, 1 / 3.0 * 2);
+        Assert.InRange(many.NegativeMassStandardError * 9, 0.033 / 1.5, 0.033 * 1.5);
+        Assert.True(double.IsNaN(StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = 1, Steps = 30 }).NegativeMassStandardError));
+    }
+
+    [Fact]
     public void SlqDensityMomentsMatchTheExactSpectrum()
     {
         int n = 250;

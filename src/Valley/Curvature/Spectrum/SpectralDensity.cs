@@ -44,6 +44,23 @@ public sealed record SpectralDensity
     /// </summary>
     public double NegativeMass => MassBelow(-1e-3 * Nodes.SelectMany(x => x).Max(Math.Abs));
 
+    /// <summary>
+    /// Standard error of <see cref="NegativeMass"/> over the runs: the sample standard deviation of each run's mass below
+    /// the threshold over √runs (NaN with one run). One run's mass varies a lot: 29 % of the mean between runs of 50 steps
+    /// on mlp:784-128-64-10 (docs/benchmarks.md, session 10).
+    /// </summary>
+    public double NegativeMassStandardError
+    {
+        get
+        {
+            if (Nodes.Length < 2) return double.NaN;
+            double threshold = -1e-3 * Nodes.SelectMany(x => x).Max(Math.Abs);
+            var each = Nodes.Select((nodes, r) => nodes.Select((t, i) => t < threshold ? Weights[r][i] : 0).Sum()).ToArray();
+            double mean = each.Average();
+            return Math.Sqrt(each.Sum(x => (x - mean) * (x - mean)) / (each.Length - 1) / each.Length);
+        }
+    }
+
     /// <summary>Quadrature weight of all nodes below zero (includes the rounding of the bulk at zero).</summary>
     public double NegativeMassRaw => MassBelow(0);
 
