@@ -15,15 +15,10 @@ internal static class ExactDiagonalEstimates
     public const string Method = "exact";
 
     /// <summary>tr(A) = Σ diag(A), or null when the operator cannot give its diagonal.</summary>
-    public static TraceEstimate? TryTrace(ICurvatureOperator op, CancellationToken ct = default)
-    {
-        var sw = Stopwatch.StartNew();
-        if (op is not IExactDiagonal exact) return null;
-        using var scope = NewDisposeScope();
-        if (exact.ExactDiagonal(ct) is not { } d) return null;
-        double trace = d.sum().ToDouble();
-        return new TraceEstimate { Method = Method, Trace = trace, StandardError = 0, Probes = 0, Products = 0, Converged = true, Seconds = sw.Elapsed.TotalSeconds };
-    }
+    public static TraceEstimate? TryTrace(ICurvatureOperator op, CancellationToken ct = default) =>
+        TryDiagonal(op, ct) is { } d
+            ? new TraceEstimate { Method = Method, Trace = d.Diagonal.Sum(), StandardError = 0, Probes = 0, Products = 0, Converged = true, Seconds = d.Seconds }
+            : null;
 
     /// <summary>diag(A), or null when the operator cannot give it.</summary>
     public static DiagonalEstimate? TryDiagonal(ICurvatureOperator op, CancellationToken ct = default)
