@@ -12,10 +12,18 @@ public static class TorchRuntime
 {
     static bool _ready;
 
+    [DllImport("libc", EntryPoint = "setenv")]
+    static extern int SetEnv(string name, string value, int overwrite);
+
     /// <summary>Ensure LibTorch is loaded; throws <see cref="ValleyException"/> with the cause and the fix.</summary>
     public static void EnsureLoaded()
     {
         if (_ready) return;
+        // LibTorch's CPU allocator backs buffers of 2 MiB and more with transparent huge pages when THP_MEM_ALLOC_ENABLE=1
+        // (read once, at its first allocation). A Lanczos basis or a Krylov block is tens of MB of fresh memory whose first
+        // touch otherwise costs a page fault per 4 KiB. A value the user set is kept.
+        if (OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is null)
+            try { SetEnv("THP_MEM_ALLOC_ENABLE", "1", 0); } catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
         try
         {
             InitializeDeviceType(TorchSharp.DeviceType.CPU);

@@ -76,6 +76,31 @@ public class GraphCacheTests
     }
 
     [Fact]
+    public void TheWeightsCheckSeesTheSmallestChangeOfOneWeightAndTheFingerprintALargerOne()
+    {
+        var (obj, data) = Mlp(new ObjectiveOptions());
+        using var _d = data; using var _o = obj;
+        var first = obj.Model.parameters().First();
+        double Get() => first.data<double>()[0];
+        void Set(double x) { using (no_grad()) first.view(-1)[0] = x; }
+        // The exact copy (the default whenever it is small next to the cache's budget): one ulp of one weight is a change.
+        long v0 = obj.WeightsVersion(long.MaxValue);
+        Assert.Equal(v0, obj.WeightsVersion(long.MaxValue));
+        double w = Get();
+        Set(Math.BitIncrement(w));
+        long v1 = obj.WeightsVersion(long.MaxValue);
+        Assert.Equal(v0 + 1, v1);
+        Assert.Equal(v1, obj.WeightsVersion(long.MaxValue));
+        Set(w);
+        Assert.Equal(v1 + 1, obj.WeightsVersion(long.MaxValue));
+        // The probe fingerprint (a copy that would not fit): a change of one weight by 1e-9 of itself moves it.
+        long v2 = obj.WeightsVersion(0);
+        Assert.Equal(v2, obj.WeightsVersion(0));
+        Set(w * (1 + 1e-9));
+        Assert.Equal(v2 + 1, obj.WeightsVersion(0));
+    }
+
+    [Fact]
     public void ABudgetForSomeBatchesCachesThoseInOrderAndRecomputesTheRest()
     {
         // A batch of 13 examples is taken to hold 13,000 bytes: a budget of 30,000 keeps two of the five.

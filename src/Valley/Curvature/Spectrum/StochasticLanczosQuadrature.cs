@@ -178,58 +178,75 @@ public static class StochasticLanczosQuadrature
         // Semiorthogonality: overlaps up to √u of the basis' dtype (relative to the new vector's norm) may stay.
         double semi = Math.Sqrt(Lanczos.UnitRoundoff(basisType));
         int skipped = 0;
-        for (int j = 0; j < m; j++)
+        // The previous step's vectors in float64 and its β as a column [r, 1], kept across steps (not re-read from the basis).
+        Tensor? previous = null, previousBeta = null;
+        try
         {
-            ct.ThrowIfCancellationRequested();
-            using var scope = NewDisposeScope();
-            var V = basis[.., j, ..].to(ScalarType.Float64);                      // [r, n]
-            var W = budget.Apply(V.t()).t();                                      // [r, n]
-            var a = (W * V).sum(1);
-            W = W - a.unsqueeze(1) * V;
-            if (j > 0) W = W - Data.OwnedTensor.From(beta.Select(b => b[j - 1]).ToArray()).to(op.Device).unsqueeze(1) * basis[.., j - 1, ..].to(ScalarType.Float64);
-            // A run that found an invariant subspace has ended: its rows go on as zeros (zero products, no overlaps), so that
-            // they never ask the others for a Gram-Schmidt pass.
-            if (length.Any(l => l <= j))
-                W = W * Data.OwnedTensor.From(length.Select(l => l > j ? 1.0 : 0.0).ToArray()).to(op.Device).unsqueeze(1);
-            // Each run against its own basis: one batched Gram-Schmidt pass per call.
-            var Vs = basis.narrow(1, 0, j + 1);                                    // [r, j+1, n]
-            Tensor Subtract(Tensor x, Tensor overlaps) => x - overlaps.transpose(1, 2).bmm(Vs).squeeze(1).to(ScalarType.Float64);
-            Tensor Pass(Tensor x) => Subtract(x, Vs.bmm(x.unsqueeze(2).to(basisType)));
-            Tensor rest, norms;
-            // The last step's vector and β are never used (T is m × m): no pass over the basis.
-            if (j + 1 == m) (rest, norms) = (W, W.norm(1));
-            else if (o.Reorthogonalization == DensityReorthogonalization.Full) (rest, norms) = Reorthogonalization.Dgks(W, Pass);
-            else
+            for (int j = 0; j < m; j++)
             {
-                // The overlaps with the basis (one pass); all runs advance together, so the subtraction is skipped only
-                // when every run's largest overlap is within √u.
-                var overlaps = Vs.bmm(W.unsqueeze(2).to(basisType));                // [r, j+1, 1]
-                var before = W.norm(1);
-                double worst = (overlaps.abs().amax([1, 2]).to(ScalarType.Float64) / before.clamp_min(1e-300)).max().ToDouble();
-                if (worst <= semi)
+                ct.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                var Q = basis.select(1, j);                                        // [r, n], the basis' dtype
+                var W = budget.Apply(Q.t()).t().contiguous();                     // [r, n] float64, a new tensor: updated in place below
+                var V = Q.to(ScalarType.Float64);
+                // α and the three-term recurrence as in-place multiply-adds (a step is a few passes over [r, n], no temporaries).
+                var a = linalg.vecdot(W, V).unsqueeze(1);                         // [r, 1]
+                W.addcmul_(a, V, -1);
+                if (previous is not null) W.addcmul_(previousBeta!, previous, -1);
+                // A run that found an invariant subspace has ended: its rows go on as zeros (zero products, no overlaps), so that
+                // they never ask the others for a Gram-Schmidt pass.
+                if (length.Any(l => l <= j))
+                    W.mul_(Data.OwnedTensor.From(length.Select(l => l > j ? 1.0 : 0.0).ToArray()).to(op.Device).unsqueeze(1));
+                // Each run against its own basis: one batched Gram-Schmidt pass per call (a matrix-vector product for one run).
+                var Vs = basis.narrow(1, 0, j + 1);                                // [r, j+1, n]
+                Tensor Overlaps(Tensor x) => r == 1 ? Vs[0].matmul(x.to(basisType).t()).unsqueeze(0) : Vs.bmm(x.unsqueeze(2).to(basisType));
+                Tensor Subtract(Tensor x, Tensor overlaps) =>
+                    x.sub_(r == 1 ? overlaps[0].t().matmul(Vs[0]).to(ScalarType.Float64) : overlaps.transpose(1, 2).bmm(Vs).squeeze(1).to(ScalarType.Float64));
+                Tensor Pass(Tensor x) => Subtract(x, Overlaps(x));
+                Tensor rest, norms;
+                // The last step's vector and β are never used (T is m × m): no pass over the basis.
+                if (j + 1 == m) (rest, norms) = (W, W.norm(1));
+                else if (o.Reorthogonalization == DensityReorthogonalization.Full) (rest, norms) = Reorthogonalization.Dgks(W, Pass);
+                else
                 {
-                    (rest, norms) = (W, before);
-                    skipped++;
+                    // The overlaps with the basis (one pass); all runs advance together, so the subtraction is skipped only
+                    // when every run's largest overlap is within √u.
+                    var overlaps = Overlaps(W);                                    // [r, j+1, 1]
+                    var before = W.norm(1);
+                    double worst = (overlaps.abs().amax([1, 2]).to(ScalarType.Float64) / before.clamp_min(1e-300)).max().ToDouble();
+                    if (worst <= semi)
+                    {
+                        (rest, norms) = (W, before);
+                        skipped++;
+                    }
+                    else (rest, norms) = Reorthogonalization.Dgks(Subtract(W, overlaps), Pass, before);
                 }
-                else (rest, norms) = Reorthogonalization.Dgks(Subtract(W, overlaps), Pass, before);
-            }
-            var av = a.cpu().data<double>().ToArray();
-            var bv = norms.cpu().data<double>().ToArray();
-            for (int i = 0; i < r; i++)
-            {
-                if (j >= length[i]) continue;
-                alpha[i][j] = av[i];
-                beta[i][j] = bv[i];
-                normEst = Math.Max(normEst, Math.Abs(av[i]) + bv[i]);
-            }
-            if (j + 1 < m)
-            {
-                var next = rest / norms.clamp_min(1e-300).unsqueeze(1);
+                var av = a.cpu().data<double>().ToArray();
+                var bv = norms.cpu().data<double>().ToArray();
                 for (int i = 0; i < r; i++)
-                    if (j + 1 < length[i] && bv[i] <= 1e-10 * normEst) length[i] = j + 1; // invariant subspace: the run is exact
-                basis[.., j + 1, ..] = next.to(basisType);
+                {
+                    if (j >= length[i]) continue;
+                    alpha[i][j] = av[i];
+                    beta[i][j] = bv[i];
+                    normEst = Math.Max(normEst, Math.Abs(av[i]) + bv[i]);
+                }
+                if (j + 1 < m)
+                {
+                    for (int i = 0; i < r; i++)
+                        if (j + 1 < length[i] && bv[i] <= 1e-10 * normEst) length[i] = j + 1; // invariant subspace: the run is exact
+                    var column = norms.unsqueeze(1);
+                    basis.select(1, j + 1).copy_(rest.div_(column.clamp_min(1e-300))); // rounded to the basis' dtype by the copy
+                    previous?.Dispose();
+                    previousBeta?.Dispose();
+                    (previous, previousBeta) = (V.DetachFromDisposeScope(), column.DetachFromDisposeScope());
+                }
+                progress?.Report(new EstimatorProgress("density", budget.Used, budget.Max, null));
             }
-            progress?.Report(new EstimatorProgress("density", budget.Used, budget.Max, null));
+        }
+        finally
+        {
+            previous?.Dispose();
+            previousBeta?.Dispose();
         }
         double defect = 0;
         if (measureOrthogonality)
