@@ -75,17 +75,46 @@ public static class StackProfile
                 () => { using var s = NewDisposeScope(); foreach (var x in xs) { x.matmul(W1.t()); d.t().matmul(x); } },
                 () => { using var s = NewDisposeScope(); db.HessianVectorProduct(v); },
                 () => { using var s = NewDisposeScope(); obj.Fingerprint(); },
+                () => { using var s = NewDisposeScope(); obj.WeightsVersion(long.MaxValue); },
                 () => { using var s = NewDisposeScope(); model.parameters().Select(p => (Tensor)p).Concat(model.buffers().Select(b => (Tensor)b)).ToList(); },
                 () => { using var s = NewDisposeScope(); using var ng = no_grad(); ps[0].to(ScalarType.Float64); },
                 () => { using var s = NewDisposeScope(); using var ng = no_grad(); ps[0].to(ScalarType.Float64).reshape(-1).dot(pr); },
                 () => { using var s = NewDisposeScope(); using var ng = no_grad(); foreach (var q in ps.Skip(1)) q.to(ScalarType.Float64).reshape(-1).sum(); });
             Console.WriteLine($"batch {batch}: product through the objective {t[0] * 1000:F2} ms, R-passes on kept batches {t[1] * 1000:F2} ms, " +
-                              $"the two input GEMMs per batch {t[2] * 1000:F2} ms, cached double backward {t[3] * 1000:F2} ms, the weights' fingerprint {t[4] * 1000:F2} ms (listing the parameters and buffers {t[5] * 1000:F2} ms; W1 to float64 {t[6] * 1000:F3}, and dot {t[7] * 1000:F3}; the others {t[8] * 1000:F3})");
+                              $"the two input GEMMs per batch {t[2] * 1000:F2} ms, cached double backward {t[3] * 1000:F2} ms, the weights' fingerprint {t[4] * 1000:F2} ms, the weights compared with their copy {t[5] * 1000:F3} ms (listing the parameters and buffers {t[6] * 1000:F2} ms; W1 to float64 {t[7] * 1000:F3}, and dot {t[8] * 1000:F3}; the others {t[9] * 1000:F3})");
             var V10 = randn([obj.Size, 10], generator: new Generator(2));
             var tb = Runner.Interleaved(Math.Max(3, reps / 3),
                 () => { using var s = NewDisposeScope(); obj.HessianBlockProduct(V10); },
                 () => { using var s = NewDisposeScope(); db.HessianBlockProduct(V10); });
             Console.WriteLine($"batch {batch}: block of 10 through the objective {tb[0] * 1000:F2} ms, cached double backward {tb[1] * 1000:F2} ms");
         }
+    }
+}
+
+/// <summary>A cached R-pass product taken apart (mlp:784-128-64-10, one chunk of 2,048 rows, random tensors of its shapes): the two products with the inputs against the rest, each timed alone.</summary>
+public static class RpassOps
+{
+    public static void Run()
+    {
+        long N = 2048;
+        var X = rand(N, 784); var V0 = randn(128, 784); var c0 = randn(128);
+        var W1 = randn(64, 128); var V1 = randn(64, 128); var c1 = randn(64);
+        var W2 = randn(10, 64); var V2 = randn(10, 64); var c2 = randn(10);
+        var a1 = randn(N, 128); var a2 = randn(N, 64); var s0 = randn(N, 128); var s1 = randn(N, 64);
+        var d0 = randn(N, 128); var d1 = randn(N, 64); var d2 = randn(N, 10); var k0 = randn(N, 128); var k1 = randn(N, 64);
+        var p = softmax(randn(N, 10), 1);
+        var h0 = zeros(128, 784); var h1 = zeros(64, 128); var h2 = zeros(10, 64); var b0 = zeros(128);
+        var Rz0 = randn(N, 128); var Rz1 = randn(N, 64); var rd1 = randn(N, 64); var rd0 = randn(N, 128);
+        var t = Runner.Interleaved(31,
+            () => { using var s = NewDisposeScope(); c0.addmm(X, V0.t()); },                      // 0 forward big
+            () => { using var s = NewDisposeScope(); h0.addmm_(rd0.t(), X); },                     // 1 backward big
+            () => { using var s = NewDisposeScope(); var ra = Rz0 * s0; var rz = ra.matmul(W1.t()); rz.addmm_(a1, V1.t()); rz.add_(c1); }, // 2 layer 1 forward
+            () => { using var s = NewDisposeScope(); var ra = Rz1 * s1; var rz = ra.matmul(W2.t()); rz.addmm_(a2, V2.t()); rz.add_(c2); }, // 3 layer 2 forward
+            () => { using var s = NewDisposeScope(); var prf = p * d2; prf.sub_(p * prf.sum(-1, keepdim: true)).mul_(0.1); },      // 4 output curvature
+            () => { using var s = NewDisposeScope(); h2.addmm_(d2.t(), a2); h2.addmm_(d2.t(), a2); var rg = d2.matmul(W2); rg.addmm_(d2, V2); rg.mul_(s1).addcmul_(Rz1, k1, 1); }, // 5 layer 2 backward
+            () => { using var s = NewDisposeScope(); h1.addmm_(rd1.t(), a1); h1.addmm_(d1.t(), a1); var rg = rd1.matmul(W1); rg.addmm_(d1, V1); rg.mul_(s0).addcmul_(Rz0, k0, 1); }, // 6 layer 1 backward
+            () => { using var s = NewDisposeScope(); b0.add_(rd0.sum(0L)); });                   // 7 a bias sum
+        string[] names = ["X V0ᵀ", "Rδ0ᵀ X", "layer-1 forward", "layer-2 forward", "output curvature", "layer-2 backward", "layer-1 backward", "bias sum"];
+        Console.WriteLine(string.Join(", ", names.Select((nm, i) => $"{nm} {t[i] * 1000:F2}")) + $"; total {t.Sum() * 1000:F2} ms");
     }
 }
