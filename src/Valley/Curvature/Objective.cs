@@ -23,8 +23,9 @@ public sealed record ObjectiveOptions
 
     /// <summary>
     /// Keep each batch's forward pass and graph-building backward pass (its graph-carrying gradient) between Hessian-vector
-    /// products at the same weights, so that a product costs one double-backward pass per batch. The weights are
-    /// fingerprinted before every product and the graphs are rebuilt when they changed. As many batches are kept as
+    /// products at the same weights, so that a product costs one double-backward pass per batch. The weights are checked
+    /// before every product (against an exact copy, or a fingerprint for weights too large to copy) and the graphs are
+    /// rebuilt when they changed. As many batches are kept as
     /// <see cref="GraphMemoryBytes"/> allows; the rest are recomputed for every product. Default true.
     /// </summary>
     public bool CacheGraph { get; init; } = true;
@@ -454,8 +455,8 @@ public sealed class Objective : IDisposable
     }
 
     /// <summary>
-    /// The graph cache for this product, emptied when the weights' fingerprint (their dot products with a fixed random
-    /// vector, and their sums) changed since its graphs were built; null when caching is off for this objective.
+    /// The graph cache for this product, emptied when the weights changed since its graphs were built (<see cref="WeightsVersion"/>);
+    /// null when caching is off for this objective.
     /// </summary>
     GraphCache? GraphCacheForProduct() => CacheForProduct(ref _graphCache, ref _weightsVersionAtCache, _outputCache, "gradient");
 
@@ -524,7 +525,7 @@ public sealed class Objective : IDisposable
     /// <summary>
     /// A number that changes whenever the weights changed since the last call; caches filled at another number are stale.
     /// Every product checks it. The weights are compared exactly with a copy of them taken at the last change (one read of
-    /// each and of its copy: about a tenth of the float64 probe fingerprint's time, a twentieth of a small model's product)
+    /// each and of its copy: 0.23 ms against the float64 probe fingerprint's 0.63 ms on mlp:784-128-64-10)
     /// when the copy takes at most <paramref name="snapshotBytes"/>; otherwise by <see cref="Fingerprint"/>.
     /// </summary>
     internal long WeightsVersion(long snapshotBytes)
