@@ -11,6 +11,7 @@ public static class Runner
 {
     public static int Main(string[] args)
     {
+        TorchRuntime.EnableHugePageAllocations();
         TorchRuntime.EnsureLoaded();
         var name = args.FirstOrDefault() ?? "help";
         int threads = IntArg(args, "--threads", 2);

@@ -15,15 +15,35 @@ public static class TorchRuntime
     [DllImport("libc", EntryPoint = "setenv")]
     static extern int SetEnv(string name, string value, int overwrite);
 
+    [DllImport("libc", EntryPoint = "getenv")]
+    static extern IntPtr GetEnv(string name);
+
+    /// <summary>
+    /// Lets LibTorch's CPU allocator back buffers of 2 MiB and more with transparent huge pages, by setting PyTorch's
+    /// <c>THP_MEM_ALLOC_ENABLE=1</c> in the process environment (Linux only; a value already set in the environment is
+    /// kept, so 0 opts out). A Lanczos basis or a Krylov block is tens of MB of fresh memory whose first touch otherwise
+    /// faults a 4 KiB page at a time (docs/design.md §2). Speed only: no number changes. LibTorch reads the variable once,
+    /// at its first allocation, so call this at the start of the program, before any tensor and before other threads run
+    /// (<c>setenv</c> is not thread-safe). It sets a variable of the whole process, which child processes inherit; the
+    /// <c>valley</c> tool calls it, the library never does on its own. A value set with .NET's
+    /// <see cref="Environment.SetEnvironmentVariable(string, string)"/> does not reach LibTorch: set it in the shell.
+    /// </summary>
+    /// <returns>Whether the variable is 1 in the process environment now.</returns>
+    public static bool EnableHugePageAllocations()
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        try
+        {
+            if (GetEnv("THP_MEM_ALLOC_ENABLE") == IntPtr.Zero) SetEnv("THP_MEM_ALLOC_ENABLE", "1", 0);
+            return Marshal.PtrToStringAnsi(GetEnv("THP_MEM_ALLOC_ENABLE")) == "1";
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return false; }
+    }
+
     /// <summary>Ensure LibTorch is loaded; throws <see cref="ValleyException"/> with the cause and the fix.</summary>
     public static void EnsureLoaded()
     {
         if (_ready) return;
-        // LibTorch's CPU allocator backs buffers of 2 MiB and more with transparent huge pages when THP_MEM_ALLOC_ENABLE=1
-        // (read once, at its first allocation). A Lanczos basis or a Krylov block is tens of MB of fresh memory whose first
-        // touch otherwise costs a page fault per 4 KiB. A value the user set is kept.
-        if (OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is null)
-            try { SetEnv("THP_MEM_ALLOC_ENABLE", "1", 0); } catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
         try
         {
             InitializeDeviceType(TorchSharp.DeviceType.CPU);

@@ -9,6 +9,7 @@ public static class TestUtil
 {
     static TestUtil()
     {
+        TorchRuntime.EnableHugePageAllocations(); // as the valley tool runs
         TorchRuntime.EnsureLoaded();
         set_num_threads(Math.Min(2, Environment.ProcessorCount));
     }

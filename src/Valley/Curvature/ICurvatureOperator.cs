@@ -20,11 +20,13 @@ public interface ICurvatureOperator
     /// <summary>The device of vectors the operator takes and returns.</summary>
     Device Device { get; }
 
-    /// <summary>A·v for a vector of shape [n]; returns a new tensor of shape [n].</summary>
+    /// <summary>A·v for a vector of shape [n]; returns a new tensor of shape [n]. v is only read (it may be a view of an
+    /// estimator's Krylov basis), and the result is not kept by the operator.</summary>
     Tensor Apply(Tensor v);
 
     /// <summary>
-    /// A·V for a block of k vectors as columns, shape [n, k]; returns [n, k]. Operators that can share
+    /// A·V for a block of k vectors as columns, shape [n, k]; returns a new tensor [n, k]. V is only read (it may be a view
+    /// of an estimator's Krylov basis, in any layout), and the result is not kept by the operator. Operators that can share
     /// work among the columns (the Hessian shares each batch's forward and first backward pass) override it.
     /// </summary>
     Tensor ApplyBlock(Tensor V);

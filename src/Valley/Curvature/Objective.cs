@@ -411,6 +411,9 @@ public sealed class Objective : IDisposable
 
     GraphCache? _graphCache;
     long _weightsVersionAtCache = -1;
+
+    /// <summary>How often a cache was emptied because the weights changed (its first filling included), for tests.</summary>
+    internal int CacheResets { get; private set; }
     Tensor[]? _fingerprintProbe;
     // The weights check: a counter that moves whenever the weights differ from those of the last check, against an exact
     // copy of them (or, when a copy would take more than an eighth of the cache's budget, their probe fingerprint).
@@ -445,6 +448,10 @@ public sealed class Objective : IDisposable
     {
         _graphCache?.Clear();
         _outputCache?.Clear();
+        // And what the weights check keeps (the next product takes it again and, as the caches are empty, rebuilds them).
+        if (_weightsSnapshot is not null) foreach (var t in _weightsSnapshot) t.Dispose();
+        if (_fingerprintProbe is not null) foreach (var t in _fingerprintProbe) t.Dispose();
+        (_weightsSnapshot, _fingerprintProbe, _weightsFingerprint) = (null, null, null);
     }
 
     /// <summary>The measured size of one example's share of a graph, in bytes; null until a graph was measured.</summary>
@@ -483,6 +490,7 @@ public sealed class Objective : IDisposable
         {
             cache.Clear();
             versionAtCache = version;
+            CacheResets++;
         }
         if (cache.Count == 0) other?.Clear();
         return cache;
@@ -541,7 +549,7 @@ public sealed class Objective : IDisposable
             if (!same)
             {
                 if (s is not null) foreach (var t in s) t.Dispose();
-                _weightsSnapshot = tensors.Select(t => t.detach().clone().DetachFromDisposeScope()).ToArray();
+                _weightsSnapshot = tensors.Select(t => t.clone().DetachFromDisposeScope()).ToArray(); // under no_grad: no graph
                 _weightsFingerprint = null;
                 _weightsVersion++;
             }

@@ -82,7 +82,18 @@ public class GraphCacheTests
         using var _d = data; using var _o = obj;
         var first = obj.Model.parameters().First();
         double Get() => first.data<double>()[0];
-        void Set(double x) { using (no_grad()) first.view(-1)[0] = x; }
+        void Set(double x) { using var scope = NewDisposeScope(); using (no_grad()) first.view(-1)[0] = x; }
+        // Through the products, with the default budget (the copy): one ulp of one weight empties the cache once.
+        var v = randn(obj.Size, dtype: ScalarType.Float64, generator: new Generator(3));
+        obj.HessianVectorProduct(v);
+        int resets = obj.CacheResets;
+        obj.HessianVectorProduct(v);
+        Assert.Equal(resets, obj.CacheResets);
+        Set(Math.BitIncrement(Get()));
+        obj.HessianVectorProduct(v);
+        obj.HessianVectorProduct(v);
+        Assert.Equal(resets + 1, obj.CacheResets);
+        Assert.Equal(5, obj.CachedBatches);
         // The exact copy (the default whenever it is small next to the cache's budget): one ulp of one weight is a change.
         long v0 = obj.WeightsVersion(long.MaxValue);
         Assert.Equal(v0, obj.WeightsVersion(long.MaxValue));

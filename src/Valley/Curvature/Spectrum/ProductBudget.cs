@@ -41,7 +41,7 @@ internal sealed class ProductBudget
     public long Left => Max - Used;
 
     /// <summary>
-    /// A·V for columns V [n, k] (any dtype), in float64 and of its own (the caller may update it in place). A product with NaN or infinite entries stops the estimator here,
+    /// A·V for columns V [n, k] (any dtype), in float64. A product with NaN or infinite entries stops the estimator here,
     /// with a message, instead of flowing into an eigen-solver.
     /// </summary>
     public Tensor Apply(Tensor V)
@@ -51,14 +51,10 @@ internal sealed class ProductBudget
             throw new InvalidOperationException($"{_estimator} asked for {k} more products with {Left} of its budget of {Max} left (a bug in the estimator)");
         Used += k;
         using var scope = NewDisposeScope();
-        var input = V.to(_op.DType, _op.Device);
-        var product = _op.ApplyBlock(input);
+        var product = _op.ApplyBlock(V.to(_op.DType, _op.Device));
         if (product.shape.Length != 2 || product.shape[0] != n || product.shape[1] != k)
             throw new ValleyException($"{_estimator}: the operator returned a block of shape [{string.Join(", ", product.shape)}] for [{n}, {k}]");
         var result = product.to(ScalarType.Float64);
-        // Estimators update the product in place and may pass a view of their basis: an operator that hands back its input
-        // (an identity, a no-op stub) must not let them write into it.
-        if (result.Handle == input.Handle) result = result.clone();
         // One reduction and no temporary: the float64 sum propagates NaN and infinities, and cannot overflow on finite
         // entries of the operator's dtype (at most ~3.4e38 each for float32, 1e8 of them stay far below 1.8e308). For a
         // float64 operator a sum can overflow only when entries are near 1e300, and then |x|'s maximum decides.

@@ -187,11 +187,12 @@ public static class StochasticLanczosQuadrature
                 ct.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 var Q = basis.select(1, j);                                        // [r, n], the basis' dtype
-                var W = budget.Apply(Q.t()).t().contiguous();                     // [r, n] float64, a new tensor: updated in place below
+                var P = budget.Apply(Q.t()).t();                                  // [r, n] float64
                 var V = Q.to(ScalarType.Float64);
-                // α and the three-term recurrence as in-place multiply-adds (a step is a few passes over [r, n], no temporaries).
-                var a = linalg.vecdot(W, V).unsqueeze(1);                         // [r, 1]
-                W.addcmul_(a, V, -1);
+                // α and the three-term recurrence as multiply-adds: the first makes W, a tensor of this step's own (the
+                // product may be the operator's, or share memory with the basis row it was given), the second updates it.
+                var a = linalg.vecdot(P, V).unsqueeze(1);                         // [r, 1]
+                var W = addcmul(P, a, V, -1);
                 if (previous is not null) W.addcmul_(previousBeta!, previous, -1);
                 // A run that found an invariant subspace has ended: its rows go on as zeros (zero products, no overlaps), so that
                 // they never ask the others for a Gram-Schmidt pass.
