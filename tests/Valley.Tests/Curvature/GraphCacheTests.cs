@@ -112,6 +112,32 @@ public class GraphCacheTests
     }
 
     [Fact]
+    public void InEvalModeAChangedBufferEmptiesTheCacheAndTheProductsFollowIt()
+    {
+        // BatchNorm's running statistics are part of the function in eval mode: the weights check covers them.
+        var data = Synthetic.GaussianMixture(Examples, 8, 3, seed: 5);
+        using var _d = data;
+        var model = nn.Sequential(("fc1", nn.Linear(8, 6)), ("bn", nn.BatchNorm1d(6)), ("act", nn.Tanh()), ("fc2", nn.Linear(6, 3)));
+        model.to(ScalarType.Float64);
+        var options = new ObjectiveOptions { DType = ScalarType.Float64, BatchSize = Batch };
+        using var cached = new Objective(model, Losses.CrossEntropy, data, options);
+        var v = randn(cached.Size, dtype: ScalarType.Float64, generator: new Generator(4));
+        var before = cached.HessianVectorProduct(v);
+        int resets = cached.CacheResets;
+        Assert.True(cached.CachedBatches > 0);
+        using (no_grad())
+        {
+            var mean = model.named_buffers().Single(b => b.name == "bn.running_mean").buffer;
+            mean.add_(0.5);
+        }
+        var after = cached.HessianVectorProduct(v);
+        Assert.Equal(resets + 1, cached.CacheResets);
+        using var plain = new Objective(model, Losses.CrossEntropy, data, options with { CacheGraph = false });
+        Assert.True(Relative(after, plain.HessianVectorProduct(v)) < 1e-12, $"after the change {Relative(after, plain.HessianVectorProduct(v))}");
+        Assert.True(Relative(after, before) > 1e-4, "the running mean did not change the curvature");
+    }
+
+    [Fact]
     public void ABudgetForSomeBatchesCachesThoseInOrderAndRecomputesTheRest()
     {
         // A batch of 13 examples is taken to hold 13,000 bytes: a budget of 30,000 keeps two of the five.
