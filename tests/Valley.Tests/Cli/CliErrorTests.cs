@@ -42,4 +42,15 @@ public class CliErrorTests
         Assert.Contains("scripts/setup.sh", msg);
         Assert.DoesNotContain("doesn't contain a reference", msg);
     }
+
+    [Fact]
+    public void HugePagesAreOnForTheProcessUnlessTheEnvironmentSaidOtherwise()
+    {
+        // TestUtil calls it first, as the valley tool's Main does. A value the shell set is kept (0 opts out), and
+        // .NET's view of the environment is the one the process started with, so it tells whether the shell set one.
+        string? shell = Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE");
+        bool on = TorchRuntime.EnableHugePageAllocations();
+        if (!OperatingSystem.IsLinux()) Assert.False(on);
+        else Assert.Equal(shell is null || shell == "1", on);
+    }
 }
