@@ -8,7 +8,10 @@ mode (full_dataset): every product runs each batch's forward pass, graph-buildin
 weights each batch by its size, as PyHessian's dataloader_hv_product does:
   power iteration (maxIter 100, tol 1e-3) for top_n = 1 and 5, Hutchinson trace (maxIter 100, tol 1e-3),
   SLQ density (iter 100, n_v 1).
-Prints one JSON object. Run with Debian's python3-torch:  /usr/bin/python3 bench/pyhessian_reference.py DIR THREADS [BATCHES]
+With MODE "round" (the speed benchmark's alternating rounds): one product untimed first (PyTorch's first-call costs),
+then each of top-1, top-5, the trace and the density once, with seed SEED (PyHessian itself does not seed: each round
+draws another start, as a user's runs would); without the residual-stopped variants.
+Prints one JSON object. Run with Debian's python3-torch:  /usr/bin/python3 bench/pyhessian_reference.py DIR THREADS [BATCHES [MODE SEED]]
 """
 import json, sys, time
 import numpy as np
@@ -18,6 +21,8 @@ import torch.nn.functional as F
 
 d, threads = sys.argv[1], int(sys.argv[2])
 batches = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+one_round = len(sys.argv) > 4 and sys.argv[4] == "round"
+round_seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 meta = json.load(open(f"{d}/meta.json"))
@@ -144,11 +149,11 @@ def residual(gradsH, lam, v):
     nv = torch.sqrt(group_product(v, v)).item()
     return r / nv
 
-def timed(name, fn, reps):
+def timed(name, fn, reps, seed=0):
     global products
     times, result, used = [], None, 0
     for r in range(reps):
-        torch.manual_seed(r)
+        torch.manual_seed(seed + r)
         products = 0
         t = time.perf_counter()
         gradsH = setup()
@@ -165,6 +170,20 @@ def blas_library():
     return sorted(libs)
 
 out = {"torch": torch.__version__, "threads": threads, "batches": batches, "blas": blas_library()}
+if one_round:
+    hvp(setup(), [torch.randn(p.size()) for p in params])  # untimed: PyTorch's first-call costs
+    reps = 1
+    r, (vals, vecs), g = timed("top1", lambda g: eigenvalues(g, top_n=1), reps, round_seed)
+    r["values"] = vals; out["power_top1"] = r
+    r, (vals, vecs), g = timed("top5", lambda g: eigenvalues(g, top_n=5), reps, round_seed)
+    r["values"] = vals; out["power_top5"] = r
+    r, samples, g = timed("trace", lambda g: trace(g), reps, round_seed)
+    r["trace"] = float(np.mean(samples)); r["standard_error"] = float(np.std(samples, ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else None
+    out["hutchinson"] = r
+    r, (eig, w), g = timed("density", lambda g: density(g), reps, round_seed)
+    r["lambda_max"] = max(eig[0]); r["lambda_min"] = min(eig[0]); out["slq_1x100"] = r
+    print(json.dumps(out))
+    sys.exit(0)
 r, (vals, vecs), g = timed("top1", lambda g: eigenvalues(g, top_n=1), 3)
 r["values"] = vals; r["relative_residuals"] = [residual(g, l, v) / abs(l) for l, v in zip(vals, vecs)]; out["power_top1"] = r
 r, (vals, vecs), g = timed("top5", lambda g: eigenvalues(g, top_n=5), 1)

@@ -36,13 +36,14 @@ public static class Runner
             case "eigh-profile": EighProfile.Run(); return 0;
             case "operators": OperatorBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 15), threads, IntArg(args, "--batch", 0)); return 0;
             case "floor-profile": FloorProfile.Run(IntArg(args, "--reps", 3)); return 0;
+            case "fault-probe": FaultProbe.Run(); return 0;
             case "estimator-overhead": EstimatorOverhead.Run(args.Contains("--mallopt")); return 0;
             case "step-ops": StepOps.Run(); return 0;
             case "rpass-ops": RpassOps.Run(); return 0;
             case "mallinfo": MallinfoProbe.Run(); return 0;
             case "projection-ops": ProjectionOps.Run(); return 0;
             case "cached-by-batch": CachedByBatch.Run(IntArg(args, "--reps", 9)); return 0;
-            case "speed": SpeedBench.Run(threads, StrArg(args, "--out", "artifacts/bench/speed"), IntArg(args, "--reps", 3)); return 0;
+            case "speed": SpeedBench.Run(threads, StrArg(args, "--out", "artifacts/bench/speed"), IntArg(args, "--rounds", 5)); return 0;
             case "xtrace-ops": XTraceOps.Run(); return 0;
             case "density-reorth": DensityReorthogonalizationBench.Run(IntArg(args, "--reps", 5)); return 0;
             case "xtrace-coverage": XTraceCoverage.Run(IntArg(args, "--seeds", 400)); return 0;
@@ -50,7 +51,7 @@ public static class Runner
             case "estimator-products": SpeedBench.EstimatorProducts(StrArg(args, "--model", "mlp:784-128-64-10")); return 0;
             case "hvp-memory": HvpBench.Memory(IntArg(args, "--examples", 2048), IntArg(args, "--products", 1000)); return 0;
             default:
-                Console.WriteLine("benchmarks: speed [--threads 2 --reps 3 --out DIR] (issue 17's table vs PyHessian, 4 batches of 512), trace-products [--model SPEC --seeds 5], xtrace-ops (XTrace's sketch operations), density-reorth [--reps 5] (SLQ: semiorthogonal vs full reorthogonalization), xtrace-coverage [--seeds 400] (calibration of XTrace's error), estimator-products [--model SPEC], rpass-ops (a cached R-pass product op by op), operators [--examples 2048 --reps 15] (GGN/EF product vs Hv, K-FAC top-5 vs Lanczos), soak [--products 10000 --points 101], landscape [--points 51], sharpness, sam-step [--reps 201], sgd-vs-sam [--stop-at-loss 0.25 --max-epochs 40], spectrum [--threads 2 --out DIR], hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000], archive-hvp [--examples 2048 --reps 31 --threads 2], mpi-hvp [--examples 8192 --products 20 --rounds 5] (needs MPICH)");
+                Console.WriteLine("benchmarks: speed [--threads 2 --rounds 5 --out DIR] (issue 17's table vs PyHessian, 4 batches of 512, in alternating rounds), trace-products [--model SPEC --seeds 5], xtrace-ops (XTrace's sketch operations), density-reorth [--reps 5] (SLQ: semiorthogonal vs full reorthogonalization), xtrace-coverage [--seeds 400] (calibration of XTrace's error), estimator-products [--model SPEC], rpass-ops (a cached R-pass product op by op), fault-probe (first touch of a fresh Krylov basis), operators [--examples 2048 --reps 15] (GGN/EF product vs Hv, K-FAC top-5 vs Lanczos), soak [--products 10000 --points 101], landscape [--points 51], sharpness, sam-step [--reps 201], sgd-vs-sam [--stop-at-loss 0.25 --max-epochs 40], spectrum [--threads 2 --out DIR], hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000], archive-hvp [--examples 2048 --reps 31 --threads 2], mpi-hvp [--examples 8192 --products 20 --rounds 5] (needs MPICH)");
                 return name == "help" ? 0 : 1;
         }
     }

@@ -105,11 +105,14 @@ public static class SpectrumBench
         File.WriteAllText(Path.Combine(dir, "meta.json"), JsonSerializer.Serialize(new { examples = data.Count, features = data.Features }));
     }
 
-    internal static JsonElement? RunPython(string dir, int threads, int batches = 1)
+    /// <param name="oneRound">The script's "round" mode: each task once after an untimed product (the speed benchmark's rounds),
+    /// seeded with <paramref name="seed"/>.</param>
+    /// <param name="quiet">Print nothing about the BLAS (every round after the first).</param>
+    internal static JsonElement? RunPython(string dir, int threads, int batches = 1, bool oneRound = false, bool quiet = false, int seed = 0)
     {
         var script = Path.Combine(AppContext.BaseDirectory, "pyhessian_reference.py");
         if (!File.Exists("/usr/bin/python3") || !File.Exists(script)) { Console.WriteLine("(no /usr/bin/python3 or reference script: PyTorch column skipped)"); return null; }
-        var psi = new ProcessStartInfo("/usr/bin/python3", [script, dir, threads.ToString(), batches.ToString()]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var psi = new ProcessStartInfo("/usr/bin/python3", oneRound ? [script, dir, threads.ToString(), batches.ToString(), "round", seed.ToString()] : [script, dir, threads.ToString(), batches.ToString()]) { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString();  // OpenBLAS does not follow torch.set_num_threads
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEnd();
@@ -120,7 +123,7 @@ public static class SpectrumBench
         // The reference BLAS (netlib) makes PyTorch ~40× slower on these matrix products: a column measured with it would
         // inflate every ratio, so it is refused rather than printed (install libopenblas0-pthread).
         var blas = result.TryGetProperty("blas", out var b) ? b.EnumerateArray().Select(x => x.GetString() ?? "").ToList() : [];
-        Console.WriteLine($"PyTorch reference BLAS: {(blas.Count == 0 ? "(none found)" : string.Join(", ", blas))}");
+        if (!quiet) Console.WriteLine($"PyTorch reference BLAS: {(blas.Count == 0 ? "(none found)" : string.Join(", ", blas))}");
         if (!blas.Any(l => l.Contains("openblas", StringComparison.OrdinalIgnoreCase) || l.Contains("mkl", StringComparison.OrdinalIgnoreCase)))
         {
             Console.WriteLine("(PyTorch reference refused: it does not run on OpenBLAS or MKL; install libopenblas0-pthread)");

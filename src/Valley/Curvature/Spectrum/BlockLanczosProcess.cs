@@ -20,8 +20,13 @@ internal sealed class BlockLanczosProcess : IDisposable
     readonly Generator _gen;
     readonly long _n;
     readonly Device _device;
-    Tensor _basis;          // [capacity, n] float64, rows are orthonormal vectors
-    Tensor? _images;        // [capacity, n] float64, row i = A·(basis row i) as the operator returned it, when kept
+    readonly KrylovStorage _storage;
+    readonly bool _ownsStorage;
+    // [capacity, n] float64, rows are orthonormal vectors
+    Tensor BasisBuffer { get => _storage.Basis!; set => _storage.Basis = value; }
+    // [capacity, n] float64, row i = A·(basis row i) as the operator returned it, when kept
+    Tensor? ImageBuffer { get => _keepImages ? _storage.Images : null; set => _storage.Images = value; }
+    readonly bool _keepImages;
     long _rows;             // rows in use (T size + b for the next block)
     readonly List<int> _sizes = [];           // rows of each appended block: b, and the last one possibly fewer
     readonly List<double[,]> _diag = [];      // A_j, s_j × s_j
@@ -30,7 +35,10 @@ internal sealed class BlockLanczosProcess : IDisposable
 
     /// <param name="keepImages">Keep every product A q_i (as much memory again as the basis), so that A y for any Ritz
     /// vector y = Q s is W s by linearity and the final residuals need no further products.</param>
-    public BlockLanczosProcess(ProductBudget budget, long n, Device device, int blockSize, Tensor? locked, Generator gen, bool keepImages = false)
+    /// <param name="storage">Memory for the basis and the kept products, from an earlier process of the same size on the same
+    /// device, reused (its rows are overwritten) and grown as needed; it stays the caller's. Null: the process's own.</param>
+    public BlockLanczosProcess(ProductBudget budget, long n, Device device, int blockSize, Tensor? locked, Generator gen, bool keepImages = false,
+        KrylovStorage? storage = null)
     {
         _budget = budget;
         _b = blockSize;
@@ -38,13 +46,25 @@ internal sealed class BlockLanczosProcess : IDisposable
         _gen = gen;
         _n = n;
         _device = device;
+        _ownsStorage = storage is null;
+        _storage = storage ?? new KrylovStorage();
+        _keepImages = keepImages;
         // Uninitialized: rows are written before they are read, and zero-filling tens of MB costs more than a small model's product.
-        _basis = empty([Math.Min(_n, 32L * blockSize), _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
-        if (keepImages) _images = empty(_basis.shape, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+        long capacity = Math.Min(_n, 32L * blockSize);
+        if (!_storage.Fits(capacity, n, device, false))
+        {
+            _storage.Basis?.Dispose();
+            _storage.Basis = empty([capacity, _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+        }
+        if (keepImages && !_storage.Fits(BasisBuffer.shape[0], n, device, true))
+        {
+            _storage.Images?.Dispose();
+            _storage.Images = empty(BasisBuffer.shape, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+        }
     }
 
     /// <summary>A·(basis row i) for the first <paramref name="rows"/> rows (a view), or null when the products are not kept.</summary>
-    public Tensor? Images(long rows) => _images?.narrow(0, 0, rows);
+    public Tensor? Images(long rows) => ImageBuffer?.narrow(0, 0, rows);
 
     /// <summary>Size of the block tridiagonal matrix built so far.</summary>
     public int TridiagonalSize => _sizes.Take(_diag.Count).Sum();
@@ -55,7 +75,7 @@ internal sealed class BlockLanczosProcess : IDisposable
     long Space => _n - LockedCount;
 
     /// <summary>The first <paramref name="rows"/> basis vectors (a view).</summary>
-    public Tensor Basis(long rows) => _basis.narrow(0, 0, rows);
+    public Tensor Basis(long rows) => BasisBuffer.narrow(0, 0, rows);
 
     /// <summary>Starts from the orthonormalized rows of <paramref name="x0"/> [b, n].</summary>
     public void Start(Tensor x0)
@@ -72,9 +92,9 @@ internal sealed class BlockLanczosProcess : IDisposable
         if (j >= _sizes.Count) throw new InvalidOperationException("the basis spans the whole space: there is no block left to step");
         int size = _sizes[j];
         long j0 = _sizes.Take(j).Sum();
-        var Q = _basis.narrow(0, j0, size);
+        var Q = BasisBuffer.narrow(0, j0, size);
         var W = _budget.Apply(Q.t()).t().contiguous(); // rows: A q_i
-        _images?.narrow(0, j0, size).copy_(W);
+        ImageBuffer?.narrow(0, j0, size).copy_(W);
         // The three-term recurrence first (W − Q_j A_j − Q_{j-1} B_{j-1}ᵀ, cheap: 2b vectors), then Gram-Schmidt against the
         // whole basis and the locked vectors. After the recurrence the full pass removes only rounding-level components, so
         // the DGKS criterion rarely asks for a second pass over the basis, whose reads dominate the step for small models.
@@ -86,7 +106,7 @@ internal sealed class BlockLanczosProcess : IDisposable
             _diag.Add(new[,] { { alpha } });
             _normEst = Math.Max(_normEst, Math.Abs(alpha));
             W = W.add(Q, alpha: -alpha);
-            if (_coupling.Count > 0) W.add_(_basis.narrow(0, j0 - 1, 1), alpha: -_coupling[^1][0, 0]);
+            if (_coupling.Count > 0) W.add_(BasisBuffer.narrow(0, j0 - 1, 1), alpha: -_coupling[^1][0, 0]);
         }
         else
         {
@@ -101,10 +121,10 @@ internal sealed class BlockLanczosProcess : IDisposable
                 var prev = _coupling[^1];
                 int before = _sizes[j - 1];
                 var B = Data.OwnedTensor.From(prev.Cast<double>().ToArray(), size, before).to(_device);
-                W = W - B.matmul(_basis.narrow(0, j0 - before, before));
+                W = W - B.matmul(BasisBuffer.narrow(0, j0 - before, before));
             }
         }
-        (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(_basis.narrow(0, 0, _rows)));
+        (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(BasisBuffer.narrow(0, 0, _rows)));
         // W = Rᵀ Q_next in row form, row by row: each row of W orthogonalized against the new rows before it (classical
         // Gram-Schmidt twice) and normalized, R[i, c] = q_i · w_c. A row with nothing left (the Krylov space is exhausted in
         // that direction: deflation) becomes a fresh random direction orthogonal to the basis and the rows before it, and
@@ -145,7 +165,7 @@ internal sealed class BlockLanczosProcess : IDisposable
             {
                 // Deflation: R[k, c] = 0 and a fresh direction from what is left of the space.
                 var fresh = randn([1, _n], dtype: ScalarType.Float64, generator: _gen).to(_device);
-                var others = k == 0 ? _basis.narrow(0, 0, _rows) : cat([_basis.narrow(0, 0, _rows), next.narrow(0, 0, k)], 0);
+                var others = k == 0 ? BasisBuffer.narrow(0, 0, _rows) : cat([BasisBuffer.narrow(0, 0, _rows), next.narrow(0, 0, k)], 0);
                 next[k] = Orthonormalize(fresh, others)[0];
             }
         }
@@ -197,7 +217,7 @@ internal sealed class BlockLanczosProcess : IDisposable
     Tensor Orthonormalize(Tensor x, Tensor? against = null)
     {
         Tensor norms;
-        (x, norms) = Reorthogonalization.Dgks(x, RemoveProjection(against ?? (_rows > 0 ? _basis.narrow(0, 0, _rows) : null)));
+        (x, norms) = Reorthogonalization.Dgks(x, RemoveProjection(against ?? (_rows > 0 ? BasisBuffer.narrow(0, 0, _rows) : null)));
         // One row (b = 1, every default run): its normalization, without a QR factorization (about 1 ms at n = 10⁵).
         if (x.shape[0] == 1) return x / norms.unsqueeze(1);
         var (q, _) = linalg.qr(x.t());
@@ -207,30 +227,55 @@ internal sealed class BlockLanczosProcess : IDisposable
     void Append(Tensor rows)
     {
         long k = rows.shape[0];
-        if (_rows + k > _basis.shape[0])
+        if (_rows + k > BasisBuffer.shape[0])
         {
-            long cap = Math.Min(_n, Math.Max(_basis.shape[0] * 2, _rows + k));
-            var bigger = empty([cap, _n], dtype: ScalarType.Float64, device: _basis.device);
-            bigger.narrow(0, 0, _rows).copy_(_basis.narrow(0, 0, _rows));
-            _basis.Dispose();
-            _basis = bigger.DetachFromDisposeScope();
-            if (_images is not null)
-            {
-                var more = empty([cap, _n], dtype: ScalarType.Float64, device: _images.device);
-                more.narrow(0, 0, _rows).copy_(_images.narrow(0, 0, _rows));
-                _images.Dispose();
-                _images = more.DetachFromDisposeScope();
-            }
+            long cap = Math.Min(_n, Math.Max(BasisBuffer.shape[0] * 2, _rows + k));
+            BasisBuffer = Grown(BasisBuffer, cap);
+            // The kept products have at least as many rows as the basis (row i is A times basis row i).
+            if (ImageBuffer is { } images && images.shape[0] < cap) ImageBuffer = Grown(images, cap);
         }
-        _basis.narrow(0, _rows, k).copy_(rows);
+        BasisBuffer.narrow(0, _rows, k).copy_(rows);
         _rows += k;
         _sizes.Add((int)k);
     }
 
+    /// <summary>A buffer of <paramref name="rows"/> rows holding the used rows of <paramref name="old"/>, which is disposed.</summary>
+    Tensor Grown(Tensor old, long rows)
+    {
+        var bigger = empty([rows, _n], dtype: old.dtype, device: old.device);
+        bigger.narrow(0, 0, _rows).copy_(old.narrow(0, 0, _rows));
+        old.Dispose();
+        return bigger.DetachFromDisposeScope();
+    }
+
     public void Dispose()
     {
-        _basis.Dispose();
-        _images?.Dispose();
+        if (_ownsStorage) _storage.Dispose();
         _locked?.Dispose();
+    }
+}
+
+/// <summary>
+/// The memory of a Krylov basis and its kept products, handed from one <see cref="BlockLanczosProcess"/> to the next within
+/// one computation (Lanczos' multiplicity probes after its main run). Fresh buffers of tens of MB cost page faults on first
+/// touch (several ms per 2 MB huge page on the development machine), more than the probe's own work; reused ones do not.
+/// </summary>
+internal sealed class KrylovStorage : IDisposable
+{
+    /// <summary>[capacity, n] float64 basis rows, or null before the first process.</summary>
+    public Tensor? Basis { get; set; }
+
+    /// <summary>[capacity, n] float64 kept products, or null when none were kept.</summary>
+    public Tensor? Images { get; set; }
+
+    /// <summary>Whether the (image) buffer exists with at least <paramref name="rows"/> rows of size <paramref name="n"/> on the device.</summary>
+    public bool Fits(long rows, long n, Device device, bool images) =>
+        (images ? Images : Basis) is { } t && t.shape[0] >= rows && t.shape[1] == n && t.device_type == device.type && t.device_index == device.index;
+
+    public void Dispose()
+    {
+        Basis?.Dispose();
+        Images?.Dispose();
+        Basis = Images = null;
     }
 }

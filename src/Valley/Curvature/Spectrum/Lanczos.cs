@@ -116,7 +116,10 @@ public static class Lanczos
         // Intermediates (cat, index_select) live in this scope; the runs' own results are detached and disposed below.
         using var scope = NewDisposeScope();
         var runTensors = new List<Tensor>();
-        var result = Run(op, o, budget, reserve, keepImages, progress, ct);
+        // One basis (and kept products) for all runs of this computation: the multiplicity check's runs reuse the first
+        // run's memory, already touched, instead of fresh buffers that fault in page by page.
+        using var storage = new KrylovStorage();
+        var result = Run(op, o, budget, reserve, keepImages, storage, progress, ct);
         runTensors.Add(result.Vectors);
         if (result.Images is { } ri) runTensors.Add(ri);
         var values = result.Values.ToList();
@@ -133,7 +136,7 @@ public static class Lanczos
                 long left = budget.Left - reserve;
                 var locked = o.Locked is null ? vectors : cat([o.Locked, vectors], 0);
                 if (locked.shape[0] >= n || left < Math.Max(2, Math.Min(o.BlockSize, n - locked.shape[0]))) break;
-                var probe = Run(op, o with { K = 1, Locked = locked, Seed = o.Seed + 1000 + round }, budget, reserve, keepImages, progress, ct);
+                var probe = Run(op, o with { K = 1, Locked = locked, Seed = o.Seed + 1000 + round }, budget, reserve, keepImages, storage, progress, ct);
                 runTensors.Add(probe.Vectors);
                 if (probe.Images is { } pi) runTensors.Add(pi);
                 iterations += probe.Iterations;
@@ -242,14 +245,16 @@ public static class Lanczos
     readonly record struct RunResult(double[] Values, double[] Residuals, Tensor Vectors, Tensor? Images, RunStop Stop, int Iterations, double NormEstimate,
         double WorstEstimate, double OrthogonalityDefect);
 
-    static RunResult Run(ICurvatureOperator op, LanczosOptions o, ProductBudget budget, long reserve, bool keepImages, IProgress<EstimatorProgress>? progress, CancellationToken ct)
+    /// <param name="storage">The basis's memory, shared by the runs of one computation (<see cref="KrylovStorage"/>).</param>
+    static RunResult Run(ICurvatureOperator op, LanczosOptions o, ProductBudget budget, long reserve, bool keepImages, KrylovStorage storage,
+        IProgress<EstimatorProgress>? progress, CancellationToken ct)
     {
         long n = op.Size;
         long lockedCount = o.Locked?.shape[0] ?? 0;
         long space = n - lockedCount;
         int b = (int)Math.Min(o.BlockSize, space);
         var gen = new Generator((ulong)o.Seed);
-        using var proc = new BlockLanczosProcess(budget, n, op.Device, b, o.Locked, gen, keepImages);
+        using var proc = new BlockLanczosProcess(budget, n, op.Device, b, o.Locked, gen, keepImages, storage);
         proc.Start(randn([b, n], dtype: ScalarType.Float64, generator: gen));
         double[] theta = [];
         Matrix<double>? S = null;
