@@ -24,9 +24,8 @@ internal sealed class BlockLanczosProcess : IDisposable
     readonly bool _ownsStorage;
     // [capacity, n] float64, rows are orthonormal vectors
     Tensor BasisBuffer { get => _storage.Basis!; set => _storage.Basis = value; }
-    // [capacity, n] float64, row i = A·(basis row i) as the operator returned it, when kept
-    Tensor? ImageBuffer { get => _keepImages ? _storage.Images : null; set => _storage.Images = value; }
-    readonly bool _keepImages;
+    // A Q_j for every block stepped, [s_j, n] float64, the very tensors the operator's products came back as (no copy), when kept
+    readonly List<Tensor>? _products;
     long _rows;             // rows in use (T size + b for the next block)
     readonly List<int> _sizes = [];           // rows of each appended block: b, and the last one possibly fewer
     readonly List<double[,]> _diag = [];      // A_j, s_j × s_j
@@ -35,8 +34,8 @@ internal sealed class BlockLanczosProcess : IDisposable
 
     /// <param name="keepImages">Keep every product A q_i (as much memory again as the basis), so that A y for any Ritz
     /// vector y = Q s is W s by linearity and the final residuals need no further products.</param>
-    /// <param name="storage">Memory for the basis and the kept products, from an earlier process of the same size on the same
-    /// device, reused (its rows are overwritten) and grown as needed; it stays the caller's. Null: the process's own.</param>
+    /// <param name="storage">Memory for the basis, from an earlier process of the same size on the same device, reused (its rows
+    /// are overwritten) and grown as needed; it stays the caller's. Null: the process's own.</param>
     public BlockLanczosProcess(ProductBudget budget, long n, Device device, int blockSize, Tensor? locked, Generator gen, bool keepImages = false,
         KrylovStorage? storage = null)
     {
@@ -48,23 +47,33 @@ internal sealed class BlockLanczosProcess : IDisposable
         _device = device;
         _ownsStorage = storage is null;
         _storage = storage ?? new KrylovStorage();
-        _keepImages = keepImages;
+        if (keepImages) _products = [];
         // Uninitialized: rows are written before they are read, and zero-filling tens of MB costs more than a small model's product.
         long capacity = Math.Min(_n, 32L * blockSize);
-        if (!_storage.Fits(capacity, n, device, false))
+        if (!_storage.Fits(capacity, n, device))
         {
             _storage.Basis?.Dispose();
             _storage.Basis = empty([capacity, _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
         }
-        if (keepImages && !_storage.Fits(BasisBuffer.shape[0], n, device, true))
-        {
-            _storage.Images?.Dispose();
-            _storage.Images = empty(BasisBuffer.shape, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
-        }
     }
 
-    /// <summary>A·(basis row i) for the first <paramref name="rows"/> rows (a view), or null when the products are not kept.</summary>
-    public Tensor? Images(long rows) => ImageBuffer?.narrow(0, 0, rows);
+    /// <summary>
+    /// A Y for the vectors Y = C Q [k, n] with coefficient rows <paramref name="coefficients"/> [k, m] over the first m =
+    /// <see cref="TridiagonalSize"/> basis vectors, from the kept products (A Q C-rows = C W by linearity); null when the
+    /// products are not kept.
+    /// </summary>
+    public Tensor? ImagesOf(Tensor coefficients)
+    {
+        if (_products is null) return null;
+        var result = zeros([coefficients.shape[0], _n], dtype: ScalarType.Float64, device: _device);
+        long r0 = 0;
+        foreach (var W in _products)
+        {
+            result.addmm_(coefficients.narrow(1, r0, W.shape[0]), W);
+            r0 += W.shape[0];
+        }
+        return result;
+    }
 
     /// <summary>Size of the block tridiagonal matrix built so far.</summary>
     public int TridiagonalSize => _sizes.Take(_diag.Count).Sum();
@@ -94,7 +103,9 @@ internal sealed class BlockLanczosProcess : IDisposable
         long j0 = _sizes.Take(j).Sum();
         var Q = BasisBuffer.narrow(0, j0, size);
         var W = _budget.Apply(Q.t()).t().contiguous(); // rows: A q_i
-        ImageBuffer?.narrow(0, j0, size).copy_(W);
+        // Kept as it came (the steps below make new tensors from it): a copy into a preallocated block would touch as much
+        // fresh memory again, page by page.
+        _products?.Add(W.DetachFromDisposeScope());
         // The three-term recurrence first (W − Q_j A_j − Q_{j-1} B_{j-1}ᵀ, cheap: 2b vectors), then Gram-Schmidt against the
         // whole basis and the locked vectors. After the recurrence the full pass removes only rounding-level components, so
         // the DGKS criterion rarely asks for a second pass over the basis, whose reads dominate the step for small models.
@@ -231,8 +242,6 @@ internal sealed class BlockLanczosProcess : IDisposable
         {
             long cap = Math.Min(_n, Math.Max(BasisBuffer.shape[0] * 2, _rows + k));
             BasisBuffer = Grown(BasisBuffer, cap);
-            // The kept products have at least as many rows as the basis (row i is A times basis row i).
-            if (ImageBuffer is { } images && images.shape[0] < cap) ImageBuffer = Grown(images, cap);
         }
         BasisBuffer.narrow(0, _rows, k).copy_(rows);
         _rows += k;
@@ -251,31 +260,28 @@ internal sealed class BlockLanczosProcess : IDisposable
     public void Dispose()
     {
         if (_ownsStorage) _storage.Dispose();
+        if (_products is not null) foreach (var W in _products) W.Dispose();
         _locked?.Dispose();
     }
 }
 
 /// <summary>
-/// The memory of a Krylov basis and its kept products, handed from one <see cref="BlockLanczosProcess"/> to the next within
-/// one computation (Lanczos' multiplicity probes after its main run). Fresh buffers of tens of MB cost page faults on first
-/// touch (several ms per 2 MB huge page on the development machine), more than the probe's own work; reused ones do not.
+/// The memory of a Krylov basis, handed from one <see cref="BlockLanczosProcess"/> to the next within one computation
+/// (Lanczos' multiplicity probes after its main run). A fresh buffer of tens of MB costs page faults on first touch (up to
+/// several ms per 2 MB huge page on the development machine, `fault-probe`), more than a probe's own work; a reused one does not.
 /// </summary>
 internal sealed class KrylovStorage : IDisposable
 {
     /// <summary>[capacity, n] float64 basis rows, or null before the first process.</summary>
     public Tensor? Basis { get; set; }
 
-    /// <summary>[capacity, n] float64 kept products, or null when none were kept.</summary>
-    public Tensor? Images { get; set; }
-
-    /// <summary>Whether the (image) buffer exists with at least <paramref name="rows"/> rows of size <paramref name="n"/> on the device.</summary>
-    public bool Fits(long rows, long n, Device device, bool images) =>
-        (images ? Images : Basis) is { } t && t.shape[0] >= rows && t.shape[1] == n && t.device_type == device.type && t.device_index == device.index;
+    /// <summary>Whether the buffer exists with at least <paramref name="rows"/> rows of size <paramref name="n"/> on the device.</summary>
+    public bool Fits(long rows, long n, Device device) =>
+        Basis is { } t && t.shape[0] >= rows && t.shape[1] == n && t.device_type == device.type && t.device_index == device.index;
 
     public void Dispose()
     {
         Basis?.Dispose();
-        Images?.Dispose();
-        Basis = Images = null;
+        Basis = null;
     }
 }

@@ -116,8 +116,8 @@ public static class Lanczos
         // Intermediates (cat, index_select) live in this scope; the runs' own results are detached and disposed below.
         using var scope = NewDisposeScope();
         var runTensors = new List<Tensor>();
-        // One basis (and kept products) for all runs of this computation: the multiplicity check's runs reuse the first
-        // run's memory, already touched, instead of fresh buffers that fault in page by page.
+        // One basis for all runs of this computation: the multiplicity check's runs reuse the first run's memory, already
+        // touched, instead of a fresh buffer that faults in page by page.
         using var storage = new KrylovStorage();
         var result = Run(op, o, budget, reserve, keepImages, storage, progress, ct);
         runTensors.Add(result.Vectors);
@@ -295,7 +295,7 @@ public static class Lanczos
         var vectors = raw / norms;
         var gram = vectors.matmul(vectors.t()) - eye(wanted.Length, dtype: ScalarType.Float64, device: vectors.device);
         double defect = Math.Max((norms - 1).abs().max().ToDouble(), gram.abs().max().ToDouble());
-        var images = proc.Images(proc.TridiagonalSize) is { } w ? (coefficients.matmul(w) / norms).DetachFromDisposeScope() : null;
+        var images = proc.ImagesOf(coefficients) is { } w ? (w / norms).DetachFromDisposeScope() : null;
         return new RunResult(wanted.Select(i => theta[i]).ToArray(), res, vectors.DetachFromDisposeScope(), images, stop, iter, theta.Max(Math.Abs), worst, defect);
     }
 }
