@@ -115,11 +115,20 @@ public static class SpectrumBench
         var psi = new ProcessStartInfo("/usr/bin/python3", oneRound ? [script, dir, threads.ToString(), batches.ToString(), "round", seed.ToString()] : [script, dir, threads.ToString(), batches.ToString()]) { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString();  // OpenBLAS does not follow torch.set_num_threads
         using var p = Process.Start(psi)!;
+        // stderr read alongside stdout, so that a full stderr pipe cannot stall the script.
+        var stderrTask = p.StandardError.ReadToEndAsync();
         var stdout = p.StandardOutput.ReadToEnd();
-        var stderr = p.StandardError.ReadToEnd();
-        p.WaitForExit();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(30)))
+        {
+            p.Kill(entireProcessTree: true);
+            Console.WriteLine("(PyTorch reference timed out after 30 minutes)");
+            return null;
+        }
+        var stderr = stderrTask.Result;
         if (p.ExitCode != 0) { Console.WriteLine($"(PyTorch reference failed: {stderr.Trim().Split('\n').Last()})"); return null; }
-        var result = JsonDocument.Parse(stdout).RootElement;
+        JsonElement result;
+        try { result = JsonDocument.Parse(stdout).RootElement; }
+        catch (JsonException e) { Console.WriteLine($"(PyTorch reference printed no valid JSON: {e.Message})"); return null; }
         // The reference BLAS (netlib) makes PyTorch ~40× slower on these matrix products: a column measured with it would
         // inflate every ratio, so it is refused rather than printed (install libopenblas0-pthread).
         var blas = result.TryGetProperty("blas", out var b) ? b.EnumerateArray().Select(x => x.GetString() ?? "").ToList() : [];

@@ -41,6 +41,7 @@ public static class SpeedBench
     /// </summary>
     public static void Run(int threads, string outDir, int rounds)
     {
+        if (rounds < 1) throw new ArgumentOutOfRangeException(nameof(rounds), rounds, "--rounds must be at least 1");
         Directory.CreateDirectory(outDir);
         var (model, data) = TrainedMlp("mlp:784-128-64-10:tanh");
         using var _d = data;
@@ -87,6 +88,8 @@ public static class SpeedBench
             Timed(o => StochasticLanczosQuadrature.Estimate(new HessianOperator(o), new SpectralDensityOptions { Runs = 1, Steps = 100 })),
             methods.Select(m => Timed(o => Trace(new HessianOperator(o), m, target, 0))).ToArray());
 
+        // Untimed, as the reference's first-call round: .NET compiles each estimator's code on first use.
+        OneValleyRound();
         var pyRounds = new List<JsonElement>();
         var valley = new List<ValleyRound>();
         bool reference = true;
@@ -102,12 +105,16 @@ public static class SpeedBench
                     if (r == 0 && py.GetProperty("hutchinson") is var h && h.GetProperty("standard_error").ValueKind == JsonValueKind.Number)
                         target = h.GetProperty("standard_error").GetDouble() / Math.Abs(h.GetProperty("trace").GetDouble());
                 }
-                else reference = false; // refused or failed: the table without the PyTorch column
+                else
+                {
+                    // Refused or failed: the ratios use the rounds before it (none: the table without the PyTorch column).
+                    reference = false;
+                    Console.WriteLine($"(the PyTorch reference failed in round {r + 1}: the ratios use the {pyRounds.Count} rounds before it)");
+                }
             }
             if (!valleyFirst) valley.Add(OneValleyRound());
             Console.Error.WriteLine($"round {r + 1} of {rounds} done");
         }
-        if (!reference) pyRounds.Clear();
         double Seconds(JsonElement e, string task) => e.GetProperty(task).GetProperty("seconds").GetDouble();
         JsonElement? P(string name) => pyRounds.Count > 0 && pyRounds[0].TryGetProperty(name, out var v) ? v : null;
 
@@ -125,7 +132,7 @@ public static class SpeedBench
             if (pyRounds.Count > 0)
             {
                 var p = pyRounds.Select(e => Seconds(e, pyTask)).ToList();
-                var ratios = p.Zip(v, (a, b) => a / b.Seconds).ToList();
+                var ratios = p.Zip(v, (a, b) => a / b.Seconds).ToList(); // the first pyRounds.Count rounds: those with both tools
                 var used = pyRounds.Select(e => e.GetProperty(pyTask).GetProperty("products").GetInt32()).ToList();
                 ps = $"{Runner.Median(p):F2} s, {(used.Min() == used.Max() ? $"{used[0]}" : $"{used.Min()}–{used.Max()}")} Hv";
                 ratio = $"{Runner.Median(ratios):F1}×";
@@ -154,7 +161,7 @@ public static class SpeedBench
         double slqSeconds = Runner.Median(valley.Select(x => x.Density.Seconds).ToList());
         var trace = valley[0].Traces[defaultIndex];
         double traceSeconds = Runner.Median(valley.Select(x => x.Traces[defaultIndex].Seconds).ToList());
-        if (P("hutchinson") is { } phTrace)
+        if (P("hutchinson") is { } phTrace && phTrace.GetProperty("standard_error").ValueKind == JsonValueKind.Number)
             Console.WriteLine($"PyHessian's trace: {phTrace.GetProperty("trace").GetDouble():G6} ± {phTrace.GetProperty("standard_error").GetDouble():G2}; the exact trace's time in cached products: {Runner.Median(valley.Select(x => x.Traces[0].Seconds).ToList()) / hvCached:F2}");
         Console.WriteLine($"top-1: Valley λ = {top1.Values[0]:G6} (residual {top1.RelativeResiduals[0]:0.0e+0}); PyHessian λ = {Vals(P("power_top1"))}");
         Console.WriteLine($"top-5: Valley λ = {string.Join(" ", top5.Values.Select(x => x.ToString("G6")))}; PyHessian λ = {Vals(P("power_top5"))}");
@@ -295,13 +302,13 @@ public static class EstimatorOverhead
         var op = new Diagonal(d);
         bool trim = Environment.GetEnvironmentVariable("VALLEY_BENCH_TRIM") == "1";
         var t = Runner.Interleaved(9,
-            () => { if (trim) GraphCache.ResidentBytes(trim: true); },
+            () => { if (trim) GraphCache.ResidentBytes(trim: true); }, // VALLEY_BENCH_TRIM=1: malloc_trim between the rounds, as session 11 measured
             () => GraphCache.ResidentBytes(trim: false),
             () => { using var s = NewDisposeScope(); zeros([32, n], dtype: ScalarType.Float64); },
             () => { using var s = NewDisposeScope(); Lanczos.Compute(op, new LanczosOptions { K = 1 }); },
             () => { using var s = NewDisposeScope(); Lanczos.Compute(op, new LanczosOptions { K = 5 }); },
             () => { using var s = NewDisposeScope(); StochasticLanczosQuadrature.Estimate(op, new SpectralDensityOptions { Runs = 1, Steps = 100 }); });
-        Console.WriteLine($"RSS with malloc_trim {t[0] * 1000:F2} ms, without {t[1] * 1000:F3} ms; zeros [32, n] float64 {t[2] * 1000:F2} ms");
+        Console.WriteLine((trim ? $"RSS with malloc_trim {t[0] * 1000:F2} ms, " : "no malloc_trim between rounds; RSS ") + $"without {t[1] * 1000:F3} ms; zeros [32, n] float64 {t[2] * 1000:F2} ms");
         Console.WriteLine($"on a diagonal operator: top-1 {t[3] * 1000:F1} ms, top-5 {t[4] * 1000:F1} ms, density 1×100 {t[5] * 1000:F1} ms");
         using (var s = NewDisposeScope())
         {

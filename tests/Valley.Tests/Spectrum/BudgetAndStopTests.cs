@@ -139,14 +139,19 @@ public class BudgetAndStopTests
     [InlineData(2)]
     public void TheMultiplicityProbeReusesTheGrownBasisAndItsKeptProductsGiveTheSameResidualsAsFreshProducts(int block)
     {
-        // Runs long enough that the basis outgrows its first 32 rows (per block row) in the main run and again in the probe,
-        // which starts from the main run's memory: a repeated top eigenvalue, the rest clustered below a small gap.
+        // Runs long enough that the basis outgrows its first 32 rows per block row, and the probe for the repeated top
+        // eigenvalue's second copy starts from that grown memory: a repeated top eigenvalue, the rest clustered below a small gap.
         var spectrum = Enumerable.Range(0, 400).Select(i => i < 2 ? 2.0 : i < 4 ? 2.0 - 0.05 * i : 1.7 * Math.Abs(Math.Sin(0.37 * i))).ToArray();
         using var op = DenseOperator.WithSpectrum(spectrum, seed: 11);
-        var r = Lanczos.Compute(op, new LanczosOptions { K = 4, BlockSize = block, Tolerance = 1e-8, ReturnVectors = true, Seed = 5 });
+        var plain = new PlainOperator(op.Matrix);
+        var options = new LanczosOptions { K = 4, BlockSize = block, Tolerance = 1e-8, ReturnVectors = true, Seed = 5 };
+        var r = Lanczos.Compute(plain, options);
         Assert.True(r.Converged, r.StopMessage);
         Assert.True(r.ResidualsVerified);
         Assert.True(r.Products > 2 * 32 * block + 10, $"{r.Products} products: the runs should outgrow the first buffer");
+        // The residuals came from the kept products: every product the operator saw was a Lanczos step's (b per step).
+        Assert.Equal(r.Iterations * (long)block, r.Products);
+        Assert.Equal(r.Products, plain.Received);
         var exact = spectrum.OrderByDescending(x => x).Take(4).ToArray();
         for (int i = 0; i < 4; i++) Assert.Equal(exact[i], r.Values[i], 9);
         // The residuals from the kept products equal those of fresh products, pair by pair.

@@ -24,7 +24,7 @@ internal sealed class BlockLanczosProcess : IDisposable
     readonly bool _ownsStorage;
     // [capacity, n] float64, rows are orthonormal vectors
     Tensor BasisBuffer { get => _storage.Basis!; set => _storage.Basis = value; }
-    // A Q_j for every block stepped, [s_j, n] float64, the very tensors the operator's products came back as (no copy), when kept
+    // A Q_j for every block stepped, [s_j, n] float64, as ProductBudget returned them (not copied into a preallocated block), when kept
     readonly List<Tensor>? _products;
     long _rows;             // rows in use (T size + b for the next block)
     readonly List<int> _sizes = [];           // rows of each appended block: b, and the last one possibly fewer
@@ -52,7 +52,7 @@ internal sealed class BlockLanczosProcess : IDisposable
         long capacity = Math.Min(_n, 32L * blockSize);
         if (!_storage.Fits(capacity, n, device))
         {
-            _storage.Basis?.Dispose();
+            _storage.Dispose();
             _storage.Basis = empty([capacity, _n], dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
         }
     }
@@ -65,13 +65,28 @@ internal sealed class BlockLanczosProcess : IDisposable
     public Tensor? ImagesOf(Tensor coefficients)
     {
         if (_products is null) return null;
-        var result = zeros([coefficients.shape[0], _n], dtype: ScalarType.Float64, device: _device);
-        long r0 = 0;
+        long k = coefficients.shape[0];
+        var result = zeros([k, _n], dtype: ScalarType.Float64, device: _device);
+        // Blocks are summed in groups of at least k rows, each one (k × g)·(g × n) product: the k × n result is then read and
+        // written once per group rather than once per block, which for many Ritz vectors would cost more than the group's copy.
+        var group = new List<Tensor>();
+        long start = 0, rows = 0;
+        void Flush()
+        {
+            if (group.Count == 0) return;
+            using var scope = NewDisposeScope();
+            result.addmm_(coefficients.narrow(1, start, rows), group.Count == 1 ? group[0] : cat(group, 0));
+            start += rows;
+            rows = 0;
+            group.Clear();
+        }
         foreach (var W in _products)
         {
-            result.addmm_(coefficients.narrow(1, r0, W.shape[0]), W);
-            r0 += W.shape[0];
+            group.Add(W);
+            rows += W.shape[0];
+            if (rows >= k) Flush();
         }
+        Flush();
         return result;
     }
 
@@ -103,8 +118,8 @@ internal sealed class BlockLanczosProcess : IDisposable
         long j0 = _sizes.Take(j).Sum();
         var Q = BasisBuffer.narrow(0, j0, size);
         var W = _budget.Apply(Q.t()).t().contiguous(); // rows: A q_i
-        // Kept as it came (the steps below make new tensors from it): a copy into a preallocated block would touch as much
-        // fresh memory again, page by page.
+        // Kept as it came (the steps below make new tensors from it, and the operator does not keep or change what it
+        // returned: ICurvatureOperator's contract): a copy into a preallocated block would touch as much fresh memory again.
         _products?.Add(W.DetachFromDisposeScope());
         // The three-term recurrence first (W − Q_j A_j − Q_{j-1} B_{j-1}ᵀ, cheap: 2b vectors), then Gram-Schmidt against the
         // whole basis and the locked vectors. After the recurrence the full pass removes only rounding-level components, so
@@ -277,7 +292,7 @@ internal sealed class KrylovStorage : IDisposable
 
     /// <summary>Whether the buffer exists with at least <paramref name="rows"/> rows of size <paramref name="n"/> on the device.</summary>
     public bool Fits(long rows, long n, Device device) =>
-        Basis is { } t && t.shape[0] >= rows && t.shape[1] == n && t.device_type == device.type && t.device_index == device.index;
+        Basis is { } t && t.shape[0] >= rows && t.shape[1] == n && t.device_type == device.type && (device.index < 0 || t.device_index == device.index);
 
     public void Dispose()
     {

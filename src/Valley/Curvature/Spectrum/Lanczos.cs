@@ -41,7 +41,7 @@ public sealed record LanczosOptions
 
     /// <summary>
     /// Recompute each residual ‖A y − θ y‖ at the end from operator products rather than Lanczos' estimate. A y comes from
-    /// the products Lanczos already made (kept beside the basis: A Q s = W s) when both fit in half the memory, otherwise
+    /// the products Lanczos already made (kept as the operator returned them: A Q s = W s) when they and the basis fit in half the memory, otherwise
     /// from K more products of the budget. Default true.
     /// </summary>
     public bool VerifyResiduals { get; init; } = true;
@@ -100,7 +100,7 @@ public static class Lanczos
         double rows = Math.Min(n, (double)o.MaxProducts + o.K + o.BlockSize);
         double basisBytes = (Math.Min(n, 2 * rows) + rows) * n * sizeof(double);
         MachineLimits.EnsureMemory(basisBytes, $"Lanczos with a budget of {o.MaxProducts} products on {n} parameters");
-        // With the products kept beside the basis (when both fit in half the memory), A y = W s for every Ritz vector
+        // With the products kept (when they and the basis fit in half the memory), A y = W s for every Ritz vector
         // y = Q s, so the residuals are recomputed from the products already made instead of k more: one fewer product
         // for the top eigenvalue, k fewer for the top k.
         // Not when the residuals are neither verified nor recomputed, and not for an objective in train mode: there a
