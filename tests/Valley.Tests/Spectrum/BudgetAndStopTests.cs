@@ -162,6 +162,11 @@ public class BudgetAndStopTests
         // Orthonormal vectors: the probe's basis, written over the main run's, stayed orthogonal to what was found.
         var gram = y.matmul(y.t()) - eye(4, dtype: ScalarType.Float64);
         Assert.True(gram.abs().max().ToDouble() < 1e-10);
+        // Nothing left behind: the kept products, the shared basis and the runs' tensors are all disposed.
+        var stats = TorchSharp.DisposeScopeManager.Statistics;
+        long live = stats.ThreadTotalLiveCount;
+        Lanczos.Compute(op, options with { ReturnVectors = false });
+        Assert.Equal(live, stats.ThreadTotalLiveCount);
     }
 
     [Fact]
