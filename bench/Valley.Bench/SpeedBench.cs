@@ -82,11 +82,24 @@ public static class SpeedBench
         // round (seed 0), which runs the reference first. The reference's later rounds draw other seeds, as PyHessian, which
         // does not seed, would from run to run; Valley's tasks run with their default seeds, as a user's would.
         double target = 0.05;
+        // The floor's units are timed again in every round (medians of 5 interleaved products on objectives whose caches are
+        // built), so that each task's distance to its floor divides by products timed in the same stretch of the machine's load.
+        using var unitHv = Fresh();
+        using var unitDb = new Objective(model, Losses.CrossEntropy, data, autograd);
+        using var unitV = randn(unitHv.Size, generator: new Generator(1));
+        (double Hv, double Db) Units()
+        {
+            var t = Runner.Interleaved(5,
+                () => { using var s = NewDisposeScope(); unitHv.HessianVectorProduct(unitV); },
+                () => { using var s = NewDisposeScope(); unitDb.HessianVectorProduct(unitV); });
+            return (t[0], t[1]);
+        }
         ValleyRound OneValleyRound() => new(
             Timed(o => Lanczos.Compute(new HessianOperator(o), new LanczosOptions { K = 1 })),
             Timed(o => Lanczos.Compute(new HessianOperator(o), new LanczosOptions { K = 5 })),
             Timed(o => StochasticLanczosQuadrature.Estimate(new HessianOperator(o), new SpectralDensityOptions { Runs = 1, Steps = 100 })),
-            methods.Select(m => Timed(o => Trace(new HessianOperator(o), m, target, 0))).ToArray());
+            methods.Select(m => Timed(o => Trace(new HessianOperator(o), m, target, 0))).ToArray(),
+            Units());
 
         // Untimed, as the reference's first-call round: .NET compiles each estimator's code on first use.
         OneValleyRound();
@@ -122,7 +135,7 @@ public static class SpeedBench
                           $"{rounds} alternating rounds, each task once per round in each tool (medians over the rounds)");
         Console.WriteLine($"PyTorch reference (PyHessian's dataloader mode): torch {(pyRounds.Count == 0 ? "n/a" : pyRounds[0].GetProperty("torch").ToString())}; Valley: LibTorch {__version__}");
         Console.WriteLine();
-        Console.WriteLine($"{"task",-40}{"PyHessian",-22}{"Valley",-22}{"ratio",8}{"rounds' ratios",18}{"floor ×",10}");
+        Console.WriteLine($"{"task",-40}{"PyHessian",-22}{"Valley",-22}{"ratio",8}{"rounds' ratios",18}{"floor ×",10}  (floor: against each round's cached Hv, median over the rounds)");
         void Row(string task, string pyTask, Func<ValleyRound, (double Seconds, long Products)> pick)
         {
             var v = valley.Select(pick).ToList();
@@ -138,7 +151,7 @@ public static class SpeedBench
                 ratio = $"{Runner.Median(ratios):F1}×";
                 range = $"{ratios.Min():F1}–{ratios.Max():F1}×";
             }
-            string floor = products > 0 ? $"{vs / (products * hvCached):F2}" : "n/a";
+            string floor = products > 0 ? $"{Runner.Median(valley.Select(x => pick(x).Seconds / (products * x.Units.Hv)).ToList()):F2}" : "n/a";
             Console.WriteLine($"{task,-40}{ps,-22}{$"{vs:F3} s, {products} Hv",-22}{ratio,8}{range,18}{floor,10}");
         }
         Row("top-1 eigenvalue", "power_top1", x => (x.Top1.Seconds, x.Top1.Result.Products));
@@ -157,25 +170,27 @@ public static class SpeedBench
         }
         var top1 = valley[0].Top1.Result;
         var top5 = valley[0].Top5.Result;
-        double top1Seconds = Runner.Median(valley.Select(x => x.Top1.Seconds).ToList()), top5Seconds = Runner.Median(valley.Select(x => x.Top5.Seconds).ToList());
-        double slqSeconds = Runner.Median(valley.Select(x => x.Density.Seconds).ToList());
         var trace = valley[0].Traces[defaultIndex];
-        double traceSeconds = Runner.Median(valley.Select(x => x.Traces[defaultIndex].Seconds).ToList());
         if (P("hutchinson") is { } phTrace && phTrace.GetProperty("standard_error").ValueKind == JsonValueKind.Number)
-            Console.WriteLine($"PyHessian's trace: {phTrace.GetProperty("trace").GetDouble():G6} ± {phTrace.GetProperty("standard_error").GetDouble():G2}; the exact trace's time in cached products: {Runner.Median(valley.Select(x => x.Traces[0].Seconds).ToList()) / hvCached:F2}");
+            Console.WriteLine($"PyHessian's trace: {phTrace.GetProperty("trace").GetDouble():G6} ± {phTrace.GetProperty("standard_error").GetDouble():G2}; the exact trace's time in cached products: {Runner.Median(valley.Select(x => x.Traces[0].Seconds / x.Units.Hv).ToList()):F2}");
         Console.WriteLine($"top-1: Valley λ = {top1.Values[0]:G6} (residual {top1.RelativeResiduals[0]:0.0e+0}); PyHessian λ = {Vals(P("power_top1"))}");
         Console.WriteLine($"top-5: Valley λ = {string.Join(" ", top5.Values.Select(x => x.ToString("G6")))}; PyHessian λ = {Vals(P("power_top5"))}");
         Console.WriteLine();
-        Console.WriteLine($"cached Hv over the data ({Examples / Batch} batches): {hvCached * 1000:F2} ms (Valley's default; the floor's unit above); uncached {hvUncached * 1000:F2} ms");
+        Console.WriteLine($"cached Hv over the data ({Examples / Batch} batches): {hvCached * 1000:F2} ms (Valley's default; median of 21 before the rounds); uncached {hvUncached * 1000:F2} ms");
         Console.WriteLine($"cached double-backward pass over the data: {dbCached * 1000:F2} ms; uncached {dbUncached * 1000:F2} ms; full-data gradient {gradient * 1000:F2} ms");
-        Console.WriteLine($"floor × against one cached double-backward pass: top-1 {top1Seconds / (top1.Products * dbCached):F2}, top-5 {top5Seconds / (top5.Products * dbCached):F2}, " +
-                          $"density {slqSeconds / (valley[0].Density.Result.Products * dbCached):F2}, trace " + (trace.Result.Products > 0 ? $"{traceSeconds / (trace.Result.Products * dbCached):F2}" : $"n/a (exact, no products; {traceSeconds / dbCached:F2} passes' time)"));
+        // Per round against that round's units, then the median over the rounds.
+        double Floor(Func<ValleyRound, double> seconds, long products) => Runner.Median(valley.Select(x => seconds(x) / (products * x.Units.Db)).ToList());
+        Console.WriteLine($"floor × against one cached double-backward pass (each round's own, median over the rounds): top-1 {Floor(x => x.Top1.Seconds, top1.Products):F2}, " +
+                          $"top-5 {Floor(x => x.Top5.Seconds, top5.Products):F2}, density {Floor(x => x.Density.Seconds, valley[0].Density.Result.Products):F2}, trace " +
+                          (trace.Result.Products > 0 ? $"{Floor(x => x.Traces[defaultIndex].Seconds, trace.Result.Products):F2}" : $"n/a (exact, no products; {Floor(x => x.Traces[defaultIndex].Seconds, 1):F2} passes' time)"));
+        Console.WriteLine($"the rounds' units: cached Hv {string.Join(" / ", valley.Select(x => (x.Units.Hv * 1000).ToString("F1")))} ms, cached double-backward pass {string.Join(" / ", valley.Select(x => (x.Units.Db * 1000).ToString("F1")))} ms");
         Console.WriteLine($"cached multi-batch Hv ÷ full-data gradient: {hvCached / gradient:F2} (goal ≤ 1.5; double backward {dbCached / gradient:F2}); uncached Hv ÷ gradient: {hvUncached / gradient:F2} (double backward {dbUncached / gradient:F2})");
     }
 
     /// <summary>One round of Valley's tasks: each result with its wall time.</summary>
+    /// <param name="Units">A cached product and a cached double-backward pass over the data, timed in the same round.</param>
     sealed record ValleyRound((Eigenpairs Result, double Seconds) Top1, (Eigenpairs Result, double Seconds) Top5,
-        (SpectralDensity Result, double Seconds) Density, (TraceEstimate Result, double Seconds)[] Traces);
+        (SpectralDensity Result, double Seconds) Density, (TraceEstimate Result, double Seconds)[] Traces, (double Hv, double Db) Units);
 
     static string Vals(JsonElement? p) => p is { } e ? string.Join(" ", e.GetProperty("values").EnumerateArray().Select(x => x.GetDouble().ToString("G6"))) : "";
 
