@@ -136,6 +136,9 @@ public static class SpeedBench
         Console.WriteLine($"PyTorch reference (PyHessian's dataloader mode): torch {(pyRounds.Count == 0 ? "n/a" : pyRounds[0].GetProperty("torch").ToString())}; Valley: LibTorch {__version__}");
         Console.WriteLine();
         Console.WriteLine($"{"task",-40}{"PyHessian",-22}{"Valley",-22}{"ratio",8}{"rounds' ratios",18}{"floor ×",10}  (floor: against each round's cached Hv, median over the rounds)");
+        // A task's distance to its floor: per round against that round's unit, then the median over the rounds.
+        double Floor(Func<ValleyRound, double> seconds, long products, Func<(double Hv, double Db), double> unit) =>
+            Runner.Median(valley.Select(x => seconds(x) / (products * unit(x.Units))).ToList());
         void Row(string task, string pyTask, Func<ValleyRound, (double Seconds, long Products)> pick)
         {
             var v = valley.Select(pick).ToList();
@@ -151,7 +154,7 @@ public static class SpeedBench
                 ratio = $"{Runner.Median(ratios):F1}×";
                 range = $"{ratios.Min():F1}–{ratios.Max():F1}×";
             }
-            string floor = products > 0 ? $"{Runner.Median(valley.Select(x => pick(x).Seconds / (products * x.Units.Hv)).ToList()):F2}" : "n/a";
+            string floor = products > 0 ? $"{Floor(x => pick(x).Seconds, products, u => u.Hv):F2}" : "n/a";
             Console.WriteLine($"{task,-40}{ps,-22}{$"{vs:F3} s, {products} Hv",-22}{ratio,8}{range,18}{floor,10}");
         }
         Row("top-1 eigenvalue", "power_top1", x => (x.Top1.Seconds, x.Top1.Result.Products));
@@ -172,17 +175,15 @@ public static class SpeedBench
         var top5 = valley[0].Top5.Result;
         var trace = valley[0].Traces[defaultIndex];
         if (P("hutchinson") is { } phTrace && phTrace.GetProperty("standard_error").ValueKind == JsonValueKind.Number)
-            Console.WriteLine($"PyHessian's trace: {phTrace.GetProperty("trace").GetDouble():G6} ± {phTrace.GetProperty("standard_error").GetDouble():G2}; the exact trace's time in cached products: {Runner.Median(valley.Select(x => x.Traces[0].Seconds / x.Units.Hv).ToList()):F2}");
+            Console.WriteLine($"PyHessian's trace: {phTrace.GetProperty("trace").GetDouble():G6} ± {phTrace.GetProperty("standard_error").GetDouble():G2}; the exact trace's time in cached products: {Floor(x => x.Traces[0].Seconds, 1, u => u.Hv):F2}");
         Console.WriteLine($"top-1: Valley λ = {top1.Values[0]:G6} (residual {top1.RelativeResiduals[0]:0.0e+0}); PyHessian λ = {Vals(P("power_top1"))}");
         Console.WriteLine($"top-5: Valley λ = {string.Join(" ", top5.Values.Select(x => x.ToString("G6")))}; PyHessian λ = {Vals(P("power_top5"))}");
         Console.WriteLine();
         Console.WriteLine($"cached Hv over the data ({Examples / Batch} batches): {hvCached * 1000:F2} ms (Valley's default; median of 21 before the rounds); uncached {hvUncached * 1000:F2} ms");
         Console.WriteLine($"cached double-backward pass over the data: {dbCached * 1000:F2} ms; uncached {dbUncached * 1000:F2} ms; full-data gradient {gradient * 1000:F2} ms");
-        // Per round against that round's units, then the median over the rounds.
-        double Floor(Func<ValleyRound, double> seconds, long products) => Runner.Median(valley.Select(x => seconds(x) / (products * x.Units.Db)).ToList());
-        Console.WriteLine($"floor × against one cached double-backward pass (each round's own, median over the rounds): top-1 {Floor(x => x.Top1.Seconds, top1.Products):F2}, " +
-                          $"top-5 {Floor(x => x.Top5.Seconds, top5.Products):F2}, density {Floor(x => x.Density.Seconds, valley[0].Density.Result.Products):F2}, trace " +
-                          (trace.Result.Products > 0 ? $"{Floor(x => x.Traces[defaultIndex].Seconds, trace.Result.Products):F2}" : $"n/a (exact, no products; {Floor(x => x.Traces[defaultIndex].Seconds, 1):F2} passes' time)"));
+        Console.WriteLine($"floor × against one cached double-backward pass (each round's own, median over the rounds): top-1 {Floor(x => x.Top1.Seconds, top1.Products, u => u.Db):F2}, " +
+                          $"top-5 {Floor(x => x.Top5.Seconds, top5.Products, u => u.Db):F2}, density {Floor(x => x.Density.Seconds, valley[0].Density.Result.Products, u => u.Db):F2}, trace " +
+                          (trace.Result.Products > 0 ? $"{Floor(x => x.Traces[defaultIndex].Seconds, trace.Result.Products, u => u.Db):F2}" : $"n/a (exact, no products; {Floor(x => x.Traces[defaultIndex].Seconds, 1, u => u.Db):F2} passes' time)"));
         Console.WriteLine($"the rounds' units: cached Hv {string.Join(" / ", valley.Select(x => (x.Units.Hv * 1000).ToString("F1")))} ms, cached double-backward pass {string.Join(" / ", valley.Select(x => (x.Units.Db * 1000).ToString("F1")))} ms");
         Console.WriteLine($"cached multi-batch Hv ÷ full-data gradient: {hvCached / gradient:F2} (goal ≤ 1.5; double backward {dbCached / gradient:F2}); uncached Hv ÷ gradient: {hvUncached / gradient:F2} (double backward {dbUncached / gradient:F2})");
     }
