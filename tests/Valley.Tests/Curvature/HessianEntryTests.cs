@@ -27,7 +27,9 @@ public class HessianEntryTests
         Assert.Equal(n, h.Size);
         var top = h.TopEigenvalues(3);
         Assert.True(top.Converged, top.StopMessage);
-        Assert.Equal(new[] { 20.0, 17.0, 14.0 }, top.Values.Select(v => Math.Round(v, 6)).ToArray());
+        // Each Ritz value within r²/gap of its eigenvalue (Kato–Temple), r its verified residual and the gap 3 here.
+        for (int i = 0; i < 3; i++)
+            Assert.InRange(top.Values[i], spectrum[i] - (top.Residuals[i] * top.Residuals[i] / 3 + 1e-12), spectrum[i] + 1e-12);
         Assert.Null(top.Vectors);
         var pairs = h.TopEigenpairs(1);
         var v = pairs.Vectors![0];

@@ -150,7 +150,7 @@ internal sealed class BlockLanczosProcess : IDisposable
                 W = W - B.matmul(BasisBuffer.narrow(0, j0 - before, before));
             }
         }
-        (W, _) = Reorthogonalization.Dgks(W, RemoveProjection(BasisBuffer.narrow(0, 0, _rows)));
+        (W, var norms) = Reorthogonalization.Dgks(W, RemoveProjection(BasisBuffer.narrow(0, 0, _rows)));
         // W = Rᵀ Q_next in row form, row by row: each row of W orthogonalized against the new rows before it (classical
         // Gram-Schmidt twice) and normalized, R[i, c] = q_i · w_c. A row with nothing left (the Krylov space is exhausted in
         // that direction: deflation) becomes a fresh random direction orthogonal to the basis and the rows before it, and
@@ -161,7 +161,7 @@ internal sealed class BlockLanczosProcess : IDisposable
         int capacity = (int)Math.Min(_b, Space - _rows);
         var R = new double[capacity, size];
         double threshold = 1e-10 * Math.Max(_normEst, 1e-300);
-        double first = size == 1 && capacity == 1 ? W.norm().ToDouble() : 0;
+        double first = size == 1 && capacity == 1 ? norms.ToDouble() : 0; // the norm Gram-Schmidt measured last
         // b = 1 and nothing exhausted (nearly every step of the default): the normalized row itself, without the block's copies.
         var next = first > threshold ? W / first : zeros([capacity, _n], dtype: ScalarType.Float64, device: _device);
         if (first > threshold) R[0, 0] = first;
