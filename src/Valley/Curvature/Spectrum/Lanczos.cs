@@ -255,8 +255,9 @@ public static class Lanczos
         int b = (int)Math.Min(o.BlockSize, space);
         var gen = new Generator((ulong)o.Seed);
         using var proc = new BlockLanczosProcess(budget, n, op.Device, b, o.Locked, gen, keepImages, storage);
-        // Drawn in float32 and widened: LibTorch draws float32 normals vectorized and float64 ones one at a time (0.6 against
-        // 2.4 ms at n = 109,386, `step-ops`), and a start vector needs no more precision than its direction.
+        // Drawn in float32 and widened: LibTorch's float32 normals are vectorized and its float64 ones are not (0.6 against
+        // 2.4 ms at n = 109,386), and a start vector needs no more precision than its direction. Over the start seeds the
+        // products needed are unchanged (`lanczos-seeds`, docs/benchmarks.md session 13).
         proc.Start(randn([b, n], dtype: ScalarType.Float32, generator: gen));
         double[] theta = [];
         Matrix<double>? S = null;

@@ -201,14 +201,9 @@ public static class StochasticLanczosQuadrature
                 // Each run against its own basis: one batched Gram-Schmidt pass per call (a matrix-vector product for one run).
                 var Vs = basis.narrow(1, 0, j + 1);                                // [r, j+1, n]
                 Tensor Overlaps(Tensor x) => r == 1 ? Vs[0].matmul(x.to(basisType).t()).unsqueeze(0) : Vs.bmm(x.unsqueeze(2).to(basisType));
-                // Against the first `rows` basis vectors (all of them unless fewer are given).
-                Tensor Subtract(Tensor x, Tensor overlaps, long rows)
-                {
-                    var B = Vs.narrow(1, 0, rows);
-                    var c = overlaps.narrow(1, 0, rows);
-                    return x.sub_(r == 1 ? c[0].t().matmul(B[0]).to(ScalarType.Float64) : c.transpose(1, 2).bmm(B).squeeze(1).to(ScalarType.Float64));
-                }
-                Tensor Pass(Tensor x) => Subtract(x, Overlaps(x), j + 1);
+                Tensor Subtract(Tensor x, Tensor overlaps) =>
+                    x.sub_(r == 1 ? overlaps[0].t().matmul(Vs[0]).to(ScalarType.Float64) : overlaps.transpose(1, 2).bmm(Vs).squeeze(1).to(ScalarType.Float64));
+                Tensor Pass(Tensor x) => Subtract(x, Overlaps(x));
                 Tensor rest, norms;
                 // The last step's vector and β are never used (T is m × m): no pass over the basis.
                 if (j + 1 == m) (rest, norms) = (W, W.norm(1));
@@ -219,23 +214,13 @@ public static class StochasticLanczosQuadrature
                     // when every run's largest overlap is within √u.
                     var overlaps = Overlaps(W);                                    // [r, j+1, 1]
                     var before = W.norm(1);
-                    // Each basis vector's largest overlap over the runs, relative to the run's norm: [j+1].
-                    var relative = (overlaps.abs().to(ScalarType.Float64) / before.clamp_min(1e-300).view(r, 1, 1)).amax([0, 2]).cpu();
-                    var rel = relative.data<double>().ToArray();
-                    if (rel.Max() <= semi)
+                    double worst = (overlaps.abs().amax([1, 2]).to(ScalarType.Float64) / before.clamp_min(1e-300)).max().ToDouble();
+                    if (worst <= semi)
                     {
                         (rest, norms) = (W, before);
                         skipped++;
                     }
-                    else
-                    {
-                        // The overlaps are known for the whole basis, and they concentrate on a few vectors (the early ones, which
-                        // span the converged top of the spectrum): the subtraction runs over the basis up to the last vector
-                        // whose overlap exceeds √u/16. Those beyond keep theirs, at most √u/16 of the norm before, so at most
-                        // √u/(16η) of the norm after unless DGKS asks for a second pass (which is over the whole basis).
-                        int last = Array.FindLastIndex(rel, x => x > semi / 16);
-                        (rest, norms) = Reorthogonalization.Dgks(Subtract(W, overlaps, last + 1), Pass, before);
-                    }
+                    else (rest, norms) = Reorthogonalization.Dgks(Subtract(W, overlaps), Pass, before);
                 }
                 var av = a.cpu().data<double>().ToArray();
                 var bv = norms.cpu().data<double>().ToArray();
