@@ -113,22 +113,22 @@ public class TrainCommandTests
     public TrainCommandTests() => TestUtil.Init();
 
     [Fact]
-    public void TrainCommandWritesItsFilesAndResumeContinuesToTheSameWeights()
+    public async Task TrainCommandWritesItsFilesAndResumeContinuesToTheSameWeights()
     {
         var data = TestUtil.CsvFolder("train-data", 90, 4, 3, seed: 1);
         string[] Args(string outDir, int epochs, bool resume = false) =>
             new[] { "train", "--data", data, "--model", "mlp:4-8-3", "--optimizer", "sam", "--epochs", epochs.ToString(), "--batch-size", "30",
                     "--monitor-every", "3", "--monitor-examples", "90", "--save-pt", "--out", outDir }.Concat(resume ? new[] { "--resume" } : []).ToArray();
         var full = TestUtil.TempDir("train-full");
-        Assert.Equal(0, ValleyCli.RunAsync(Args(full, 3), new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(Args(full, 3), new StringWriter(), new StringWriter()));
         foreach (var f in new[] { "model.dat", "model.pt", "train.json", "log.csv", "monitor.csv", "training.png", "checkpoints/epoch-0003.dat", "checkpoints/epoch-0001.pt" })
             Assert.True(File.Exists(Path.Combine(full, f)), f);
         var part = TestUtil.TempDir("train-part");
-        Assert.Equal(0, ValleyCli.RunAsync(Args(part, 1), new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(Args(part, 1), new StringWriter(), new StringWriter()));
         var err = new StringWriter();
-        Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(Args(part, 3), new StringWriter(), err).GetAwaiter().GetResult());
+        Assert.Equal(ValleyCli.ExitBadInput, await ValleyCli.RunAsync(Args(part, 3), new StringWriter(), err));
         Assert.Contains("--resume", err.ToString());
-        Assert.Equal(0, ValleyCli.RunAsync(Args(part, 3, resume: true), new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(Args(part, 3, resume: true), new StringWriter(), new StringWriter()));
         Assert.Equal(File.ReadAllBytes(Path.Combine(full, "model.dat")), File.ReadAllBytes(Path.Combine(part, "model.dat")));
         var options = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(part, "train.json"))).RootElement.GetProperty("options");
         Assert.Equal("sam", options.GetProperty("optimizer").GetString());
@@ -137,7 +137,7 @@ public class TrainCommandTests
     }
 
     [Fact]
-    public void RefusedOptionsAreNamedAsTheCommandSpellsThem()
+    public async Task RefusedOptionsAreNamedAsTheCommandSpellsThem()
     {
         var data = TestUtil.CsvFolder("train-names", 60, 4, 3, seed: 1);
         string Error(string outDir, params string[] extra)
@@ -154,8 +154,8 @@ public class TrainCommandTests
         Assert.Contains("--lr: must be a positive finite number, got 0", Error(fresh, "--lr", "0"));
         Assert.Contains("--checkpoint-every: must be at least 1, got 0", Error(fresh, "--checkpoint-every", "0"));
         // Resuming with another option names it, with the value the run was started with.
-        Assert.Equal(0, ValleyCli.RunAsync(["train", "--data", data, "--model", "mlp:4-6-3", "--epochs", "1", "--out", fresh, "--optimizer", "sam"],
-            new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(["train", "--data", data, "--model", "mlp:4-6-3", "--epochs", "1", "--out", fresh, "--optimizer", "sam"],
+            new StringWriter(), new StringWriter()));
         Assert.Contains("--optimizer: the run in", Error(fresh, "--optimizer", "asam", "--resume"));
         Assert.Contains("was started with sam", Error(fresh, "--optimizer", "asam", "--resume"));
         Assert.Contains("--lr: the run in", Error(fresh, "--optimizer", "sam", "--lr", "0.5", "--resume"));
@@ -175,13 +175,13 @@ public class SharpnessCommandTests
     public SharpnessCommandTests() => TestUtil.Init();
 
     [Fact]
-    public void SharpnessCommandWritesEveryRequestedMeasureAndRefusesBadOptions()
+    public async Task SharpnessCommandWritesEveryRequestedMeasureAndRefusesBadOptions()
     {
         var data = TestUtil.CsvFolder("sharp-data", 80, 4, 3, seed: 1);
         var outDir = TestUtil.TempDir("sharp-out");
         var stdout = new StringWriter();
-        int code = ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--measures", "keskar,sam,worst-case-l2-adaptive,pacbayes",
-            "--steps", "5", "--samples", "3", "--format", "json", "--out", outDir], stdout, new StringWriter()).GetAwaiter().GetResult();
+        int code = await ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--measures", "keskar,sam,worst-case-l2-adaptive,pacbayes",
+            "--steps", "5", "--samples", "3", "--format", "json", "--out", outDir], stdout, new StringWriter());
         Assert.Equal(0, code);
         var doc = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
         var names = doc.GetProperty("results").EnumerateArray().Select(r => r.GetProperty("measure").GetString()).ToList();
@@ -193,7 +193,7 @@ public class SharpnessCommandTests
         foreach (var (opt, val, msg) in new[] { ("--measures", "sharpest", "unknown measure 'sharpest'"), ("--epsilon", "-1", "--epsilon"), ("--rho", "0", "--rho") })
         {
             var err = new StringWriter();
-            Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--out", outDir, opt, val], new StringWriter(), err).GetAwaiter().GetResult());
+            Assert.Equal(ValleyCli.ExitBadInput, await ValleyCli.RunAsync(["sharpness", "--data", data, "--model", "mlp:4-6-3", "--out", outDir, opt, val], new StringWriter(), err));
             Assert.Contains(msg, err.ToString());
         }
     }
@@ -239,10 +239,10 @@ public class SharpnessCommandTests
     }
 
     [Fact]
-    public void MeasuresListDescribesEveryRegisteredMeasure()
+    public async Task MeasuresListDescribesEveryRegisteredMeasure()
     {
         var stdout = new StringWriter();
-        Assert.Equal(0, ValleyCli.RunAsync(["sharpness", "--measures", "list"], stdout, new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(["sharpness", "--measures", "list"], stdout, new StringWriter()));
         foreach (var m in Valley.Sharpness.SharpnessMeasures.All)
             Assert.Contains(m.Name, stdout.ToString());
         Assert.Contains("Petzka", stdout.ToString());
@@ -254,18 +254,18 @@ public class LandscapeCommandTests
     public LandscapeCommandTests() => TestUtil.Init();
 
     [Fact]
-    public void TrajectoryOfATrainingRunWritesEveryFileAndAResumedRunReusesItsPoints()
+    public async Task TrajectoryOfATrainingRunWritesEveryFileAndAResumedRunReusesItsPoints()
     {
         var data = TestUtil.CsvFolder("land-data", 90, 4, 3, seed: 2);
         var train = TestUtil.TempDir("land-train");
-        Assert.Equal(0, ValleyCli.RunAsync(["train", "--data", data, "--model", "mlp:4-8-3", "--epochs", "4", "--batch-size", "30", "--out", train],
-            new StringWriter(), new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(["train", "--data", data, "--model", "mlp:4-8-3", "--epochs", "4", "--batch-size", "30", "--out", train],
+            new StringWriter(), new StringWriter()));
         var outDir = Path.Combine(TestUtil.TempDir("land-out"), "traj");
         string[] args = ["landscape", "trajectory", "--data", data, "--model", "mlp:4-8-3", "--checkpoints", Path.Combine(train, "checkpoints"),
             "--points", "7x7", "--out", outDir, "--format", "json"];
         var stdout = new StringWriter();
         var stderr = new StringWriter();
-        Assert.True(ValleyCli.RunAsync(args, stdout, stderr).GetAwaiter().GetResult() == 0, stderr.ToString());
+        Assert.True(await ValleyCli.RunAsync(args, stdout, stderr) == 0, stderr.ToString());
         foreach (var f in new[] { "grid.json", "points.csv", "landscape.png", "surface.html", "surface.vtk" })
             Assert.True(File.Exists(Path.Combine(outDir, f)), f);
         var doc = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
@@ -273,18 +273,18 @@ public class LandscapeCommandTests
         Assert.Equal(4, doc.GetProperty("trajectory_x").GetArrayLength());
         Assert.True(doc.GetProperty("explained_variance")[0].GetDouble() > 0.3);
         var again = new StringWriter();
-        Assert.Equal(0, ValleyCli.RunAsync(args, again, new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(args, again, new StringWriter()));
         Assert.Equal(49, System.Text.Json.JsonDocument.Parse(again.ToString()).RootElement.GetProperty("resumed").GetInt32());
         var vtk = File.ReadAllLines(Path.Combine(outDir, "surface.vtk"));
         Assert.Equal("DIMENSIONS 7 7 1", vtk[4]);
         // A different run in the same folder is refused; bad options are one-line errors.
         var err = new StringWriter();
-        Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["landscape", "2d", "--data", data, "--model", "mlp:4-8-3", "--out", outDir], new StringWriter(), err).GetAwaiter().GetResult());
+        Assert.Equal(ValleyCli.ExitBadInput, await ValleyCli.RunAsync(["landscape", "2d", "--data", data, "--model", "mlp:4-8-3", "--out", outDir], new StringWriter(), err));
         Assert.Contains("holds a landscape run of other inputs (--checkpoints contents", err.ToString());
         foreach (var (opt, val) in new[] { ("--range", "1:-1"), ("--points", "0"), ("--points", "5y5") })
         {
             var e2 = new StringWriter();
-            Assert.Equal(ValleyCli.ExitBadInput, ValleyCli.RunAsync(["landscape", "1d", "--data", data, "--model", "mlp:4-8-3", "--out", TestUtil.TempDir("bad"), opt, val], new StringWriter(), e2).GetAwaiter().GetResult());
+            Assert.Equal(ValleyCli.ExitBadInput, await ValleyCli.RunAsync(["landscape", "1d", "--data", data, "--model", "mlp:4-8-3", "--out", TestUtil.TempDir("bad"), opt, val], new StringWriter(), e2));
             Assert.Contains(opt, e2.ToString());
         }
     }

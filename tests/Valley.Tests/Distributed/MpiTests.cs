@@ -266,7 +266,7 @@ public class MpiTests
     }
 
     [Fact]
-    public void CtrlCUnderMpiexecStopsEveryRankWithExitCode3AndTheGridResumes()
+    public async Task CtrlCUnderMpiexecStopsEveryRankWithExitCode3AndTheGridResumes()
     {
         var outDir = Path.Combine(TestUtil.TempDir("mpi-ctrlc"), "l");
         string[] args = ["landscape", "2d", "--points", "31x31", "--subset", "10000", "--out", outDir, "--format", "json"];
@@ -281,7 +281,7 @@ public class MpiTests
         Process.Start("kill", ["-INT", p.Id.ToString()])!.WaitForExit();
         if (!p.WaitForExit(60_000)) { p.Kill(entireProcessTree: true); Assert.Fail("mpiexec did not end within 60 s of Ctrl-C"); }
         Assert.Equal(ValleyCli.ExitInterrupted, p.ExitCode);
-        Assert.Matches(@"interrupted \(rank [01] of 2\): finished results were kept", stderr.Result);
+        Assert.Matches(@"interrupted \(rank [01] of 2\): finished results were kept", await stderr);
         int kept = File.ReadAllLines(points).Length - 1;
 
         var run = Exec(2, Cli, args);

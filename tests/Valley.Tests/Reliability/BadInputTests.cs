@@ -100,7 +100,7 @@ public class BadInputTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void BadInputGivesOneLineExitCode1AndNoOutput(string command, string[] extra, string expected)
+    public async Task BadInputGivesOneLineExitCode1AndNoOutput(string command, string[] extra, string expected)
     {
         var outDir = Path.Combine(TestUtil.TempDir("bad-out"), "o");
         var args = command.Split(' ').Concat(["--data", Files.Value.Good, "--model", "mlp:4-6-3"]).ToList();
@@ -111,13 +111,13 @@ public class BadInputTests
             if (extra.Contains(opt) && args.IndexOf(opt) is var i and >= 0) args.RemoveRange(i, 2);
         args.AddRange(extra);
         var err = new StringWriter();
-        int code = ValleyCli.RunAsync(args.ToArray(), new StringWriter(), err).GetAwaiter().GetResult();
+        int code = await ValleyCli.RunAsync(args.ToArray(), new StringWriter(), err);
         Assert.True(code == ValleyCli.ExitBadInput, $"exit {code}: {err}");
         var text = err.ToString().Trim();
         Assert.Single(text.Split('\n'));
         Assert.StartsWith("error: ", text);
         Assert.Contains(expected, text);
         if (Directory.Exists(outDir))
-            Assert.Empty(Directory.GetFiles(outDir, "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".valley.lock") && !f.EndsWith("run.json")));
+            Assert.DoesNotContain(Directory.GetFiles(outDir, "*", SearchOption.AllDirectories), f => !f.EndsWith(".valley.lock") && !f.EndsWith("run.json"));
     }
 }

@@ -122,7 +122,7 @@ public class InterruptionTests
     }
 
     [Fact]
-    public void CtrlCStopsTrainingCleanlyWithExitCode3AndTheRunResumes()
+    public async Task CtrlCStopsTrainingCleanlyWithExitCode3AndTheRunResumes()
     {
         var data = TestUtil.CsvFolder("int-data", 200, 6, 3, seed: 5);
         var dir = TestUtil.TempDir("int-run");
@@ -139,7 +139,7 @@ public class InterruptionTests
         Process.Start("kill", ["-INT", p.Id.ToString()])!.WaitForExit();
         Assert.True(p.WaitForExit(30_000), "the process did not stop after Ctrl-C");
         Assert.Equal(ValleyCli.ExitInterrupted, p.ExitCode);
-        Assert.Contains("interrupted", err.Result);
+        Assert.Contains("interrupted", await err);
         var state = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "train.json"))).RootElement;
         Assert.True(state.GetProperty("completed_epochs").GetInt32() > 0);
         Assert.False(state.GetProperty("finished").GetBoolean());
@@ -172,14 +172,14 @@ public class InterruptionTests
     }
 
     [Fact]
-    public void AnInterruptedHessianRunKeepsItsFinishedEstimatorsAndEndsWithTheSameResults()
+    public async Task AnInterruptedHessianRunKeepsItsFinishedEstimatorsAndEndsWithTheSameResults()
     {
         var data = TestUtil.CsvFolder("hess-resume", 150, 5, 3, seed: 7);
         var dir = TestUtil.TempDir("hess-resume-out");
         string[] args = ["hessian", "--data", data, "--model", "mlp:5-8-3", "--subset", "0", "--seed", "2", "--top", "2", "--trace", "--density",
                          "--density-runs", "3", "--density-steps", "15", "--max-products", "100", "--out", dir, "--format", "json"];
         var full = new StringWriter();
-        Assert.Equal(0, ValleyCli.RunAsync(args, full, new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(args, full, new StringWriter()));
         // What a kill after the first estimator leaves behind: hessian.json with only the top eigenvalues.
         var path = Path.Combine(dir, "hessian.json");
         var partial = JsonNode.Parse(File.ReadAllText(path))!;
@@ -187,7 +187,7 @@ public class InterruptionTests
         partial["report"]!.AsObject().Remove("density");
         File.WriteAllText(path, partial.ToJsonString());
         var resumed = new StringWriter();
-        Assert.Equal(0, ValleyCli.RunAsync(args, resumed, new StringWriter()).GetAwaiter().GetResult());
+        Assert.Equal(0, await ValleyCli.RunAsync(args, resumed, new StringWriter()));
         var a = JsonNode.Parse(full.ToString())!; Strip(a);
         var b = JsonNode.Parse(resumed.ToString())!; Strip(b);
         Assert.Equal(a.ToJsonString(), b.ToJsonString());

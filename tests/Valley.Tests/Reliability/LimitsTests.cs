@@ -56,7 +56,7 @@ public class LimitsTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void IsRefusedWithOneLineAndNothingWritten(string command, string[] extra, string expected)
+    public async Task IsRefusedWithOneLineAndNothingWritten(string command, string[] extra, string expected)
     {
         var outDir = Path.Combine(TestUtil.TempDir("limits-out"), "o");
         extra = extra.Select(e => e == "HUGE" ? Data.Value.Huge : e).ToArray();
@@ -65,23 +65,23 @@ public class LimitsTests
         if (command != "eval" && !extra.Contains("--out")) args.AddRange(["--out", outDir]);
         args.AddRange(extra);
         var err = new StringWriter();
-        int code = ValleyCli.RunAsync(args.ToArray(), new StringWriter(), err).GetAwaiter().GetResult();
+        int code = await ValleyCli.RunAsync(args.ToArray(), new StringWriter(), err);
         var text = err.ToString().Trim();
         Assert.True(code == ValleyCli.ExitBadInput, $"exit {code}: {text}");
         Assert.Single(text.Split('\n'));
         Assert.StartsWith("error: ", text);
         Assert.Contains(expected, text);
         if (Directory.Exists(outDir))
-            Assert.Empty(Directory.GetFiles(outDir, "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".valley.lock") && !f.EndsWith("run.json")));
+            Assert.DoesNotContain(Directory.GetFiles(outDir, "*", SearchOption.AllDirectories), f => !f.EndsWith(".valley.lock") && !f.EndsWith("run.json"));
     }
 
     [Fact]
-    public void DivergenceOnTheLastStepIsCaughtAndNoNaNWeightsAreWritten()
+    public async Task DivergenceOnTheLastStepIsCaughtAndNoNaNWeightsAreWritten()
     {
         var outDir = TestUtil.TempDir("limits-diverge");
         var err = new StringWriter();
-        int code = ValleyCli.RunAsync(["train", "--data", Data.Value.Good, "--model", "mlp:4-6-3", "--lr", "1e30", "--epochs", "1", "--out", outDir],
-            new StringWriter(), err).GetAwaiter().GetResult();
+        int code = await ValleyCli.RunAsync(["train", "--data", Data.Value.Good, "--model", "mlp:4-6-3", "--lr", "1e30", "--epochs", "1", "--out", outDir],
+            new StringWriter(), err);
         Assert.Equal(ValleyCli.ExitBadInput, code);
         Assert.Contains("training diverged", err.ToString());
         Assert.False(File.Exists(Path.Combine(outDir, "model.dat")));

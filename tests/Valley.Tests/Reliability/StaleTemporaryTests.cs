@@ -20,6 +20,6 @@ public class StaleTemporaryTests
         foreach (var f in stale) Assert.False(File.Exists(Path.Combine(dir, f)), f);
         foreach (var f in kept) Assert.True(File.Exists(Path.Combine(dir, f)), f);
         Assert.Equal("{}", File.ReadAllText(Path.Combine(dir, "summary.json")));
-        Assert.Empty(Directory.GetFiles(dir, $"*.{Environment.ProcessId}.tmp*").Where(f => !f.EndsWith($".log.json.{Environment.ProcessId}.tmp", StringComparison.Ordinal)));
+        Assert.DoesNotContain(Directory.GetFiles(dir, $"*.{Environment.ProcessId}.tmp*"), f => !f.EndsWith($".log.json.{Environment.ProcessId}.tmp", StringComparison.Ordinal));
     }
 }
