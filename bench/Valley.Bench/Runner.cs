@@ -37,6 +37,7 @@ public static class Runner
             case "operators": OperatorBench.Run(IntArg(args, "--examples", 2048), IntArg(args, "--reps", 15), threads, IntArg(args, "--batch", 0)); return 0;
             case "floor-profile": FloorProfile.Run(IntArg(args, "--reps", 3)); return 0;
             case "fault-probe": FaultProbe.Run(); return 0;
+            case "lanczos-blocks": LanczosBlocks.Run(IntArg(args, "--seeds", 8), IntArg(args, "--reps", 11)); return 0;
             case "lanczos-seeds": SpeedBench.LanczosSeeds(IntArg(args, "--seeds", 24)); return 0;
             case "estimator-overhead": EstimatorOverhead.Run(args.Contains("--mallopt")); return 0;
             case "step-ops": StepOps.Run(); return 0;
@@ -52,7 +53,7 @@ public static class Runner
             case "estimator-products": SpeedBench.EstimatorProducts(StrArg(args, "--model", "mlp:784-128-64-10")); return 0;
             case "hvp-memory": HvpBench.Memory(IntArg(args, "--examples", 2048), IntArg(args, "--products", 1000)); return 0;
             default:
-                Console.WriteLine("benchmarks: speed [--threads 2 --rounds 5 --out DIR] (issue 17's table vs PyHessian, 4 batches of 512, in alternating rounds), trace-products [--model SPEC --seeds 5], xtrace-ops (XTrace's sketch operations), density-reorth [--reps 5] (SLQ: semiorthogonal vs full reorthogonalization), xtrace-coverage [--seeds 400] (calibration of XTrace's error), estimator-products [--model SPEC], lanczos-seeds [--seeds 24] (products of top-1 and top-5 over start seeds), rpass-ops (a cached R-pass product op by op), fault-probe (first touch of a fresh Krylov basis), operators [--examples 2048 --reps 15] (GGN/EF product vs Hv, K-FAC top-5 vs Lanczos), soak [--products 10000 --points 101], landscape [--points 51], sharpness, sam-step [--reps 201], sgd-vs-sam [--stop-at-loss 0.25 --max-epochs 40], spectrum [--threads 2 --out DIR], hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000], archive-hvp [--examples 2048 --reps 31 --threads 2], mpi-hvp [--examples 8192 --products 20 --rounds 5] (needs MPICH)");
+                Console.WriteLine("benchmarks: speed [--threads 2 --rounds 5 --out DIR] (issue 17's table vs PyHessian, 4 batches of 512, in alternating rounds), trace-products [--model SPEC --seeds 5], xtrace-ops (XTrace's sketch operations), density-reorth [--reps 5] (SLQ: semiorthogonal vs full reorthogonalization), xtrace-coverage [--seeds 400] (calibration of XTrace's error), estimator-products [--model SPEC], lanczos-seeds [--seeds 24] (products of top-1 and top-5 over start seeds), lanczos-blocks [--seeds 8 --reps 11] (block product cost by width; top-5's products by block size, with and without the multiplicity probe), rpass-ops (a cached R-pass product op by op), fault-probe (first touch of a fresh Krylov basis), operators [--examples 2048 --reps 15] (GGN/EF product vs Hv, K-FAC top-5 vs Lanczos), soak [--products 10000 --points 101], landscape [--points 51], sharpness, sam-step [--reps 201], sgd-vs-sam [--stop-at-loss 0.25 --max-epochs 40], spectrum [--threads 2 --out DIR], hvp [--examples 2048 --reps 15 --threads 2], hvp-memory [--examples 2048 --products 1000], archive-hvp [--examples 2048 --reps 31 --threads 2], mpi-hvp [--examples 8192 --products 20 --rounds 5] (needs MPICH)");
                 return name == "help" ? 0 : 1;
         }
     }

@@ -18,7 +18,7 @@ public static class SpeedBench
 {
     const long Examples = 2048, Batch = 512;
 
-    static (nn.Module<Tensor, Tensor> Model, Dataset Data) TrainedMlp(string spec)
+    internal static (nn.Module<Tensor, Tensor> Model, Dataset Data) TrainedMlp(string spec)
     {
         var data = Runner.FashionSubset(Examples);
         var model = ModelSpec.Parse(spec).Build(data, seed: 0);
@@ -604,6 +604,44 @@ public static class FaultProbe
             for (int j = 0; j < 24; j++) buf.narrow(0, j, 1).copy_(row);
             double again = sw.Elapsed.TotalMilliseconds;
             Console.WriteLine($"alloc {alloc:F2} ms; first copies {times.Sum():F1} ms ({string.Join(" ", times.Take(8).Select(t => t.ToString("F2")))} ...); second copies {again:F2} ms");
+        }
+    }
+}
+
+/// <summary>
+/// What block Lanczos and the multiplicity probe cost on the speed bench's model (`lanczos-blocks`): the reference
+/// eigenvalues from float64 products at tolerance 1e-6; the time of one cached block product of 1–6 vectors (interleaved
+/// medians, as multiples of a single product); and the products top-5 needs over seeds with block sizes 1, 2, 3, with and
+/// without the probe (counts are machine-independent).
+/// </summary>
+public static class LanczosBlocks
+{
+    public static void Run(int seeds, int reps)
+    {
+        if (seeds < 1) throw new ArgumentOutOfRangeException(nameof(seeds), seeds, "--seeds must be at least 1");
+        if (reps < 1) throw new ArgumentOutOfRangeException(nameof(reps), reps, "--reps must be at least 1");
+        var (model, data) = SpeedBench.TrainedMlp("mlp:784-128-64-10:tanh");
+        using var _d = data;
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+        var op = new HessianOperator(obj);
+        using (var obj64 = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512, DType = ScalarType.Float64 }))
+        {
+            var r64 = Lanczos.Compute(new HessianOperator(obj64), new LanczosOptions { K = 5, Tolerance = 1e-6 });
+            Console.WriteLine($"reference (float64 products, tolerance 1e-6): λ {string.Join(" ", r64.Values.Select(x => x.ToString("G9")))} products {r64.Products}");
+        }
+        var vs = new[] { 1, 2, 3, 4, 5, 6 }.Select(b => randn([op.Size, b], generator: new Generator((ulong)b))).ToArray();
+        op.ApplyBlock(vs[0]).Dispose();
+        var t = Runner.Interleaved(reps, vs.Select(V => (Action)(() => { using var s = NewDisposeScope(); op.ApplyBlock(V); })).ToArray());
+        for (int i = 0; i < t.Length; i++) Console.WriteLine($"block {i + 1}: {t[i] * 1e3:F2} ms = {t[i] / t[0]:F2} singles ({t[i] / t[0] / (i + 1):F2} per vector)");
+        foreach (var (name, o) in new[] {
+            ("block 1 with the probe (default)", new LanczosOptions { K = 5 }),
+            ("block 1 without the probe", new LanczosOptions { K = 5, CheckMultiplicity = false }),
+            ("block 2 with the probe", new LanczosOptions { K = 5, BlockSize = 2 }),
+            ("block 2 without the probe", new LanczosOptions { K = 5, BlockSize = 2, CheckMultiplicity = false }),
+            ("block 3 without the probe", new LanczosOptions { K = 5, BlockSize = 3, CheckMultiplicity = false }) })
+        {
+            var rs = Enumerable.Range(0, seeds).Select(s => Lanczos.Compute(op, o with { Seed = s })).ToList();
+            Console.WriteLine($"top-5, {name}: products over seeds {string.Join(" ", rs.Select(r => r.Products))} mean {rs.Average(r => r.Products):F2}; λ {string.Join(" ", rs[0].Values.Select(x => x.ToString("G7")))} all converged: {rs.All(r => r.Converged)}");
         }
     }
 }
