@@ -173,7 +173,9 @@ public static class SpeedBench
             var t = valley[0].Traces[i].Result;
             double seconds = Runner.Median(valley.Select(x => x.Traces[i].Seconds).ToList());
             Console.WriteLine($"trace to {target:P1}: {t.Method,-10} {t.Trace:G6} ± {t.StandardError:G2} (seed 0) in {Count(valley.Select(x => x.Traces[i].Result.Products)),7} Hv, {seconds:F3} s" +
-                              (t.StandardError > 0 ? $"   (estimate − exact) / SE = {(t.Trace - exactTrace) / t.StandardError:+0.00;-0.00}" : ""));
+                              (t.StandardError > 0 ? $"   (estimate − exact) / SE = {(t.Trace - exactTrace) / t.StandardError:+0.00;-0.00}" : "") +
+                              // Each estimator's distance to its floor, as for the rows above: against each round's double-backward pass.
+                              (valley.All(x => x.Traces[i].Result.Products > 0) ? $"   floor × {Floor(x => x.Traces[i].Seconds, x => x.Traces[i].Result.Products, u => u.Db):F2}" : ""));
         }
         var top1 = valley[0].Top1.Result;
         var top5 = valley[0].Top5.Result;

@@ -98,14 +98,19 @@ public static class LandscapeBench
 /// <summary>Issue 8's soak benchmark: resident memory over 10,000 Hessian-vector products and over a 101×101 landscape grid.</summary>
 public static class SoakBench
 {
-    /// <summary>Resident memory over many products of an operator on the multi-batch cache (4 batches of 512, all kept).</summary>
+    /// <summary>
+    /// Resident memory over many products of an operator on the multi-batch cache (4 batches of 512, all kept), for both
+    /// product methods: the default R-passes (one kept chunk of 2,048 rows for this model) and autograd's double backward
+    /// (four kept graph-carrying gradients; the GGN's four kept output graphs).
+    /// </summary>
     public static void Cached(int products)
     {
         using var data = Runner.FashionSubset(2048);
         var model = ModelSpec.Parse("mlp:784-128-64-10:tanh").Build(data, seed: 0);
+        foreach (var method in new[] { HessianProductMethod.Auto, HessianProductMethod.DoubleBackward })
         foreach (var kind in new[] { "hessian", "ggn" })
         {
-            using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+            using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512, HessianProducts = method });
             ICurvatureOperator op = kind == "ggn" ? new GgnOperator(obj) : new HessianOperator(obj);
             var v = randn(obj.Size, generator: new Generator(1));
             var marks = new SortedDictionary<int, long>();
