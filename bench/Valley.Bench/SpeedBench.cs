@@ -624,13 +624,15 @@ public static class LanczosBlocks
         if (reps < 1) throw new ArgumentOutOfRangeException(nameof(reps), reps, "--reps must be at least 1");
         var (model, data) = SpeedBench.TrainedMlp("mlp:784-128-64-10:tanh");
         using var _d = data;
-        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
-        var op = new HessianOperator(obj);
+        // First: a float64 objective converts the model for its lifetime, which replaces the parameter tensors another
+        // objective on the same model would hold.
         using (var obj64 = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512, DType = ScalarType.Float64 }))
         {
             var r64 = Lanczos.Compute(new HessianOperator(obj64), new LanczosOptions { K = 5, Tolerance = 1e-6 });
             Console.WriteLine($"reference (float64 products, tolerance 1e-6): λ {string.Join(" ", r64.Values.Select(x => x.ToString("G9")))} products {r64.Products}");
         }
+        using var obj = new Objective(model, Losses.CrossEntropy, data, new ObjectiveOptions { BatchSize = 512 });
+        var op = new HessianOperator(obj);
         var vs = new[] { 1, 2, 3, 4, 5, 6 }.Select(b => randn([op.Size, b], generator: new Generator((ulong)b))).ToArray();
         op.ApplyBlock(vs[0]).Dispose();
         var t = Runner.Interleaved(reps, vs.Select(V => (Action)(() => { using var s = NewDisposeScope(); op.ApplyBlock(V); })).ToArray());
