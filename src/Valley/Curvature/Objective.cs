@@ -15,7 +15,12 @@ public sealed record ObjectiveOptions
     /// <summary>Evaluate in training mode (BatchNorm batch statistics, dropout on). Default false: eval mode, as PyHessian and docs/design.md §3.</summary>
     public bool TrainMode { get; init; }
 
-    /// <summary>Compute in this dtype (Float32 or Float64); the model and data are converted. Null keeps the model's dtype.</summary>
+    /// <summary>
+    /// Compute in this dtype (Float32 or Float64); the model and data are converted, the model for the objective's lifetime
+    /// (disposing it converts the model back). Each conversion replaces the model's parameter tensors, so an objective made
+    /// earlier on the same model holds disposed tensors from then on: make it after this one is disposed. Null keeps the
+    /// model's dtype.
+    /// </summary>
     public ScalarType? DType { get; init; }
 
     /// <summary>Restrict to parameters whose names pass this filter (e.g. one layer); null: all trainable parameters.</summary>
