@@ -117,6 +117,23 @@ public class XTraceTests
     }
 
     [Fact]
+    public void ARangeReachedInALaterBlockGivesTheExactTrace()
+    {
+        // Rank 15 of n = 40: the first block of 10 test vectors is full rank, the second adds only 5 directions. The QR of
+        // that block turns the other 5 columns' rounding noise into unit vectors with components along the first block's
+        // rows; tr(QᵀAQ) counted those directions again (off by O(1) here), tr((QᵀQ)⁺QᵀAQ) does not.
+        var spectrum = Enumerable.Range(0, 40).Select(i => i < 15 ? (i % 2 == 0 ? 1.0 : -0.6) * (3.0 - 0.1 * i) : 0.0).ToArray();
+        using var op = DenseOperator.WithSpectrum(spectrum, seed: 11);
+        foreach (long seed in new long[] { 0, 1, 2 })
+        {
+            var r = XTrace.Estimate(op, new XTraceOptions { Seed = seed, TestVectors = 10, BlockSize = 10, RelativeStandardError = 1e-14 });
+            Assert.Equal(20, r.Probes);
+            Assert.Equal(0, r.StandardError);
+            Assert.True(Math.Abs(r.Trace - spectrum.Sum()) < 1e-9 * spectrum.Select(Math.Abs).Sum(), $"seed {seed}: {r.Trace} vs {spectrum.Sum()}");
+        }
+    }
+
+    [Fact]
     public void ALowRankOperatorIsExactAndTheHessianEntryPointReachesXTrace()
     {
         var spectrum = Enumerable.Range(0, 50).Select(i => i < 5 ? 3.0 + i : 0.0).ToArray();

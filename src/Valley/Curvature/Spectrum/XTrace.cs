@@ -184,8 +184,9 @@ public static class XTrace
             int s = Count;
             double trH = _h.trace().ToDouble();
             var diag = _r.diagonal().abs();
-            // Y = AΩ of lower rank than s: Q spans the range of A (Gaussian Ω), so tr(QᵀAQ) = tr(A) exactly. Likewise when s = n.
-            if (s >= n || diag.min().ToDouble() <= rankTolerance * diag.max().ToDouble()) return (trH, 0, true);
+            // Y = AΩ of lower rank than s: Q spans the range of A (Gaussian Ω), so the trace of A on the span of Q is tr(A)
+            // exactly (ExactTrace). Likewise when s = n.
+            if (s >= n || diag.min().ToDouble() <= rankTolerance * diag.max().ToDouble()) return (ExactTrace(), 0, true);
             var S = linalg.inv(_r).t();                               // columns: R⁻ᵀ e_i
             S = S / S.norm(0, keepdim: true);
             var c = (S * _w).sum(dim: 0);                                  // s_iᵀ w_i
@@ -200,6 +201,25 @@ public static class XTrace
             var values = t.data<double>().ToArray();
             var (mean, se) = Statistics.MeanAndStandardError(values);
             return (mean, se, false);
+        }
+
+        /// <summary>
+        /// tr(A) once the sketch spans the range of A: the trace of A compressed to the span of Q, tr((QᵀQ)⁺ QᵀAQ). Q is not
+        /// orthonormal then: a block of test vectors whose images are (numerically) in the span of the earlier ones leaves
+        /// Gram-Schmidt rounding noise, which the QR of the block turns into unit columns with components along the earlier
+        /// rows; tr(QᵀAQ) would count those directions again (on a Hessian with a 3-dimensional null space, 4.5e-4 off a
+        /// trace of −4.75, reported with error 0). The pseudo-inverse drops Gram eigenvalues below 1e-10 of the largest.
+        /// </summary>
+        double ExactTrace()
+        {
+            using var scope = NewDisposeScope();
+            var gram = _q.matmul(_q.t()).cpu();
+            var (mu, V) = linalg.eigh(gram);
+            var keep = mu > 1e-10 * mu.max().ToDouble();
+            var Vk = V.index_select(1, nonzero(keep).squeeze(1));
+            var muK = mu.masked_select(keep);
+            // Σ_k v_kᵀ H v_k / μ_k over the kept eigenpairs (v_k, μ_k) of QᵀQ.
+            return ((Vk * _h.matmul(Vk)).sum(dim: 0) / muK).sum().ToDouble();
         }
 
         public void Dispose()
