@@ -17,9 +17,9 @@ public sealed record ObjectiveOptions
 
     /// <summary>
     /// Compute in this dtype (Float32 or Float64); the model and data are converted, the model for the objective's lifetime
-    /// (disposing it converts the model back). Each conversion replaces the model's parameter tensors, so an objective made
-    /// earlier on the same model holds disposed tensors from then on: make it after this one is disposed. Null keeps the
-    /// model's dtype.
+    /// (disposing it converts the model back). Each conversion, here and at Dispose, replaces the model's parameter tensors:
+    /// anything that held the old ones (another objective on the same model, an optimizer) cannot use them afterwards.
+    /// Null keeps the model's dtype.
     /// </summary>
     public ScalarType? DType { get; init; }
 

@@ -130,6 +130,7 @@ public class XTraceTests
             Assert.Equal(20, r.Probes);
             Assert.Equal(0, r.StandardError);
             Assert.True(Math.Abs(r.Trace - spectrum.Sum()) < 1e-9 * spectrum.Select(Math.Abs).Sum(), $"seed {seed}: {r.Trace} vs {spectrum.Sum()}");
+            Assert.Equal(r.Trace, r.LowRankTrace);
         }
     }
 

@@ -76,7 +76,9 @@ public static class XTrace
                 return new TraceEstimate
                 {
                     Method = "xtrace", Trace = estimate, StandardError = se, Probes = sketch.Count, Products = budget.Used,
-                    Converged = reached || o.RelativeStandardError is null, Seconds = sw.Elapsed.TotalSeconds, LowRankTrace = sketch.LowRankTrace,
+                    Converged = reached || o.RelativeStandardError is null, Seconds = sw.Elapsed.TotalSeconds,
+                    // A sketch that spans the range of A: its low-rank part is the whole trace (tr(QᵀAQ) would count noise directions, see ExactTrace).
+                    LowRankTrace = exact ? estimate : sketch.LowRankTrace,
                     SketchSize = sketch.Count,
                 };
             ct.ThrowIfCancellationRequested();
@@ -208,14 +210,16 @@ public static class XTrace
         /// orthonormal then: a block of test vectors whose images are (numerically) in the span of the earlier ones leaves
         /// Gram-Schmidt rounding noise, which the QR of the block turns into unit columns with components along the earlier
         /// rows; tr(QᵀAQ) would count those directions again (on a Hessian with a 3-dimensional null space, 4.5e-4 off a
-        /// trace of −4.75, reported with error 0). The pseudo-inverse drops Gram eigenvalues below 1e-10 of the largest.
+        /// trace of −4.75, reported with error 0). The pseudo-inverse drops the combinations of rows whose Gram eigenvalue is
+        /// below √(rank tolerance) of the largest (1e-5 in float64, 3e-3 in float32): such a combination is a near-copy of the
+        /// others, and dividing by its eigenvalue would amplify the products' rounding in QᵀAQ by as much.
         /// </summary>
         double ExactTrace()
         {
             using var scope = NewDisposeScope();
             var gram = _q.matmul(_q.t()).cpu();
             var (mu, V) = linalg.eigh(gram);
-            var keep = mu > 1e-10 * mu.max().ToDouble();
+            var keep = mu > Math.Sqrt(rankTolerance) * mu.max().ToDouble();
             var Vk = V.index_select(1, nonzero(keep).squeeze(1));
             var muK = mu.masked_select(keep);
             // Σ_k v_kᵀ H v_k / μ_k over the kept eigenpairs (v_k, μ_k) of QᵀQ.
