@@ -202,7 +202,7 @@ public sealed class TorchScriptModel : nn.Module<Tensor, Tensor>
     {
         var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
-        var tmp = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(path)}.{Environment.ProcessId}.tmp");
+        var tmp = IO.AtomicFile.Temporary(System.IO.Path.GetFullPath(path)); // and stale temporaries of killed processes removed
         try
         {
             jit.save(_script, tmp);

@@ -44,7 +44,9 @@ public static class Weights
         var format = FormatOf(path);
         var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
-        var tmp = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(path)}.{Environment.ProcessId}.tmp");
+        // AtomicFile's temporary: its first use in a folder also removes what killed processes left there (a run killed while
+        // writing a checkpoint would otherwise leave its temporary behind for good).
+        var tmp = IO.AtomicFile.Temporary(System.IO.Path.GetFullPath(path));
         try
         {
             using (var fs = File.Create(tmp))
